@@ -1,0 +1,246 @@
+"""The ``streamad`` command line: click options mapped one-to-one onto the pipelines' builders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from streamad.errors import StreamadError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ClickProgress:
+    """Progress bars on stderr (a :class:`pipelines.common.Progress`)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def start(self, label: str, total: int | None) -> None:
+        self.finish()
+        if self.enabled:
+            self._bar = click.progressbar(length=total or None, label=f"{label:<12}", file=sys.stderr, show_pos=True, show_eta=True, width=30)
+            self._bar.__enter__()
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def friendly_errors(func: F) -> F:
+    """Turn streamad's errors into one-line messages and a non-zero exit, without a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StreamadError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_hw(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 256x384, got {value!r}") from None
+    return height, width
+
+
+def setup(threads: int | None, verbose: bool) -> None:
+    from streamad.runtime import set_threads, tune_allocator
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_allocator()
+    set_threads(threads)
+
+
+def report_drops(dropped: dict[str, dict[str, int]]) -> None:
+    for source, reasons in dropped.items():
+        for reason, count in reasons.items():
+            click.echo(f"warning: {source}: {count} frame(s) skipped: {reason}", err=True)
+
+
+common_options = [
+    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto."),
+    click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
+    click.option("--batch-size", type=int, default=8, show_default=True, help="Frames per backbone pass."),
+    click.option("--every", type=int, default=1, show_default=True, help="Use every N-th frame."),
+    click.option("--start", type=int, default=0, show_default=True, help="First frame index of each source."),
+    click.option("--stop", type=int, default=None, help="Stop before this frame index of each source."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    click.option("--verbose", "-v", is_flag=True, help="Log what happens."),
+]
+
+
+def with_common(func: F) -> F:
+    for option in reversed(common_options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamad")
+def main() -> None:
+    """Find and localise anomalies in videos, frame folders and image sets, without labels."""
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
+@click.option("--method", type=click.Choice(["padim", "soe"]), default=None, help="Projection (default padim).")
+@click.option("--backbone", type=click.Choice(["lite0", "resnet18", "wide_resnet50_2"]), default=None, help="Backbone (default lite0).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
+@click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
+@click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")
+@click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
+@click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
+@click.option("--calibration-frames", type=int, default=500, show_default=True, help="Normal frames used to calibrate scores.")
+@click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@with_common
+@friendly_errors
+def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone: str | None, weights: str | None, input_size: str | None, k: int | None, seed: int | None, eps: float | None, checkpoint_every: int, calibration_frames: int, resume: bool, overwrite: bool, device: str, threads: int | None, batch_size: int, every: int, start: int, stop: int | None, quiet: bool, verbose: bool) -> None:
+    """Fit a model on normal frames of SOURCES (videos, frame folders, clip folders, image globs).
+
+    Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
+    """
+    setup(threads, verbose)
+    from pipelines.fit import FitOptions
+    from pipelines.fit import fit as run_fit
+    from streamad.model import ModelConfig
+    from streamad.runtime import pick_device
+
+    given = {"method": method, "backbone": backbone, "input_hw": parse_hw(input_size), "k": k, "seed": seed, "eps": eps, "weights": weights}
+    config = None
+    if not resume or any(v is not None for v in given.values()):
+        defaults = ModelConfig()
+        config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
+    options = FitOptions(every=every, start=start, stop=stop, batch_size=batch_size, checkpoint_every=checkpoint_every, calibration_frames=calibration_frames, device=str(pick_device(device)))
+    progress = ClickProgress(not quiet)
+    summary = run_fit(list(sources), model_path, config, options=options, resume=resume, overwrite=overwrite, progress=progress)
+    progress.finish()
+    report_drops(summary.dropped)
+    if summary.interrupted:
+        click.echo(f"interrupted: {summary.frames_seen} frames are in {model_path}; continue with `streamad fit ... -m {model_path} --resume`")
+        return
+    click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all; calibrated on {summary.calibrated_on} frames")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Fitted model store.")
+@click.option("--out", "-o", "out_dir", default="scores", show_default=True, help="Folder for scores.csv and scores.zarr.")
+@click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Write a heatmap overlay video (one per source when several).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
+@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
+@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
+@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
+@click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
+@with_common
+@friendly_errors
+def score(sources: tuple[str, ...], model_path: str, out_dir: str, overlay: str | None, plot: str | None, raw: bool, topk: float, window: int, no_maps: bool, weights: str | None, device: str, threads: int | None, batch_size: int, every: int, start: int, stop: int | None, quiet: bool, verbose: bool) -> None:
+    """Score every frame of SOURCES: per-frame scores (CSV, zarr), anomaly maps, overlays.
+
+    Example: streamad score clip.mp4 -m model.zarr -o out --overlay out/overlay.mp4 --plot out/timeline.png
+    """
+    setup(threads, verbose)
+    from pipelines.score import ScoreOptions
+    from pipelines.score import score as run_score
+    from streamad.runtime import pick_device
+    from streamad.stages import FrameScoreConfig
+
+    options = ScoreOptions(every=every, start=start, stop=stop, batch_size=batch_size, frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window), write_maps=not no_maps, device=str(pick_device(device)))
+    progress = ClickProgress(not quiet)
+    summary = run_score(list(sources), model_path, out_dir, options=options, overlay=overlay, plot=plot, weights=weights, progress=progress)
+    progress.finish()
+    report_drops(summary.dropped)
+    frames = sum(summary.frames.values())
+    click.echo(f"scored {frames} frames from {len(summary.frames)} source(s)" + (" (interrupted)" if summary.interrupted else ""))
+    click.echo(f"  scores:  {summary.csv}\n  maps:    {summary.store}")
+    for path in summary.overlays:
+        click.echo(f"  overlay: {path}")
+    if summary.plot:
+        click.echo(f"  plot:    {summary.plot}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, help="Store to write.")
+@click.option("--calibrate-on", multiple=True, help="Normal SOURCE to calibrate the merged model on (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@friendly_errors
+def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], overwrite: bool, device: str, quiet: bool) -> None:
+    """Merge partial fits of the same model exactly: streamad merge a.zarr b.zarr -o c.zarr"""
+    setup(None, False)
+    from pipelines.merge import merge as run_merge
+    from streamad.runtime import pick_device
+
+    summary = run_merge(list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=str(pick_device(device)), progress=ClickProgress(not quiet))
+    note = f"calibrated on {summary.calibrated_on} frames" if summary.calibrated_on else "not calibrated: score it with --raw, or pass --calibrate-on SOURCE"
+    click.echo(f"merged {summary.inputs} stores into {summary.output}: {summary.frames_seen} frames; {note}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+@friendly_errors
+def info(store: str, as_json: bool) -> None:
+    """Print a model or score store's metadata."""
+    from streamad.store import ZarrStore
+
+    attrs = ZarrStore(store, mode="r").attrs()
+    if attrs.get("kind") not in ("streamad-model", "streamad-scores"):
+        raise click.ClickException(f"expected a streamad store at {store}, got a zarr store without streamad metadata")
+    if as_json:
+        click.echo(json.dumps(attrs, indent=2))
+        return
+    for key, value in attrs.items():
+        if key == "sources" and isinstance(value, dict) and len(value) > 8:
+            value = f"{len(value)} sources: {', '.join(list(value)[:8])}, ..."
+        click.echo(f"{key:>18}: {value}")
+
+
+@main.command()
+@click.option("--out", "-o", "out_dir", default="demo-output", show_default=True, help="Folder for every output.")
+@click.option("--video", default=None, help="Use this clip instead of a generated one.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@friendly_errors
+def demo(out_dir: str, video: str | None, device: str, quiet: bool) -> None:
+    """Fit on the first 60% of a clip, score the rest, write scores, maps, overlay and plot."""
+    setup(None, False)
+    from pipelines.demo import demo as run_demo
+    from streamad.runtime import pick_device
+
+    summary = run_demo(out_dir, video=video, device=str(pick_device(device)), progress=ClickProgress(not quiet))
+    click.echo(f"clip:     {summary.clip} (fit on frames 0-{summary.split - 1}, scored from {summary.split})")
+    if summary.anomaly_frames:
+        click.echo(f"anomaly:  a red cart crosses in frames {summary.anomaly_frames[0]}-{summary.anomaly_frames[1] - 1}")
+    click.echo(f"model:    {summary.fit.store}\nscores:   {summary.score.csv}\nmaps:     {summary.score.store}")
+    for path in summary.score.overlays:
+        click.echo(f"overlay:  {path}")
+    click.echo(f"timeline: {summary.score.plot}")
+
+
+if __name__ == "__main__":
+    main()

