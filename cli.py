@@ -111,12 +111,13 @@ def main() -> None:
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
-@click.option("--calibration-frames", type=int, default=500, show_default=True, help="Normal frames used to calibrate scores.")
+@click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames calibrate scores.")
+@click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to calibrate on.")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_common
 @friendly_errors
-def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone: str | None, weights: str | None, input_size: str | None, k: int | None, seed: int | None, eps: float | None, checkpoint_every: int, calibration_frames: int, resume: bool, overwrite: bool, device: str, threads: int | None, batch_size: int, every: int, start: int, stop: int | None, quiet: bool, verbose: bool) -> None:
+def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone: str | None, weights: str | None, input_size: str | None, k: int | None, seed: int | None, eps: float | None, checkpoint_every: int, calibration_frames: int, holdout_every: int, resume: bool, overwrite: bool, device: str, threads: int | None, batch_size: int, every: int, start: int, stop: int | None, quiet: bool, verbose: bool) -> None:
     """Fit a model on normal frames of SOURCES (videos, frame folders, clip folders, image globs).
 
     Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
@@ -132,7 +133,7 @@ def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone:
     if not resume or any(v is not None for v in given.values()):
         defaults = ModelConfig()
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
-    options = FitOptions(every=every, start=start, stop=stop, batch_size=batch_size, checkpoint_every=checkpoint_every, calibration_frames=calibration_frames, device=str(pick_device(device)))
+    options = FitOptions(every=every, start=start, stop=stop, batch_size=batch_size, checkpoint_every=checkpoint_every, calibration_frames=calibration_frames, holdout_every=holdout_every, device=str(pick_device(device)))
     progress = ClickProgress(not quiet)
     summary = run_fit(list(sources), model_path, config, options=options, resume=resume, overwrite=overwrite, progress=progress)
     progress.finish()

@@ -72,24 +72,33 @@ def frames_of(
     drops: DropLog,
     should_stop: Callable[[], bool],
     frame_range: tuple[int, int | None] = (0, None),
+    keep: Callable[[int], bool] | None = None,
 ) -> Iterator[Frame]:
     """The frames of every source, one source after the other.
 
     Each source starts at ``max(start[source], frame_range[0])`` and stops before
-    ``frame_range[1]``.
+    ``frame_range[1]``; ``keep(index)``, when given, selects frames by index.
     """
     for source in sources:
         begin = max((start or {}).get(source.source_id, 0), frame_range[0])
-        yield from source.frames(every=every, start_index=begin, stop_index=frame_range[1], on_drop=drops, should_stop=should_stop)
+        for frame in source.frames(every=every, start_index=begin, stop_index=frame_range[1], on_drop=drops, should_stop=should_stop):
+            if keep is None or keep(frame.index):
+                yield frame
 
 
 def expected_frames(
-    sources: Sequence[Source], *, every: int, start: dict[str, int] | None = None, frame_range: tuple[int, int | None] = (0, None)
+    sources: Sequence[Source],
+    *,
+    every: int,
+    start: dict[str, int] | None = None,
+    frame_range: tuple[int, int | None] = (0, None),
+    keep: Callable[[int], bool] | None = None,
 ) -> int:
     """How many frames the sources will yield (from container metadata for videos)."""
     total = 0
     for source in sources:
         begin = max((start or {}).get(source.source_id, 0), frame_range[0])
         end = len(source) if frame_range[1] is None else min(len(source), frame_range[1])
-        total += len(range(begin + (-begin) % every, end, every)) if end > begin else 0
+        indices = range(begin + (-begin) % every, end, every) if end > begin else range(0)
+        total += len(indices) if keep is None else sum(1 for i in indices if keep(i))
     return total

@@ -26,7 +26,7 @@ class SyntheticClip:
     anomaly_frames: tuple[int, int]
 
 
-def make_clip(path: str | Path, *, frames: int = 240, fps: float = 15.0, size_hw: tuple[int, int] = (240, 320), anomaly_frames: tuple[int, int] = (190, 225), seed: int = 0) -> SyntheticClip:
+def make_clip(path: str | Path, *, frames: int = 450, fps: float = 15.0, size_hw: tuple[int, int] = (240, 320), anomaly_frames: tuple[int, int] = (360, 400), seed: int = 0) -> SyntheticClip:
     """Write a synthetic walkway: textured ground, people walking to and fro; between
     ``anomaly_frames`` a fast red cart crosses the scene (the anomaly)."""
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,6 +47,7 @@ class FitOptions:
     accumulate_frames: int = 32
     checkpoint_every: int = 500
     calibration_frames: int = 500
+    holdout_every: int = 10
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -54,6 +55,8 @@ class FitOptions:
             raise ConfigError(f"expected --every >= 1, got {self.every}")
         if self.start < 0 or (self.stop is not None and self.stop <= self.start):
             raise ConfigError(f"expected 0 <= --start < --stop, got start={self.start}, stop={self.stop}")
+        if self.holdout_every < 2:
+            raise ConfigError(f"expected --holdout-every >= 2, got {self.holdout_every}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"expected --checkpoint-every >= 1, got {self.checkpoint_every}")
 
@@ -111,6 +114,7 @@ def calibrate(
     frame_config: stages.FrameScoreConfig,
     batch_size: int,
     frame_range: tuple[int, int | None] = (0, None),
+    keep: Callable[[int], bool] | None = None,
     progress: Progress = no_progress,
 ) -> Calibration:
     """Distances on normal frames: per-position mean/std, then the frame scores they give."""
@@ -119,7 +123,7 @@ def calibrate(
 
     def distances() -> Iterator[torch.Tensor]:
         runner = Runner()
-        frames = runner.source(lambda: frames_of(sources, every=every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range), maxsize=32)
+        frames = runner.source(lambda: frames_of(sources, every=every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range, keep=keep), maxsize=32)
         tensors = runner.stage(lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=batch_size), model), frames, name="preprocess")
         for batch in runner.consume(stages.embed(tensors, model)):
             d = model.distances(batch.embeddings).cpu()
@@ -127,7 +131,7 @@ def calibrate(
             progress.advance(len(batch.refs))
             yield d
 
-    progress.start("calibrating", expected_frames(sources, every=every, frame_range=frame_range))
+    progress.start("calibrating", expected_frames(sources, every=every, frame_range=frame_range, keep=keep))
     mean, std, count = stages.position_statistics(distances())
     progress.finish()
     partial = Calibration(mean, std, normal_scores=np.zeros(0, np.float32), frames=count)
@@ -162,10 +166,19 @@ def fit(
     since_checkpoint = 0
     extra = {"every": options.every}
     frame_range = (options.start, options.stop)
-    progress.start("fitting", expected_frames(sources, every=options.every, start=start, frame_range=frame_range))
+    period = options.every * options.holdout_every
+
+    def held_out(index: int) -> bool:
+        """Every ``holdout_every``-th used frame is kept out of the fit to calibrate on."""
+        return index % period == period - options.every
+
+    def fitted(index: int) -> bool:
+        return not held_out(index)
+
+    progress.start("fitting", expected_frames(sources, every=options.every, start=start, frame_range=frame_range, keep=fitted))
     with graceful_interrupt(runner) as interrupted:
         frames = runner.source(
-            lambda: frames_of(sources, every=options.every, start=start, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range),
+            lambda: frames_of(sources, every=options.every, start=start, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range, keep=fitted),
             maxsize=32,
             name="decode",
         )
@@ -195,10 +208,21 @@ def fit(
     if model.gaussian.n < 2:
         raise ConfigError(f"expected at least 2 frames to fit, got {model.gaussian.n}; hint: check the sources or lower --every")
     model.finalise()
-    total = expected_frames(sources, every=options.every, frame_range=frame_range)
-    cal_every = options.every * max(1, math.ceil(total / max(1, options.calibration_frames)))
+    total = expected_frames(sources, every=options.every, frame_range=frame_range, keep=held_out)
+    stride = max(1, math.ceil(total / max(1, options.calibration_frames)))
+
+    def calibration_frame(index: int) -> bool:
+        return held_out(index) and (index // period) % stride == 0
+
     calibration = calibrate(
-        model, sources, every=cal_every, frame_config=stages.FrameScoreConfig(), batch_size=options.batch_size, frame_range=frame_range, progress=progress
+        model,
+        sources,
+        every=options.every,
+        frame_config=stages.FrameScoreConfig(),
+        batch_size=options.batch_size,
+        frame_range=frame_range,
+        keep=calibration_frame,
+        progress=progress,
     )
     write_factors(store, model, calibration)
     summary.calibrated_on = calibration.frames

@@ -126,7 +126,7 @@ class AnomalyModel(nn.Module):
     def finalise(self) -> None:
         """Factorise the running statistics into the scorer's factors."""
         chol = cholesky_factors(self.gaussian.covariance(), eps=self.config.eps)
-        self.set_factors(self.gaussian.mean.float(), chol)
+        self.set_factors(self.gaussian.mean.float(), chol.float())  # as stored: loading gives the same scores
 
     def set_factors(self, mean: Tensor, chol: Tensor) -> None:
         """Install factors (mean (P, k), lower Cholesky (P, k, k)) for scoring."""

@@ -10,7 +10,7 @@ Layout (see README, "Store format")::
     stats/gN/mean    (P, k) float64   } committed one, so a crash mid-write leaves the
     stats/gN/m2      (P, k, k) float64} previous generation readable
     factors/gN/mean  (P, k) float32, factors/gN/chol (P, k, k) float32 (derived from stats/gN)
-    calibration/gN/position_mean, position_std (P,) float32: distances on normal frames
+    calibration/gN/position_mean, position_std (P,) float32: distances on held-out normal frames
     calibration/gN/normal_scores (n,) float32: frame scores of those frames
 
 Committing is one atomic write of the root attributes, after every array it names is written.

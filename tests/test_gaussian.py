@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from streamad.errors import ShapeError
+from streamad.gaussian import RunningGaussian, batch_moments, chan_merge
+
+
+def reference(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy mean and covariance per position of (N, P, k) data."""
+    mean = data.mean(0)
+    cov = np.stack([np.cov(data[:, p].T) for p in range(data.shape[1])])
+    return mean, cov
+
+
+@pytest.fixture
+def data() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    # large offset: the case where E[xx^T] - mu mu^T would cancel catastrophically
+    return rng.normal(size=(97, 3, 5)) * rng.uniform(0.1, 3, size=(1, 3, 5)) + 1e4
+
+
+class TestRunningGaussian:
+    @pytest.mark.parametrize("splits", [[97], [1, 96], [10, 20, 30, 37], [1] * 97, [50, 2, 45]])
+    def test_batch_splits_match_numpy(self, data: np.ndarray, splits: list[int]) -> None:
+        g = RunningGaussian(3, 5)
+        start = 0
+        for size in splits:
+            g.update(torch.from_numpy(data[start : start + size]))
+            start += size
+        mean, cov = reference(data)
+        assert g.n == 97
+        np.testing.assert_allclose(g.mean.numpy(), mean, rtol=1e-12)
+        np.testing.assert_allclose(g.covariance().numpy(), cov, rtol=1e-9, atol=1e-12)
+
+    def test_merge_any_order_matches_numpy(self, data: np.ndarray) -> None:
+        parts = [data[:13], data[13:40], data[40:41], data[41:]]
+        mean, cov = reference(data)
+        for order in itertools.permutations(range(4)):
+            total = RunningGaussian(3, 5)
+            for i in order:
+                g = RunningGaussian(3, 5)
+                g.update(torch.from_numpy(parts[i]))
+                total.merge(g)
+            np.testing.assert_allclose(total.mean.numpy(), mean, rtol=1e-12)
+            np.testing.assert_allclose(total.covariance().numpy(), cov, rtol=1e-9, atol=1e-12)
+
+    def test_update_equals_chan_merge(self, data: np.ndarray) -> None:
+        g = RunningGaussian(3, 5)
+        g.update(torch.from_numpy(data[:30]))
+        g.update(torch.from_numpy(data[30:]))
+        n, mean, m2 = chan_merge(*batch_moments(torch.from_numpy(data[:30])), *batch_moments(torch.from_numpy(data[30:])))
+        assert n == g.n
+        torch.testing.assert_close(g.mean, mean, rtol=1e-12, atol=0)
+        torch.testing.assert_close(g.m2, m2, rtol=1e-9, atol=1e-9)
+
+    def test_float32_input_accumulates_in_float64(self) -> None:
+        g = RunningGaussian(1, 2)
+        g.update(torch.ones(4, 1, 2, dtype=torch.float32))
+        assert g.mean.dtype == torch.float64 and g.m2.dtype == torch.float64
+
+    def test_wrong_shape(self) -> None:
+        with pytest.raises(ShapeError, match=r"expected embeddings of shape \(B, 3, 5\)"):
+            RunningGaussian(3, 5).update(torch.zeros(2, 3, 4))
+
+    def test_merge_wrong_shape(self) -> None:
+        with pytest.raises(ShapeError):
+            RunningGaussian(3, 5).merge(RunningGaussian(2, 5))
+
+    def test_covariance_needs_two_samples(self) -> None:
+        g = RunningGaussian(1, 2)
+        g.update(torch.zeros(1, 1, 2))
+        with pytest.raises(ValueError, match="at least 2"):
+            g.covariance()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamad.errors import ConfigError, ShapeError
+from streamad.projection import Projection, make_projection, project, random_channel_subset, semi_orthogonal
+
+
+class TestSemiOrthogonal:
+    @pytest.mark.parametrize(("channels", "k"), [(176, 100), (448, 100), (64, 64), (10, 1)])
+    def test_columns_orthonormal(self, channels: int, k: int) -> None:
+        w = semi_orthogonal(channels, k, seed=3)
+        assert w.shape == (channels, k)
+        torch.testing.assert_close(w.double().T @ w.double(), torch.eye(k, dtype=torch.float64), atol=1e-6, rtol=0)
+
+    def test_seeded(self) -> None:
+        assert torch.equal(semi_orthogonal(50, 10, seed=1), semi_orthogonal(50, 10, seed=1))
+        assert not torch.equal(semi_orthogonal(50, 10, seed=1), semi_orthogonal(50, 10, seed=2))
+
+    def test_k_too_large(self) -> None:
+        with pytest.raises(ConfigError, match="k <= 10"):
+            semi_orthogonal(10, 11, seed=0)
+
+
+class TestChannelSubset:
+    def test_distinct_sorted_seeded(self) -> None:
+        idx = random_channel_subset(176, 100, seed=0)
+        assert idx.dtype == torch.int64 and len(set(idx.tolist())) == 100
+        assert torch.equal(idx, idx.sort().values)
+        assert torch.equal(idx, random_channel_subset(176, 100, seed=0))
+
+
+class TestProject:
+    def test_subset_selects_channels(self) -> None:
+        x = torch.randn(2, 6, 3, 4)
+        idx = torch.tensor([1, 4])
+        out = project(x, idx)
+        assert out.shape == (2, 12, 2)
+        torch.testing.assert_close(out, x[:, [1, 4]].flatten(2).transpose(1, 2))
+
+    def test_matrix_matches_einsum(self) -> None:
+        x = torch.randn(2, 6, 3, 4)
+        w = semi_orthogonal(6, 3, seed=0)
+        torch.testing.assert_close(project(x, w), torch.einsum("bchw,ck->bhwk", x, w).reshape(2, 12, 3))
+
+    def test_module_equals_function(self) -> None:
+        x = torch.randn(1, 6, 2, 2)
+        w = make_projection("soe", 6, 3, seed=0)
+        torch.testing.assert_close(Projection(w)(x), project(x, w))
+
+    def test_bad_shapes(self) -> None:
+        with pytest.raises(ShapeError):
+            project(torch.randn(6, 3, 4), torch.tensor([0]))
+        with pytest.raises(ShapeError):
+            project(torch.randn(1, 6, 3, 4), torch.randn(5, 2))
+
+    def test_unknown_method(self) -> None:
+        with pytest.raises(ConfigError, match="padim"):
+            make_projection("pca", 6, 3, seed=0)

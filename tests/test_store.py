@@ -1,0 +1,123 @@
+"""The shipped conformance suite every ArrayStore backend must pass, and model round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamad.errors import StoreError, StoreNotFoundError
+from streamad.store import ArrayStore, MemoryStore, ZarrStore
+
+
+@pytest.fixture(params=["memory", "zarr"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArrayStore:
+    return MemoryStore() if request.param == "memory" else ZarrStore(tmp_path / "s.zarr", mode="w")
+
+
+class TestArrayStoreConformance:
+    def test_is_protocol(self, store: ArrayStore) -> None:
+        assert isinstance(store, ArrayStore)
+
+    @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int64])
+    def test_round_trip_exact(self, store: ArrayStore, dtype: type) -> None:
+        data = (np.random.default_rng(0).normal(size=(7, 3, 3)) * 1e3).astype(dtype)
+        store.write("stats/g1/m2", data, chunks=(2, 3, 3))
+        back = store.read("stats/g1/m2")
+        assert back.dtype == data.dtype and np.array_equal(back, data)
+
+    def test_scalar(self, store: ArrayStore) -> None:
+        store.write("count", np.asarray(5, np.int64))
+        assert int(store.read("count")) == 5
+
+    def test_overwrite(self, store: ArrayStore) -> None:
+        store.write("a", np.zeros(3))
+        store.write("a", np.ones(5))
+        assert np.array_equal(store.read("a"), np.ones(5))
+
+    def test_append(self, store: ArrayStore) -> None:
+        store.append("s/score", np.arange(3, dtype=np.float32))
+        store.append("s/score", np.arange(2, dtype=np.float32))
+        assert np.array_equal(store.read("s/score"), np.array([0, 1, 2, 0, 1], np.float32))
+        store.append("s/map", np.ones((2, 4, 5), np.float16), chunks=(1, 4, 5))
+        store.append("s/map", np.zeros((1, 4, 5), np.float16))
+        assert store.read("s/map").shape == (3, 4, 5)
+
+    def test_attrs_replace(self, store: ArrayStore) -> None:
+        store.set_attrs({"a": 1, "nested": {"b": [1, 2]}})
+        store.set_attrs({"c": "x"})
+        assert store.attrs() == {"c": "x"}
+
+    def test_attrs_must_be_json(self, store: ArrayStore) -> None:
+        with pytest.raises(TypeError):
+            store.set_attrs({"a": object()})
+
+    def test_listing_exists_delete(self, store: ArrayStore) -> None:
+        store.write("stats/g1/mean", np.zeros(2))
+        store.write("stats/g1/m2", np.zeros(2))
+        store.write("projection", np.zeros(2))
+        assert store.arrays("stats") == ["stats/g1/m2", "stats/g1/mean"]
+        assert store.exists("projection") and not store.exists("stats") and not store.exists("nope")
+        store.delete("stats/g1")
+        assert store.arrays("stats") == [] and store.exists("projection")
+        store.delete("never-was")
+
+    def test_missing_array(self, store: ArrayStore) -> None:
+        with pytest.raises(StoreError, match="'nope'"):
+            store.read("nope")
+
+
+class TestZarrStore:
+    def test_persists(self, tmp_path: Path) -> None:
+        store = ZarrStore(tmp_path / "p.zarr", mode="w")
+        store.write("x", np.arange(4))
+        store.set_attrs({"kind": "k"})
+        again = ZarrStore(tmp_path / "p.zarr", mode="r")
+        assert np.array_equal(again.read("x"), np.arange(4)) and again.attrs() == {"kind": "k"}
+
+    def test_missing_path(self, tmp_path: Path) -> None:
+        with pytest.raises(StoreNotFoundError, match="no such path"):
+            ZarrStore(tmp_path / "none.zarr", mode="r")
+
+    def test_not_a_store(self, tmp_path: Path) -> None:
+        (tmp_path / "folder").mkdir()
+        (tmp_path / "folder" / "file.txt").write_text("x")
+        with pytest.raises(StoreError, match="without zarr.json"):
+            ZarrStore(tmp_path / "folder", mode="r")
+        with pytest.raises(StoreError, match="not a store"):
+            ZarrStore(tmp_path / "folder", mode="w")
+
+
+class TestModelStore:
+    def test_round_trip_exact(self, tmp_path: Path) -> None:
+        from streamad.model import AnomalyModel, ModelConfig
+        from streamad.model_store import FitState, base_attrs, load_model, open_store, write_checkpoint, write_factors
+
+        model = AnomalyModel(ModelConfig(method="soe", input_hw=(32, 48), k=8))
+        model.gaussian.update(torch.randn(20, model.positions, 8))
+        store = open_store(tmp_path / "m.zarr", mode="w")
+        store.set_attrs(base_attrs(model))
+        write_checkpoint(store, model, FitState({"a": 20}, 20))
+        model.finalise()
+        write_factors(store, model)
+        loaded, calibration = load_model(open_store(tmp_path / "m.zarr"))
+        assert calibration is None
+        assert torch.equal(loaded.gaussian.m2, model.gaussian.m2) and torch.equal(loaded.gaussian.mean, model.gaussian.mean)
+        assert loaded.gaussian.n == 20
+        assert torch.equal(loaded.projection.weight, model.projection.weight)
+        assert torch.equal(loaded.chol, model.chol)
+        x = torch.randn(2, model.positions, 8)
+        assert torch.equal(loaded.distances(x), model.distances(x))
+
+    def test_refuses_other_format(self, tmp_path: Path) -> None:
+        from streamad.model_store import open_store
+
+        store = ZarrStore(tmp_path / "o.zarr", mode="w")
+        store.set_attrs({"kind": "streamad-model", "format_version": 999, "streamad_version": "9"})
+        with pytest.raises(StoreError, match="format 1 .* got 999"):
+            open_store(tmp_path / "o.zarr")
+        ZarrStore(tmp_path / "plain.zarr", mode="w").set_attrs({"x": 1})
+        with pytest.raises(StoreError, match="without streamad metadata"):
+            open_store(tmp_path / "plain.zarr")
