@@ -136,7 +136,10 @@ def build_classifier(name: str, *, weights: str | Path | None = None) -> nn.Modu
 
         net = getattr(torchvision.models, name)(weights=None)
     state = _load_state_dict(path, name)
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(f"expected {name} weights in {path}, got tensors of other shapes ({str(exc).splitlines()[-1].strip()}); hint: pass the torchvision ImageNet checkpoint for {name}") from exc
     if missing or unexpected:
         raise WeightsError(
             f"expected {name} weights in {path}, got a state dict with {len(missing)} missing and "

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamad.backbones import build_backbone, build_classifier
+from streamad.errors import WeightsError
+from streamad.preprocess import default_input_hw, normalize_images, to_tensor
+
+
+class TestLite0:
+    def test_classifies_a_real_cat_photo(self) -> None:
+        """Weights and preprocessing are right: chelsea lands among ImageNet's cats."""
+        skimage_data = pytest.importorskip("skimage.data")
+        net = build_classifier("lite0")
+        images = to_tensor([skimage_data.chelsea()], (224, 224), device=torch.device("cpu"))
+        x = normalize_images(images, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        with torch.inference_mode():
+            top = net(x).softmax(-1)[0].topk(3).indices.tolist()
+        cats = {281, 282, 283, 284, 285, 286, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, ...
+        assert top[0] in cats, top
+
+    def test_feature_maps(self) -> None:
+        features, spec, sha = build_backbone("lite0")
+        with torch.inference_mode():
+            out = features(torch.randn(1, 3, 64, 96))
+        assert [tuple(v.shape[1:]) for v in out.values()] == [(24, 16, 24), (40, 8, 12), (112, 4, 6)]
+        assert len(sha) == 64 and spec.total_channels == 176
+
+
+class TestTorchvision:
+    def test_missing_weights_is_clear(self) -> None:
+        with pytest.raises(WeightsError, match="--weights FILE for backbone resnet18.*never"):
+            build_backbone("resnet18")
+
+    def test_nonexistent_file(self, tmp_path: Path) -> None:
+        with pytest.raises(WeightsError, match="no such file"):
+            build_backbone("resnet18", weights=tmp_path / "nope.pth")
+
+    def test_wrong_state_dict(self, tmp_path: Path) -> None:
+        torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "bad.pth")
+        with pytest.raises(WeightsError, match="other shapes"):
+            build_backbone("resnet18", weights=tmp_path / "bad.pth")
+
+    def test_loads_user_file(self, tmp_path: Path) -> None:
+        import torchvision
+
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+        features, spec, _ = build_backbone("resnet18", weights=tmp_path / "r18.pth")
+        with torch.inference_mode():
+            out = features(torch.randn(1, 3, 64, 64))
+        assert [v.shape[1] for v in out.values()] == [64, 128, 256] and spec.total_channels == 448
+
+
+class TestPreprocess:
+    def test_default_input_size(self) -> None:
+        assert default_input_hw((240, 360)) == (256, 384)
+        assert default_input_hw((1080, 1920)) == (256, 448)
+
+    def test_resize_and_normalise(self) -> None:
+        images = to_tensor([np.full((40, 60, 3), 255, np.uint8), np.zeros((10, 10, 3), np.uint8)], (32, 48), device=torch.device("cpu"))
+        assert images.shape == (2, 3, 32, 48) and images.dtype == torch.uint8
+        x = normalize_images(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        torch.testing.assert_close(x[0], torch.ones(3, 32, 48))
+        torch.testing.assert_close(x[1], -torch.ones(3, 32, 48))
