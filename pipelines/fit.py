@@ -183,7 +183,9 @@ def fit(
             name="decode",
         )
         tensors = runner.stage(
-            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size), model), frames, name="preprocess"
+            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size, stopped=runner.stopping.is_set), model),
+            frames,
+            name="preprocess",
         )
         features = runner.stage(lambda ts: stages.embed(ts, model), tensors, name="backbone")
         for batch in runner.consume(stages.rebatch(features, min_frames=options.accumulate_frames)):
@@ -214,16 +216,20 @@ def fit(
     def calibration_frame(index: int) -> bool:
         return held_out(index) and (index // period) % stride == 0
 
-    calibration = calibrate(
-        model,
-        sources,
-        every=options.every,
-        frame_config=stages.FrameScoreConfig(),
-        batch_size=options.batch_size,
-        frame_range=frame_range,
-        keep=calibration_frame,
-        progress=progress,
-    )
+    calibration = None
+    if total >= 2:
+        calibration = calibrate(
+            model,
+            sources,
+            every=options.every,
+            frame_config=stages.FrameScoreConfig(),
+            batch_size=options.batch_size,
+            frame_range=frame_range,
+            keep=calibration_frame,
+            progress=progress,
+        )
+        summary.calibrated_on = calibration.frames
+    else:
+        logger.warning("only %d held-out frame(s): the model is not calibrated; score it with --raw or fit on more frames", total)
     write_factors(store, model, calibration)
-    summary.calibrated_on = calibration.frames
     return summary

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +21,12 @@ def ref_of(frame: Frame) -> FrameRef:
     return FrameRef(frame.source_id, frame.index, frame.pts_s, frame.name)
 
 
-def batch_frames(frames: Iterable[Frame], *, max_batch: int) -> Iterator[list[Frame]]:
+def batch_frames(frames: Iterable[Frame], *, max_batch: int, stopped: Callable[[], bool] | None = None) -> Iterator[list[Frame]]:
     """Group frames into lists of at most ``max_batch``, in arrival order.
+
+    When the stream ended because ``stopped()`` turned true, a trailing partial batch is not
+    yielded: a fit then counts only whole batches, so a resumed fit sees the same batches (and
+    bit-identical backbone outputs) as an uninterrupted one.
 
     Example:
         >>> import numpy as np
@@ -38,7 +42,7 @@ def batch_frames(frames: Iterable[Frame], *, max_batch: int) -> Iterator[list[Fr
         if len(batch) == max_batch:
             yield batch
             batch = []
-    if batch:
+    if batch and not (stopped is not None and stopped()):
         yield batch
 
 

@@ -1,0 +1,160 @@
+"""End to end on small generated clips: fit, score, resume, merge, Ctrl-C, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from pipelines.fit import FitOptions, fit
+from pipelines.merge import merge
+from pipelines.score import ScoreOptions, score
+from streamad.decode import VideoWriter
+from streamad.model import ModelConfig
+from streamad.model_store import load_model, open_store
+from streamad.score_store import open_scores, read_source
+from tests.conftest import scene
+
+SMALL = ModelConfig(input_hw=(64, 96), k=16)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stats(path: Path) -> tuple[int, torch.Tensor, torch.Tensor]:
+    model, _ = load_model(open_store(path), need_factors=False)
+    return model.gaussian.n, model.gaussian.mean, model.gaussian.m2
+
+
+def assert_same_stats(a: Path, b: Path) -> None:
+    n_a, mean_a, m2_a = stats(a)
+    n_b, mean_b, m2_b = stats(b)
+    assert n_a == n_b
+    torch.testing.assert_close(mean_a, mean_b, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(m2_a, m2_b, rtol=1e-9, atol=1e-9)
+
+
+class TestFitScore:
+    def test_end_to_end(self, tmp_path: Path, tiny_video: Path, device: str) -> None:
+        summary = fit([str(tiny_video)], tmp_path / "m.zarr", SMALL, options=FitOptions(device=device, holdout_every=4))
+        assert summary.frames_added == 30 and summary.calibrated_on == 10  # every 4th frame held out
+        anomalous = tmp_path / "test.mp4"
+        with VideoWriter(anomalous, fps=10) as writer:
+            for t in range(20):
+                writer.write(scene(t, anomaly=10 <= t < 15))
+        result = score([str(anomalous)], tmp_path / "m.zarr", tmp_path / "out", options=ScoreOptions(device=device), overlay=tmp_path / "o.mp4", plot=tmp_path / "t.png")
+        assert result.frames == {"test": 20}
+        rows = list(csv.DictReader(open(result.csv)))
+        assert list(rows[0]) == ["source", "index", "pts_s", "score"]
+        assert [int(r["index"]) for r in rows] == list(range(20))
+        scores = np.array([float(r["score"]) for r in rows])
+        assert scores[10:15].min() > scores[:10].max()  # the red square stands out
+        store, attrs = open_scores(result.store)
+        back = read_source(store, "test", with_maps=True)
+        assert back.maps.shape == (20, 64, 96) and back.maps.dtype == np.float16
+        np.testing.assert_allclose(back.score, scores, rtol=1e-5)
+        assert attrs["sources"] == {"test": 20}
+        # the anomaly map peaks on the square (top-left quarter of the frame)
+        peak = np.unravel_index(np.argmax(back.maps[12].astype(np.float32)), back.maps[12].shape)
+        assert peak[0] < 40 and peak[1] < 55
+        assert Path(result.overlays[0]).stat().st_size > 0 and Path(result.plot).stat().st_size > 0
+
+    def test_resume_equals_one_shot(self, tmp_path: Path, tiny_video: Path, frame_folder: Path) -> None:
+        one = tmp_path / "one.zarr"
+        fit([str(tiny_video), str(frame_folder)], one, SMALL)
+        part = tmp_path / "part.zarr"
+        fit([str(tiny_video)], part, SMALL, options=FitOptions(stop=17))
+        fit([str(tiny_video), str(frame_folder)], part, None, resume=True)
+        assert_same_stats(one, part)
+        info = open_store(part).attrs()
+        assert info["sources"] == {"tiny": {"next_index": 39}, "clip": {"next_index": 29}}
+
+    def test_merge_equals_one_shot(self, tmp_path: Path, tiny_video: Path, frame_folder: Path) -> None:
+        fit([str(tiny_video), str(frame_folder)], tmp_path / "one.zarr", SMALL)
+        fit([str(tiny_video)], tmp_path / "a.zarr", SMALL)
+        fit([str(frame_folder)], tmp_path / "b.zarr", SMALL)
+        summary = merge([tmp_path / "b.zarr", tmp_path / "a.zarr"], tmp_path / "c.zarr", calibrate_on=[str(frame_folder)])
+        assert summary.calibrated_on == 30
+        assert_same_stats(tmp_path / "one.zarr", tmp_path / "c.zarr")
+
+    def test_resume_refuses_other_model(self, tmp_path: Path, tiny_video: Path) -> None:
+        from streamad.errors import StoreError
+
+        fit([str(tiny_video)], tmp_path / "m.zarr", SMALL)
+        with pytest.raises(StoreError, match="method='soe'"):
+            fit([str(tiny_video)], tmp_path / "m.zarr", ModelConfig(method="soe", input_hw=(64, 96), k=16), resume=True)
+        with pytest.raises(StoreError, match="--resume .* --overwrite"):
+            fit([str(tiny_video)], tmp_path / "m.zarr", SMALL)
+
+
+def test_sigint_during_fit_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    clip = tmp_path / "long.mp4"
+    with VideoWriter(clip, fps=25) as writer:
+        for t in range(400):
+            writer.write(scene(t, height=192, width=256))
+    args = ["fit", str(clip), "--input-size", "128x160", "-k", "16", "--checkpoint-every", "16", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "-m", str(tmp_path / "cut.zarr")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "cut.zarr" / "stats").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out, out
+    seen = open_store(tmp_path / "cut.zarr").attrs()["frames_seen"]
+    assert 0 < seen < 360, "the interrupt should land mid-fit"
+    runner = CliRunner()
+    resumed = runner.invoke(main, ["fit", str(clip), "-m", str(tmp_path / "cut.zarr"), "--resume", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    full = runner.invoke(main, [*args, "-m", str(tmp_path / "full.zarr")])
+    assert full.exit_code == 0, full.output
+    assert_same_stats(tmp_path / "full.zarr", tmp_path / "cut.zarr")
+
+
+class TestCli:
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["fit", "nope/missing.mp4"], "no such path"),
+            (["score", "{video}", "-m", "{tmp}/none.zarr"], "no such path"),
+            (["score", "{video}", "-m", "{tmp}"], "without zarr.json"),
+            (["fit", "{tmp}/notvideo.mp4"], "expected a video"),
+            (["fit", "{tmp}/empty"], "got none"),
+            (["fit", "{video}", "--backbone", "resnet18"], "--weights FILE"),
+            (["fit", "{video}", "--input-size", "100x10"], "multiples of 16"),
+            (["info", "{tmp}/plain.zarr"], "without streamad metadata"),
+        ],
+    )
+    def test_bad_input_one_line_error(self, tmp_path: Path, tiny_video: Path, args: list[str], message: str) -> None:
+        (tmp_path / "notvideo.mp4").write_text("hello")
+        (tmp_path / "empty").mkdir()
+        from streamad.store import ZarrStore
+
+        ZarrStore(tmp_path / "plain.zarr", mode="w").set_attrs({"x": 1})
+        args = [a.format(video=tiny_video, tmp=tmp_path) for a in args]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0
+        assert message in result.output, result.output
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+    def test_fit_score_info(self, tmp_path: Path, tiny_video: Path) -> None:
+        runner = CliRunner()
+        model = str(tmp_path / "m.zarr")
+        res = runner.invoke(main, ["fit", str(tiny_video), "-m", model, "--input-size", "64x96", "-k", "8", "--method", "soe", "-q"])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(main, ["info", model])
+        assert "soe" in res.output and "weights_sha256" in res.output
+        res = runner.invoke(main, ["score", str(tiny_video), "-m", model, "-o", str(tmp_path / "out"), "--window", "3", "--plot", str(tmp_path / "t.png"), "-q"])
+        assert res.exit_code == 0, res.output
+        assert "scored 40 frames" in res.output and (tmp_path / "t.png").exists()
