@@ -117,7 +117,30 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_common
 @friendly_errors
-def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone: str | None, weights: str | None, input_size: str | None, k: int | None, seed: int | None, eps: float | None, checkpoint_every: int, calibration_frames: int, holdout_every: int, resume: bool, overwrite: bool, device: str, threads: int | None, batch_size: int, every: int, start: int, stop: int | None, quiet: bool, verbose: bool) -> None:
+def fit(
+    sources: tuple[str, ...],
+    model_path: str,
+    method: str | None,
+    backbone: str | None,
+    weights: str | None,
+    input_size: str | None,
+    k: int | None,
+    seed: int | None,
+    eps: float | None,
+    checkpoint_every: int,
+    calibration_frames: int,
+    holdout_every: int,
+    resume: bool,
+    overwrite: bool,
+    device: str,
+    threads: int | None,
+    batch_size: int,
+    every: int,
+    start: int,
+    stop: int | None,
+    quiet: bool,
+    verbose: bool,
+) -> None:
     """Fit a model on normal frames of SOURCES (videos, frame folders, clip folders, image globs).
 
     Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
@@ -133,7 +156,16 @@ def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone:
     if not resume or any(v is not None for v in given.values()):
         defaults = ModelConfig()
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
-    options = FitOptions(every=every, start=start, stop=stop, batch_size=batch_size, checkpoint_every=checkpoint_every, calibration_frames=calibration_frames, holdout_every=holdout_every, device=str(pick_device(device)))
+    options = FitOptions(
+        every=every,
+        start=start,
+        stop=stop,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        calibration_frames=calibration_frames,
+        holdout_every=holdout_every,
+        device=str(pick_device(device)),
+    )
     progress = ClickProgress(not quiet)
     summary = run_fit(list(sources), model_path, config, options=options, resume=resume, overwrite=overwrite, progress=progress)
     progress.finish()
@@ -157,7 +189,26 @@ def fit(sources: tuple[str, ...], model_path: str, method: str | None, backbone:
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @with_common
 @friendly_errors
-def score(sources: tuple[str, ...], model_path: str, out_dir: str, overlay: str | None, plot: str | None, raw: bool, topk: float, window: int, no_maps: bool, weights: str | None, device: str, threads: int | None, batch_size: int, every: int, start: int, stop: int | None, quiet: bool, verbose: bool) -> None:
+def score(
+    sources: tuple[str, ...],
+    model_path: str,
+    out_dir: str,
+    overlay: str | None,
+    plot: str | None,
+    raw: bool,
+    topk: float,
+    window: int,
+    no_maps: bool,
+    weights: str | None,
+    device: str,
+    threads: int | None,
+    batch_size: int,
+    every: int,
+    start: int,
+    stop: int | None,
+    quiet: bool,
+    verbose: bool,
+) -> None:
     """Score every frame of SOURCES: per-frame scores (CSV, zarr), anomaly maps, overlays.
 
     Example: streamad score clip.mp4 -m model.zarr -o out --overlay out/overlay.mp4 --plot out/timeline.png
@@ -168,7 +219,15 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, overlay: str 
     from streamad.runtime import pick_device
     from streamad.stages import FrameScoreConfig
 
-    options = ScoreOptions(every=every, start=start, stop=stop, batch_size=batch_size, frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window), write_maps=not no_maps, device=str(pick_device(device)))
+    options = ScoreOptions(
+        every=every,
+        start=start,
+        stop=stop,
+        batch_size=batch_size,
+        frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
+        write_maps=not no_maps,
+        device=str(pick_device(device)),
+    )
     progress = ClickProgress(not quiet)
     summary = run_score(list(sources), model_path, out_dir, options=options, overlay=overlay, plot=plot, weights=weights, progress=progress)
     progress.finish()
@@ -196,7 +255,9 @@ def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], o
     from pipelines.merge import merge as run_merge
     from streamad.runtime import pick_device
 
-    summary = run_merge(list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=str(pick_device(device)), progress=ClickProgress(not quiet))
+    summary = run_merge(
+        list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=str(pick_device(device)), progress=ClickProgress(not quiet)
+    )
     note = f"calibrated on {summary.calibrated_on} frames" if summary.calibrated_on else "not calibrated: score it with --raw, or pass --calibrate-on SOURCE"
     click.echo(f"merged {summary.inputs} stores into {summary.output}: {summary.frames_seen} frames; {note}")
 

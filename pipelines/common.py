@@ -13,6 +13,7 @@ from streamad.frames import Frame
 from streamad.runner import DropLog, Runner
 from streamad.sources import Source
 
+
 class Progress(Protocol):
     """Told about long work: ``start(label, total)``, then ``advance(n)`` per n frames done."""
 

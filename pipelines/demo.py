@@ -26,7 +26,15 @@ class SyntheticClip:
     anomaly_frames: tuple[int, int]
 
 
-def make_clip(path: str | Path, *, frames: int = 450, fps: float = 15.0, size_hw: tuple[int, int] = (240, 320), anomaly_frames: tuple[int, int] = (360, 400), seed: int = 0) -> SyntheticClip:
+def make_clip(
+    path: str | Path,
+    *,
+    frames: int = 450,
+    fps: float = 15.0,
+    size_hw: tuple[int, int] = (240, 320),
+    anomaly_frames: tuple[int, int] = (360, 400),
+    seed: int = 0,
+) -> SyntheticClip:
     """Write a synthetic walkway: textured ground, people walking to and fro; between
     ``anomaly_frames`` a fast red cart crosses the scene (the anomaly)."""
     rng = np.random.default_rng(seed)
@@ -82,6 +90,12 @@ def demo(out_dir: str | Path, *, video: str | None = None, fit_fraction: float =
     split = int(total * fit_fraction)
     fitted = fit([path], out / "model.zarr", ModelConfig(), options=FitOptions(stop=split, device=device), overwrite=True, progress=progress)
     scored = score(
-        [path], out / "model.zarr", out, options=ScoreOptions(start=split, device=device), overlay=out / "overlay.mp4", plot=out / "timeline.png", progress=progress
+        [path],
+        out / "model.zarr",
+        out,
+        options=ScoreOptions(start=split, device=device),
+        overlay=out / "overlay.mp4",
+        plot=out / "timeline.png",
+        progress=progress,
     )
     return DemoSummary(path, split, fitted, scored, anomaly)

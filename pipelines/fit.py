@@ -123,7 +123,9 @@ def calibrate(
 
     def distances() -> Iterator[torch.Tensor]:
         runner = Runner()
-        frames = runner.source(lambda: frames_of(sources, every=every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range, keep=keep), maxsize=32)
+        frames = runner.source(
+            lambda: frames_of(sources, every=every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range, keep=keep), maxsize=32
+        )
         tensors = runner.stage(lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=batch_size), model), frames, name="preprocess")
         for batch in runner.consume(stages.embed(tensors, model)):
             d = model.distances(batch.embeddings).cpu()
@@ -135,11 +137,7 @@ def calibrate(
     mean, std, count = stages.position_statistics(distances())
     progress.finish()
     partial = Calibration(mean, std, normal_scores=np.zeros(0, np.float32), frames=count)
-    scores = [
-        result.score
-        for refs, d in kept
-        for result in stages.score_distances(refs, d.to(model.device), model, calibration=partial, config=frame_config)
-    ]
+    scores = [result.score for refs, d in kept for result in stages.score_distances(refs, d.to(model.device), model, calibration=partial, config=frame_config)]
     return Calibration(mean, std, normal_scores=np.asarray(scores, np.float32), frames=count)
 
 

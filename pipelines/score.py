@@ -128,11 +128,21 @@ def score(
     series: dict[str, tuple[list[float], list[float]]] = {}
     keep = overlay is not None
     progress.start("scoring", expected_frames(sources, every=options.every, frame_range=(options.start, options.stop)))
-    with graceful_interrupt(runner) as interrupted, overlays.stack, ScoreWriter(
-        summary.csv, ZarrStore(summary.store, mode="w"), attrs=attrs, write_maps=options.write_maps
-    ) as writer:
-        frames = runner.source(lambda: frames_of(sources, every=options.every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=(options.start, options.stop)), maxsize=32, name="decode")
-        tensors = runner.stage(lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size), model, keep_originals=keep), frames, name="preprocess")
+    with (
+        graceful_interrupt(runner) as interrupted,
+        overlays.stack,
+        ScoreWriter(summary.csv, ZarrStore(summary.store, mode="w"), attrs=attrs, write_maps=options.write_maps) as writer,
+    ):
+        frames = runner.source(
+            lambda: frames_of(
+                sources, every=options.every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=(options.start, options.stop)
+            ),
+            maxsize=32,
+            name="decode",
+        )
+        tensors = runner.stage(
+            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size), model, keep_originals=keep), frames, name="preprocess"
+        )
         features = runner.stage(lambda ts: stages.embed(ts, model), tensors, name="backbone")
         results: Iterator[ScoreMap] = runner.stage(
             lambda fs: stages.score(fs, model, calibration=calibration, config=frame_config), features, maxsize=64, name="scorer"

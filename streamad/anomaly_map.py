@@ -6,7 +6,6 @@ from collections import deque
 
 import kornia
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,7 +24,9 @@ def anomaly_map(distances: Tensor, *, feature_hw: tuple[int, int], out_hw: tuple
     Returns:
         Maps of shape (B, H, W).
     """
-    check_shape("distances", distances.shape, f"(B, {feature_hw[0] * feature_hw[1]})", distances.ndim == 2 and distances.shape[1] == feature_hw[0] * feature_hw[1])
+    check_shape(
+        "distances", distances.shape, f"(B, {feature_hw[0] * feature_hw[1]})", distances.ndim == 2 and distances.shape[1] == feature_hw[0] * feature_hw[1]
+    )
     grid = distances.reshape(-1, 1, *feature_hw)
     up = F.interpolate(grid, size=out_hw, mode="bilinear", align_corners=False)
     if sigma > 0:

@@ -42,11 +42,12 @@ class BackboneSpec:
 
 SPECS: dict[str, BackboneSpec] = {
     "lite0": BackboneSpec("lite0", ("_blocks.2", "_blocks.4", "_blocks.10"), (24, 40, 112), (4, 8, 16)),
-    "resnet18": BackboneSpec(
-        "resnet18", ("layer1", "layer2", "layer3"), (64, 128, 256), (4, 8, 16), needs_weights_file=True
-    ),
+    "resnet18": BackboneSpec("resnet18", ("layer1", "layer2", "layer3"), (64, 128, 256), (4, 8, 16), needs_weights_file=True),
     "wide_resnet50_2": BackboneSpec(
-        "wide_resnet50_2", ("layer1", "layer2", "layer3"), (256, 512, 1024), (4, 8, 16),
+        "wide_resnet50_2",
+        ("layer1", "layer2", "layer3"),
+        (256, 512, 1024),
+        (4, 8, 16),
         needs_weights_file=True,
     ),
 }
@@ -74,9 +75,7 @@ def _load_state_dict(path: Path, name: str) -> dict[str, Tensor]:
     except FileNotFoundError as exc:
         raise WeightsError(f"expected a weights file for {name}, got {path} (missing)") from exc
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise WeightsError(
-            f"expected a PyTorch state dict for {name} in {path}, got an unreadable file ({exc})"
-        ) from exc
+        raise WeightsError(f"expected a PyTorch state dict for {name} in {path}, got an unreadable file ({exc})") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -139,7 +138,9 @@ def build_classifier(name: str, *, weights: str | Path | None = None) -> nn.Modu
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise WeightsError(f"expected {name} weights in {path}, got tensors of other shapes ({str(exc).splitlines()[-1].strip()}); hint: pass the torchvision ImageNet checkpoint for {name}") from exc
+        raise WeightsError(
+            f"expected {name} weights in {path}, got tensors of other shapes ({str(exc).splitlines()[-1].strip()}); hint: pass the torchvision ImageNet checkpoint for {name}"
+        ) from exc
     if missing or unexpected:
         raise WeightsError(
             f"expected {name} weights in {path}, got a state dict with {len(missing)} missing and "

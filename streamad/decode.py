@@ -46,10 +46,7 @@ def probe(path: str | Path) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise UnsupportedSourceError(
-                    f"expected a video stream in {path}, got none; hint: pass a video file, a "
-                    "folder of images or an image glob"
-                )
+                raise UnsupportedSourceError(f"expected a video stream in {path}, got none; hint: pass a video file, a folder of images or an image glob")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.base_rate or Fraction(25)
             frames = stream.frames
@@ -64,8 +61,7 @@ def probe(path: str | Path) -> VideoInfo:
             )
     except av.FFmpegError as exc:
         raise UnsupportedSourceError(
-            f"expected a video FFmpeg can read, got {path} ({exc.strerror or exc}); hint: check the "
-            "file is complete, or pass a folder of images instead"
+            f"expected a video FFmpeg can read, got {path} ({exc.strerror or exc}); hint: check the file is complete, or pass a folder of images instead"
         ) from exc
 
 
@@ -132,10 +128,7 @@ def decode_video(
                     )
                 index += 1
     if index == 0:
-        raise DecodeError(
-            f"expected decodable frames in {path}, got none; hint: the file may be truncated or "
-            "use a codec this FFmpeg build lacks"
-        )
+        raise DecodeError(f"expected decodable frames in {path}, got none; hint: the file may be truncated or use a codec this FFmpeg build lacks")
 
 
 class VideoWriter:
@@ -167,14 +160,10 @@ class VideoWriter:
             raise RuntimeError("VideoWriter.write outside of a with-block")
         height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
         if self._stream is None:
-            self._stream = self._container.add_stream(
-                "libx264", rate=self._fps, options={"crf": str(self._crf), "preset": "veryfast"}
-            )
+            self._stream = self._container.add_stream("libx264", rate=self._fps, options={"crf": str(self._crf), "preset": "veryfast"})
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = "yuv420p"
-        frame = av.VideoFrame.from_ndarray(
-            np.ascontiguousarray(image[:height, :width]), format="rgb24"
-        )
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="rgb24")
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 

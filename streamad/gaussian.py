@@ -25,9 +25,7 @@ def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
     return x.shape[0], mean, m2
 
 
-def chan_merge(
-    n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
-) -> tuple[int, Tensor, Tensor]:
+def chan_merge(n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor) -> tuple[int, Tensor, Tensor]:
     """Merge two sets of moments (Chan, Golub and LeVeque's pairwise update).
 
     ``n = n_a + n_b``, ``delta = mean_b - mean_a``, ``mean = mean_a + delta n_b / n``,
@@ -104,9 +102,7 @@ class RunningGaussian(nn.Module):
     def merge(self, other: RunningGaussian) -> None:
         """Add another partial fit's statistics (exact; any order gives the same result)."""
         if (other.positions, other.k) != (self.positions, self.k):
-            raise ShapeError(
-                f"expected statistics of shape ({self.positions}, {self.k}), got ({other.positions}, {other.k})"
-            )
+            raise ShapeError(f"expected statistics of shape ({self.positions}, {self.k}), got ({other.positions}, {other.k})")
         self._set(*chan_merge(self.n, self.mean, self.m2, other.n, other.mean.to(self.mean.device), other.m2.to(self.m2.device)))
 
     def _set(self, n: int, mean: Tensor, m2: Tensor) -> None:

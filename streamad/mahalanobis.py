@@ -24,10 +24,7 @@ def cholesky_factors(covariance: Tensor, *, eps: float) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(cov + ridge)
     if bool((info > 0).any()):
         bad = int((info > 0).nonzero()[0].item())
-        raise ValueError(
-            f"expected positive definite covariances, got a singular one at position {bad}; "
-            "hint: raise eps or fit on more frames"
-        )
+        raise ValueError(f"expected positive definite covariances, got a singular one at position {bad}; hint: raise eps or fit on more frames")
     return chol
 
 

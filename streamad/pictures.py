@@ -11,7 +11,9 @@ import numpy as np
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127)]
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, *, vmin: float, vmax: float, score: float | None = None, alert: bool = False, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, *, vmin: float, vmax: float, score: float | None = None, alert: bool = False, alpha: float = 0.5
+) -> np.ndarray:
     """Blend a JET heatmap of ``anomaly_map`` (any size) onto an RGB uint8 ``image`` (H, W, 3).
 
     Values at or below ``vmin`` are left uncoloured; ``vmax`` and above are red.
@@ -31,7 +33,14 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, *, vmin: float, vmax: fl
     return out
 
 
-def timeline(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, threshold: float | None = None, title: str = "frame scores", size: tuple[int, int] = (1200, 420)) -> None:
+def timeline(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    *,
+    threshold: float | None = None,
+    title: str = "frame scores",
+    size: tuple[int, int] = (1200, 420),
+) -> None:
     """Plot score against time (seconds) per source and save a PNG.
 
     Args:

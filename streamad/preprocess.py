@@ -58,9 +58,7 @@ def to_tensor(images: Sequence[np.ndarray], input_hw: tuple[int, int], *, device
     return torch.cat(out)
 
 
-def normalize_images(
-    images: Tensor, *, mean: tuple[float, float, float], std: tuple[float, float, float]
-) -> Tensor:
+def normalize_images(images: Tensor, *, mean: tuple[float, float, float], std: tuple[float, float, float]) -> Tensor:
     """uint8 (B, 3, H, W) in [0, 255] to float, normalised with the backbone's mean and std."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ShapeError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")

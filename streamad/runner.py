@@ -163,9 +163,7 @@ class Runner:
 
         return self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name)
 
-    def stage(
-        self, transform: Callable[[Iterator[In]], Iterable[Out]], upstream: Iterator[In], *, maxsize: int = 2, name: str = "stage"
-    ) -> Iterator[Out]:
+    def stage(self, transform: Callable[[Iterator[In]], Iterable[Out]], upstream: Iterator[In], *, maxsize: int = 2, name: str = "stage") -> Iterator[Out]:
         """Run ``transform(upstream)`` in a thread, feeding a bounded blocking queue."""
         return self._spawn(lambda: transform(upstream), maxsize=maxsize, policy="block", on_drop=None, name=name)
 

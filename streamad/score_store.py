@@ -115,7 +115,9 @@ def open_scores(path: str | Path) -> tuple[ZarrStore, dict[str, Any]]:
     store = ZarrStore(path, mode="r")
     attrs = store.attrs()
     if attrs.get("kind") != "streamad-scores" or attrs.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"expected a streamad score store (format {FORMAT_VERSION}) at {path}, got kind={attrs.get('kind')!r} format={attrs.get('format_version')!r}")
+        raise StoreError(
+            f"expected a streamad score store (format {FORMAT_VERSION}) at {path}, got kind={attrs.get('kind')!r} format={attrs.get('format_version')!r}"
+        )
     return store, attrs
 
 

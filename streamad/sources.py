@@ -145,18 +145,12 @@ def _resolve_one(spec: str) -> list[Source]:
             key=lambda p: natural_key(str(p)),
         )
         if not images:
-            raise EmptySourceError(
-                f"expected images matching {spec!r}, got none; hint: check the pattern and quote "
-                "it so the shell does not expand it"
-            )
+            raise EmptySourceError(f"expected images matching {spec!r}, got none; hint: check the pattern and quote it so the shell does not expand it")
         name = Path(spec.split("*")[0].split("?")[0].split("[")[0]).name or "images"
         return [ImageSequence(name, tuple(images))]
     path = Path(spec)
     if not path.exists():
-        raise SourceNotFoundError(
-            f"expected an existing video, folder or glob, got {spec!r} (no such path); hint: check "
-            "the spelling, or quote a glob"
-        )
+        raise SourceNotFoundError(f"expected an existing video, folder or glob, got {spec!r} (no such path); hint: check the spelling, or quote a glob")
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return [ImageSequence(path.stem, (path,))]
@@ -201,11 +195,7 @@ def resolve_sources(specs: Sequence[str]) -> list[Source]:
             seen[source.source_id] = count + 1
             if count:
                 new_id = f"{source.source_id}-{count + 1}"
-                source = (
-                    ImageSequence(new_id, source.paths, source.fps)
-                    if isinstance(source, ImageSequence)
-                    else VideoFile(new_id, source.path)
-                )
+                source = ImageSequence(new_id, source.paths, source.fps) if isinstance(source, ImageSequence) else VideoFile(new_id, source.path)
             sources.append(source)
     return sources
 

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from streamad.anomaly_map import TemporalMean, topk_mean
 from streamad.errors import ConfigError
-from streamad.gaussian import batch_moments, chan_merge
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap, TensorBatch
+from streamad.gaussian import batch_moments, chan_merge
 from streamad.model import AnomalyModel
 from streamad.model_store import Calibration
 
@@ -97,10 +97,7 @@ def score(
 ) -> Iterator[ScoreMap]:
     """Embeddings to anomaly maps and pooled (not yet temporally smoothed) frame scores."""
     if config.calibrated and calibration is None:
-        raise ConfigError(
-            "expected a calibrated model for calibrated frame scores, got a store without "
-            "calibration; hint: refit, or pass --no-calibrated"
-        )
+        raise ConfigError("expected a calibrated model for calibrated frame scores, got a store without calibration; hint: refit, or pass --no-calibrated")
     for batch in batches:
         yield from score_distances(batch.refs, model.distances(batch.embeddings), model, calibration=calibration, config=config, originals=batch.originals)
 

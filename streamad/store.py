@@ -44,8 +44,7 @@ class ArrayStore(Protocol):
         """Append along axis 0, creating the array on first use."""
         ...
 
-    def exists(self, name: str) -> bool:
-        ...
+    def exists(self, name: str) -> bool: ...
 
     def arrays(self, prefix: str = "") -> list[str]:
         """Names of the arrays under ``prefix`` (recursive, sorted)."""
@@ -146,9 +145,7 @@ class ZarrStore:
 
     def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
         array = np.asarray(array)
-        target = self._group.create_array(
-            name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True
-        )
+        target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True)
         if array.size:
             target[...] = array
 
@@ -172,9 +169,7 @@ class ZarrStore:
         if isinstance(group, zarr.Array):
             return [prefix]
         base = prefix.rstrip("/") + "/" if prefix else ""
-        return sorted(base + name for name, _ in group.arrays()) + sorted(
-            name for sub, _ in group.groups() for name in self.arrays(base + sub)
-        )
+        return sorted(base + name for name, _ in group.arrays()) + sorted(name for sub, _ in group.groups() for name in self.arrays(base + sub))
 
     def delete(self, prefix: str) -> None:
         try:

@@ -50,7 +50,9 @@ class TestFitScore:
         with VideoWriter(anomalous, fps=10) as writer:
             for t in range(20):
                 writer.write(scene(t, anomaly=10 <= t < 15))
-        result = score([str(anomalous)], tmp_path / "m.zarr", tmp_path / "out", options=ScoreOptions(device=device), overlay=tmp_path / "o.mp4", plot=tmp_path / "t.png")
+        result = score(
+            [str(anomalous)], tmp_path / "m.zarr", tmp_path / "out", options=ScoreOptions(device=device), overlay=tmp_path / "o.mp4", plot=tmp_path / "t.png"
+        )
         assert result.frames == {"test": 20}
         rows = list(csv.DictReader(open(result.csv)))
         assert list(rows[0]) == ["source", "index", "pts_s", "score"]
@@ -102,7 +104,9 @@ def test_sigint_during_fit_then_resume_equals_uninterrupted(tmp_path: Path) -> N
             writer.write(scene(t, height=192, width=256))
     args = ["fit", str(clip), "--input-size", "128x160", "-k", "16", "--checkpoint-every", "16", "-q"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "-m", str(tmp_path / "cut.zarr")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args, "-m", str(tmp_path / "cut.zarr")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "cut.zarr" / "stats").exists():
         time.sleep(0.1)
@@ -155,6 +159,8 @@ class TestCli:
         assert res.exit_code == 0, res.output
         res = runner.invoke(main, ["info", model])
         assert "soe" in res.output and "weights_sha256" in res.output
-        res = runner.invoke(main, ["score", str(tiny_video), "-m", model, "-o", str(tmp_path / "out"), "--window", "3", "--plot", str(tmp_path / "t.png"), "-q"])
+        res = runner.invoke(
+            main, ["score", str(tiny_video), "-m", model, "-o", str(tmp_path / "out"), "--window", "3", "--plot", str(tmp_path / "t.png"), "-q"]
+        )
         assert res.exit_code == 0, res.output
         assert "scored 40 frames" in res.output and (tmp_path / "t.png").exists()
