@@ -30,6 +30,7 @@ class ScoreOptions:
     start: int = 0
     stop: int | None = None
     batch_size: int = 8
+    score_batch: int = 32
     frame_score: stages.FrameScoreConfig = stages.FrameScoreConfig()
     write_maps: bool = True
     device: str = "cpu"
@@ -80,7 +81,7 @@ class _Overlays:
         sid = result.ref.source_id
         if sid not in self.writers:
             target = self.path.with_name(f"{self.path.stem}-{sid}{self.path.suffix}") if self.many else self.path
-            self.writers[sid] = self.stack.enter_context(VideoWriter(target, fps=self.fps[sid] / 1))
+            self.writers[sid] = self.stack.enter_context(VideoWriter(target, fps=self.fps[sid]))
             self.paths.append(str(target))
         alert = self.threshold is not None and result.score > self.threshold
         frame = pictures.overlay(result.original, result.anomaly_map, vmin=self.vmin, vmax=self.vmax, score=result.score, alert=alert)
@@ -145,7 +146,10 @@ def score(
         )
         features = runner.stage(lambda ts: stages.embed(ts, model), tensors, name="backbone")
         results: Iterator[ScoreMap] = runner.stage(
-            lambda fs: stages.score(fs, model, calibration=calibration, config=frame_config), features, maxsize=64, name="scorer"
+            lambda fs: stages.score(stages.rebatch(fs, min_frames=options.score_batch), model, calibration=calibration, config=frame_config),
+            features,
+            maxsize=64,
+            name="scorer",
         )
         for result in stages.smooth(runner.consume(results), window=frame_config.window):
             writer.write(result)

@@ -135,19 +135,21 @@ def smooth(results: Iterable[ScoreMap], *, window: int) -> Iterator[ScoreMap]:
 def rebatch(batches: Iterable[FeatureBatch], *, min_frames: int) -> Iterator[FeatureBatch]:
     """Concatenate consecutive feature batches until each holds at least ``min_frames`` frames.
 
-    The running Gaussian's update costs one pass over its (P, k, k) co-moments whatever the
-    batch size, so fitting in larger batches is cheaper per frame.
+    The running Gaussian's update and the Mahalanobis distances each read (P, k, k) float
+    matrices once per batch whatever its size, so larger batches are cheaper per frame.
     """
     refs: list[FrameRef] = []
     parts: list[Tensor] = []
+    originals: list[np.ndarray] = []
     for batch in batches:
         refs.extend(batch.refs)
         parts.append(batch.embeddings)
+        originals.extend(batch.originals)
         if len(refs) >= min_frames:
-            yield FeatureBatch(tuple(refs), torch.cat(parts))
-            refs, parts = [], []
+            yield FeatureBatch(tuple(refs), torch.cat(parts), tuple(originals))
+            refs, parts, originals = [], [], []
     if refs:
-        yield FeatureBatch(tuple(refs), torch.cat(parts))
+        yield FeatureBatch(tuple(refs), torch.cat(parts), tuple(originals))
 
 
 def position_statistics(distances: Iterable[Tensor]) -> tuple[np.ndarray, np.ndarray, int]:
