@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "videos" / "vtest.avi"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--switch-interval", type=float, default=None)
     parser.add_argument("--fit-frames", type=int, default=300)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-throughput"))
@@ -73,6 +74,8 @@ def main() -> None:
 
     tune_allocator()
     set_threads(args.threads)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     model_path = args.work / "model.zarr"
     if not (model_path / "zarr.json").exists():
         fit([args.video], model_path, None, options=FitOptions(stop=args.fit_frames, device=args.device), overwrite=True)

@@ -16,7 +16,7 @@ from streamad.errors import ConfigError
 from streamad.gaussian import RunningGaussian
 from streamad.mahalanobis import Mahalanobis, cholesky_factors, whitening_factors
 from streamad.preprocess import Preprocessor
-from streamad.projection import METHODS, Projection, make_projection
+from streamad.projection import METHODS, Projection, make_projection, project_layers
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +116,7 @@ class AnomalyModel(nn.Module):
             features = {name: f.float() for name, f in features.items()}
         else:
             features = self.backbone(images)
-        return self.projection(concat_features(features, self.spec.layers))
+        return project_layers(features, self.spec.layers, self.projection.weight)
 
     def embed(self, frames: Sequence[np.ndarray]) -> Tensor:
         """RGB uint8 frames to projected embeddings (B, P, k)."""

@@ -4,6 +4,7 @@ random semi-orthogonal matrix."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streamad.errors import ConfigError, check_shape
@@ -70,6 +71,46 @@ def project(x: Tensor, projection: Tensor) -> Tensor:
         return flat.index_select(1, projection).transpose(1, 2)
     check_shape("projection", projection.shape, f"({x.shape[1]}, k)", projection.ndim == 2 and projection.shape[0] == x.shape[1])
     return torch.matmul(flat.transpose(1, 2), projection.to(flat.dtype))
+
+
+def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], projection: Tensor) -> Tensor:
+    """Project multi-scale maps without building the concatenated embedding.
+
+    Equal to ``project(concat(upsample_nearest(f_l)), projection)`` because nearest upsampling
+    commutes with any per-position linear map: each layer is projected at its own (coarser)
+    resolution and only the k-dim result is upsampled, which saves most of the memory traffic.
+
+    Args:
+        features: maps (B, C_l, h_l, w_l) by layer name; the first layer is the finest.
+        layers: layer order of the concatenation.
+        projection: indices (k,) int64 into the concatenated channels, or a matrix (C, k).
+
+    Returns:
+        shape (B, h*w, k) with (h, w) the finest map's size.
+    """
+    first = features[layers[0]]
+    size = first.shape[-2:]
+    parts: list[Tensor] = []
+    total: Tensor | None = None
+    offset = 0
+    for name in layers:
+        fmap = features[name]
+        channels = fmap.shape[1]
+        if projection.dtype == torch.int64:
+            picked = projection[(projection >= offset) & (projection < offset + channels)] - offset
+            if len(picked):
+                part = fmap.index_select(1, picked)
+                parts.append(part if part.shape[-2:] == size else F.interpolate(part, size=size, mode="nearest"))
+        else:
+            block = projection[offset : offset + channels].to(fmap.dtype)  # (C_l, k)
+            part = torch.einsum("bchw,ck->bkhw", fmap, block)
+            part = part if part.shape[-2:] == size else F.interpolate(part, size=size, mode="nearest")
+            total = part if total is None else total.add_(part)
+        offset += channels
+    check_shape("projection", projection.shape, f"indices below {offset} or ({offset}, k)", projection.dtype == torch.int64 or projection.shape[0] == offset)
+    out = torch.cat(parts, dim=1) if projection.dtype == torch.int64 else total
+    assert out is not None
+    return out.flatten(2).transpose(1, 2).contiguous()
 
 
 class Projection(nn.Module):

@@ -58,3 +58,18 @@ class TestProject:
     def test_unknown_method(self) -> None:
         with pytest.raises(ConfigError, match="padim"):
             make_projection("pca", 6, 3, seed=0)
+
+
+class TestProjectLayers:
+    @pytest.mark.parametrize("method", ["padim", "soe"])
+    def test_equals_concatenate_then_project(self, method: str) -> None:
+        from streamad.model import concat_features
+        from streamad.projection import project_layers
+
+        features = {"a": torch.randn(2, 5, 8, 12), "b": torch.randn(2, 7, 4, 6), "c": torch.randn(2, 9, 2, 3)}
+        layers = ("a", "b", "c")
+        projection = make_projection(method, 21, 10, seed=4)
+        expected = project(concat_features(features, layers), projection)
+        got = project_layers(features, layers, projection)
+        assert got.shape == (2, 96, 10) and got.is_contiguous()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
