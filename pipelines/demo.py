@@ -43,13 +43,19 @@ def make_clip(
     ground = np.clip(110 + 40 * noise[..., None] + np.linspace(-20, 20, width)[None, :, None], 0, 255)
     ground = (ground * np.array([0.95, 1.0, 0.9])).astype(np.uint8)
     cv2.rectangle(ground, (0, height // 3), (width, height // 3 + 6), (70, 70, 70), -1)  # kerb
-    walkers = [(rng.uniform(0, width), rng.uniform(height * 0.45, height * 0.9), rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0)) for _ in range(5)]
+    # Regular traffic: every walker's motion repeats every `period` frames, so the part after the
+    # fit shows the same kind of scene, and only the cart is new.
+    period = 90
+    lap = width + 40
+    walkers = [
+        (rng.uniform(0, width), rng.uniform(height * 0.45, height * 0.9), rng.choice([-1.0, 1.0]) * lap * int(rng.integers(1, 3)) / period) for _ in range(5)
+    ]
     with VideoWriter(path, fps=fps) as writer:
         for t in range(frames):
             image = ground.copy()
             for x0, y, v in walkers:
-                x = (x0 + v * t) % (width + 40) - 20
-                bob = 2 * np.sin(0.5 * t + x0)
+                x = (x0 + v * t) % lap - 20
+                bob = 2 * np.sin(2 * np.pi * t / 15 + x0)
                 cv2.ellipse(image, (int(x), int(y + bob)), (6, 14), 0, 0, 360, (40, 45, 60), -1)
                 cv2.circle(image, (int(x), int(y - 18 + bob)), 5, (200, 170, 150), -1)
             if anomaly_frames[0] <= t < anomaly_frames[1]:
@@ -59,7 +65,10 @@ def make_clip(
                 cv2.rectangle(image, (x - 22, y - 12), (x + 22, y + 12), (220, 40, 30), -1)
                 cv2.circle(image, (x - 12, y + 14), 5, (20, 20, 20), -1)
                 cv2.circle(image, (x + 12, y + 14), 5, (20, 20, 20), -1)
-            writer.write(image)
+            # sensor noise: real cameras never repeat a pixel exactly, and without it the
+            # covariances of a static synthetic scene are nearly singular
+            noisy = image.astype(np.int16) + rng.normal(0, 6, image.shape).astype(np.int16)
+            writer.write(np.clip(noisy, 0, 255).astype(np.uint8))
     return SyntheticClip(str(path), frames, fps, anomaly_frames)
 
 
