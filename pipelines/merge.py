@@ -14,7 +14,6 @@ from streamad.model_store import (
     FitState,
     base_attrs,
     check_compatible,
-    config_from_attrs,
     load_model,
     open_store,
     read_state,
@@ -67,8 +66,6 @@ def merge(
             key = sid if sid not in state.next_index else f"{sid}@{Path(path).name}"
             state.next_index[key] = n
         state.frames_seen += part.frames_seen
-    if config_from_attrs(first.attrs()) != model.config:  # pragma: no cover - guarded by load_model
-        raise StoreError("inconsistent model configuration while merging")
     target = open_store(out, mode="w")
     target.set_attrs(base_attrs(model) | {"merged_from": [str(Path(p)) for p in inputs]})
     write_checkpoint(target, model, FitState(state.next_index, state.frames_seen))

@@ -165,9 +165,11 @@ def write_checkpoint(store: ArrayStore, model: AnomalyModel, state: FitState, *,
 
 def write_factors(store: ArrayStore, model: AnomalyModel, calibration: Calibration | None = None) -> None:
     """Store the factors (and calibration) derived from the committed statistics."""
+    if model.scorer is None:
+        raise RuntimeError("model has no factors to write; call finalise() first")
     attrs = check_format(store, "store")
     gen = _next_generation(attrs)
-    store.write(f"factors/g{gen}/mean", model.scorer.mean.cpu().numpy() if model.scorer is not None else None)
+    store.write(f"factors/g{gen}/mean", model.scorer.mean.cpu().numpy())
     store.write(f"factors/g{gen}/chol", model.chol.cpu().numpy(), chunks=(max(1, 4096 // model.config.k), model.config.k, model.config.k))
     attrs.update(generation=gen, factors_path=f"factors/g{gen}", factors_of=attrs["stats_path"])
     if calibration is not None:

@@ -108,8 +108,7 @@ def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], project
             total = part if total is None else total.add_(part)
         offset += channels
     check_shape("projection", projection.shape, f"indices below {offset} or ({offset}, k)", projection.dtype == torch.int64 or projection.shape[0] == offset)
-    out = torch.cat(parts, dim=1) if projection.dtype == torch.int64 else total
-    assert out is not None
+    out = torch.cat(parts, dim=1) if total is None else total
     return out.flatten(2).transpose(1, 2).contiguous()
 
 
