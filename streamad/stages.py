@@ -97,7 +97,7 @@ def score(
 ) -> Iterator[ScoreMap]:
     """Embeddings to anomaly maps and pooled (not yet temporally smoothed) frame scores."""
     if config.calibrated and calibration is None:
-        raise ConfigError("expected a calibrated model for calibrated frame scores, got a store without calibration; hint: refit, or pass --no-calibrated")
+        raise ConfigError("expected a calibrated model for calibrated frame scores, got a store without calibration; hint: refit, or score with --raw")
     for batch in batches:
         yield from score_distances(batch.refs, model.distances(batch.embeddings), model, calibration=calibration, config=config, originals=batch.originals)
 
