@@ -140,8 +140,7 @@ def build_classifier(name: str, *, weights: str | Path | None = None) -> nn.Modu
     except RuntimeError as exc:  # shape mismatches
         detail = str(exc).splitlines()[-1].strip()
         raise WeightsError(
-            f"expected {name} weights in {path}, got tensors of other shapes ({detail}); "
-            f"hint: pass the torchvision ImageNet checkpoint for {name}"
+            f"expected {name} weights in {path}, got tensors of other shapes ({detail}); hint: pass the torchvision ImageNet checkpoint for {name}"
         ) from exc
     if missing or unexpected:
         raise WeightsError(

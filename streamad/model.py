@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streamad.anomaly_map import AnomalyMap
@@ -59,17 +58,6 @@ def feature_hw(spec: BackboneSpec, input_hw: tuple[int, int]) -> tuple[int, int]
     """Size of the finest feature map (the patch grid)."""
     stride = min(spec.strides)
     return (input_hw[0] + stride - 1) // stride, (input_hw[1] + stride - 1) // stride
-
-
-def concat_features(features: dict[str, Tensor], layers: Sequence[str]) -> Tensor:
-    """Resize the maps of ``layers`` to the first (finest) one (nearest) and concatenate channels.
-
-    Returns:
-        shape (B, C, h, w).
-    """
-    first = features[layers[0]]
-    maps = [first] + [F.interpolate(features[name], size=first.shape[-2:], mode="nearest") for name in layers[1:]]
-    return torch.cat(maps, dim=1)
 
 
 class AnomalyModel(nn.Module):

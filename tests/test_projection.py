@@ -63,8 +63,12 @@ class TestProject:
 class TestProjectLayers:
     @pytest.mark.parametrize("method", ["padim", "soe"])
     def test_equals_concatenate_then_project(self, method: str) -> None:
-        from streamad.model import concat_features
         from streamad.projection import project_layers
+
+        def concat_features(features: dict[str, torch.Tensor], layers: tuple[str, ...]) -> torch.Tensor:
+            """The reference: every map upsampled (nearest) to the finest, then concatenated."""
+            size = features[layers[0]].shape[-2:]
+            return torch.cat([torch.nn.functional.interpolate(features[n], size=size, mode="nearest") for n in layers], dim=1)
 
         features = {"a": torch.randn(2, 5, 8, 12), "b": torch.randn(2, 7, 4, 6), "c": torch.randn(2, 9, 2, 3)}
         layers = ("a", "b", "c")
