@@ -62,11 +62,12 @@ def parse_hw(value: str | None) -> tuple[int, int] | None:
     return height, width
 
 
-def setup(threads: int | None, verbose: bool) -> None:
+def setup(threads: int | None, verbose: bool, *, flat_memory: bool = False) -> None:
+    """Logging, glibc's allocator (``flat_memory`` for fits: see tune_allocator) and threads."""
     from streamad.runtime import set_threads, tune_allocator
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tune_allocator()
+    tune_allocator(flat_memory=flat_memory)
     set_threads(threads)
 
 
@@ -79,6 +80,7 @@ def report_drops(dropped: dict[str, dict[str, int]]) -> None:
 common_options = [
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto."),
     click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
+    click.option("--workers", type=int, default=None, help="Backbone passes at once (default: 2 on a multi-core CPU, 1 on CUDA)."),
     click.option("--batch-size", type=int, default=8, show_default=True, help="Frames per backbone pass."),
     click.option("--every", type=int, default=1, show_default=True, help="Use every N-th frame."),
     click.option("--start", type=int, default=0, show_default=True, help="First frame index of each source."),
@@ -134,6 +136,7 @@ def fit(
     overwrite: bool,
     device: str,
     threads: int | None,
+    workers: int | None,
     batch_size: int,
     every: int,
     start: int,
@@ -145,7 +148,7 @@ def fit(
 
     Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
     """
-    setup(threads, verbose)
+    setup(threads, verbose, flat_memory=True)
     from pipelines.fit import FitOptions
     from pipelines.fit import fit as run_fit
     from streamad.model import ModelConfig
@@ -165,6 +168,7 @@ def fit(
         calibration_frames=calibration_frames,
         holdout_every=holdout_every,
         device=str(pick_device(device)),
+        workers=workers,
     )
     progress = ClickProgress(not quiet)
     summary = run_fit(list(sources), model_path, config, options=options, resume=resume, overwrite=overwrite, progress=progress)
@@ -202,6 +206,7 @@ def score(
     weights: str | None,
     device: str,
     threads: int | None,
+    workers: int | None,
     batch_size: int,
     every: int,
     start: int,
@@ -227,6 +232,7 @@ def score(
         frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
         write_maps=not no_maps,
         device=str(pick_device(device)),
+        workers=workers,
     )
     progress = ClickProgress(not quiet)
     summary = run_score(list(sources), model_path, out_dir, options=options, overlay=overlay, plot=plot, weights=weights, progress=progress)
@@ -241,6 +247,105 @@ def score(
         click.echo(f"  plot:    {summary.plot}")
 
 
+@main.command(name="eval")
+@click.argument("testset")
+@click.option("--model", "-m", "model_path", default=None, help="Fitted model store; with --categories a template such as 'models/{category}.zarr'.")
+@click.option("--predictions", default=None, help="Evaluate this score store (streamad's format) instead of running a model.")
+@click.option("--out", "-o", "out_dir", default="eval", show_default=True, help="Folder for the scores written while evaluating a model.")
+@click.option("--report", "report_dir", default=None, help="Write metrics.json, metrics.md, curves, a histogram and the worst cases here.")
+@click.option("--categories", multiple=True, help="Evaluate these categories (subfolders of TESTSET), each with its own model (repeatable).")
+@click.option("--masks", default=None, help="Generic layout: a folder of masks for the images in TESTSET.")
+@click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
+@click.option("--max-fpr", type=float, default=0.3, show_default=True, help="AUPRO integration limit.")
+@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
+@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
+@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
+@with_common
+@friendly_errors
+def evaluate(
+    testset: str,
+    model_path: str | None,
+    predictions: str | None,
+    out_dir: str,
+    report_dir: str | None,
+    categories: tuple[str, ...],
+    masks: str | None,
+    labels: str | None,
+    max_fpr: float,
+    raw: bool,
+    topk: float,
+    window: int,
+    weights: str | None,
+    device: str,
+    threads: int | None,
+    workers: int | None,
+    batch_size: int,
+    every: int,
+    start: int,
+    stop: int | None,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Evaluate a model (or saved predictions) on a labelled TESTSET: MVTec AD category, UCSD or
+    ShanghaiTech (mSTC) layout, or images with --masks / --labels.
+
+    Examples: streamad eval data/ucsd_ped2 -m ped2.zarr --report report/;
+    streamad eval mvtec --categories bottle --categories cable -m 'models/{category}.zarr';
+    streamad eval data/hazelnut --predictions other-method/scores.zarr
+    """
+    setup(threads, verbose)
+    from pathlib import Path
+
+    from pipelines import evaluate as ev
+    from pipelines.score import ScoreOptions
+    from streamad.ground_truth import load_ground_truth
+    from streamad.runtime import pick_device
+    from streamad.stages import FrameScoreConfig
+
+    if (model_path is None) == (predictions is None):
+        raise click.UsageError("expected exactly one of --model (run a model) or --predictions (evaluate a score store)")
+    if categories and predictions:
+        raise click.UsageError("expected --categories with --model 'models/{category}.zarr', got --predictions")
+    options = ScoreOptions(
+        every=every,
+        start=start,
+        stop=stop,
+        batch_size=batch_size,
+        frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
+        device=str(pick_device(device)),
+        workers=workers,
+    )
+    progress = ClickProgress(not quiet)
+    runs = [(name, Path(testset) / name) for name in categories] or [("", Path(testset))]
+    results = {}
+    for name, root in runs:
+        truth = load_ground_truth(root, masks=masks, labels=labels)
+        if predictions is not None:
+            evaluation = ev.evaluate_predictions(predictions, truth, max_fpr=max_fpr, progress=progress)
+        else:
+            assert model_path is not None
+            model = ev.model_for(model_path, name) if name else model_path
+            out = Path(out_dir) / name if name else Path(out_dir)
+            evaluation = ev.evaluate_model(truth, model, out, options=options, weights=weights, max_fpr=max_fpr, progress=progress)
+        progress.finish()
+        results[name] = evaluation.metrics
+        if name:
+            click.echo(f"\n## {name}\n")
+        click.echo(ev.markdown(evaluation.metrics))
+        if report_dir is not None:
+            written = ev.write_report(evaluation, Path(report_dir) / name if name else report_dir)
+            click.echo("report: " + ", ".join(written))
+    if categories:
+        table = ev.summary_markdown(results)
+        click.echo("\n" + table)
+        if report_dir is not None:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            (Path(report_dir) / "metrics.md").write_text(table)
+            mean = ev.mean_row({k: v["overall"] for k, v in results.items()})
+            (Path(report_dir) / "metrics.json").write_text(json.dumps({"categories": results, "mean": mean}, indent=2))
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, help="Store to write.")
@@ -251,7 +356,7 @@ def score(
 @friendly_errors
 def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], overwrite: bool, device: str, quiet: bool) -> None:
     """Merge partial fits of the same model exactly: streamad merge a.zarr b.zarr -o c.zarr"""
-    setup(None, False)
+    setup(None, False, flat_memory=True)
     from pipelines.merge import merge as run_merge
     from streamad.runtime import pick_device
 

@@ -3,6 +3,9 @@ the same input size, batch and thread count, and their ratio.
 
     python benchmarks/throughput.py [--video ../shared/data/videos/vtest.avi] [--batch-size 8]
 
+The raw backbone is timed the plain way (one forward at a time on all threads, the issue's
+reference) and, when the pipeline runs several backbone passes at once, also that way.
+
 End to end = decode + preprocess + backbone + Mahalanobis + maps + blur + writing scores.csv
 and float16 maps to scores.zarr, timed in steady state from the first to the last scored frame
 (model loading excluded; the whole command's wall time is printed too).
@@ -40,18 +43,37 @@ class Clock:
         pass
 
 
-def backbone_fps(model, batch_size: int, seconds: float) -> float:
+def backbone_fps(model, batch_size: int, seconds: float, *, workers: int, threads: int) -> float:
+    """Frames/s of ``workers`` threads each looping the bare backbone forward on ``threads``
+    torch threads (nothing else runs)."""
+    import threading
+
     import torch
 
-    x = torch.randn(batch_size, 3, *model.input_hw)
-    with torch.inference_mode():
-        for _ in range(3):
-            model.backbone(x)
-        start, frames = time.perf_counter(), 0
-        while time.perf_counter() - start < seconds:
-            model.backbone(x)
-            frames += batch_size
-    return frames / (time.perf_counter() - start)
+    x = torch.randn(batch_size, 3, *model.input_hw, device=model.device)
+    counts = [0] * workers
+    ready = threading.Barrier(workers + 1)
+    stop = [float("inf")]
+
+    def loop(i: int) -> None:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for _ in range(3):
+                model.backbone(x)
+            ready.wait()
+            while time.perf_counter() < stop[0]:
+                model.backbone(x)
+                counts[i] += batch_size
+
+    pool = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    for thread in pool:
+        thread.start()
+    ready.wait()
+    start = time.perf_counter()
+    stop[0] = start + seconds
+    for thread in pool:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -70,10 +92,11 @@ def main() -> None:
     from pipelines.fit import FitOptions, fit
     from pipelines.score import ScoreOptions, score
     from streamad.model_store import load_model, open_store
-    from streamad.runtime import set_threads, tune_allocator
+    from streamad.runtime import set_threads, thread_plan, tune_allocator
 
     tune_allocator()
     set_threads(args.threads)
+    threads = torch.get_num_threads()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     model_path = args.work / "model.zarr"
@@ -85,11 +108,17 @@ def main() -> None:
     wall = time.perf_counter() - start
     steady = (clock.frames - 1) / (clock.last - clock.first)
     model, _ = load_model(open_store(model_path), device=args.device)
-    raw = backbone_fps(model, args.batch_size, seconds=20)
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, input {model.input_hw[0]}x{model.input_hw[1]}, batch {args.batch_size}")
+    plan = thread_plan(model.device)
+    raw = backbone_fps(model, args.batch_size, seconds=20, workers=1, threads=threads)
+    print(f"device {args.device}, torch threads {threads}, input {model.input_hw[0]}x{model.input_hw[1]}, batch {args.batch_size}")
     print(f"end-to-end score: {steady:.2f} frames/s steady state ({sum(summary.frames.values())} frames; whole call {wall:.1f} s incl. model load)")
-    print(f"raw backbone forward: {raw:.2f} frames/s")
+    print(f"  (the pipeline ran {plan.workers} backbone pass(es) at once on {plan.threads} thread(s) each)")
+    print(f"raw backbone forward, one pass at a time on {threads} threads: {raw:.2f} frames/s")
     print(f"ratio: {steady / raw:.3f} (target >= 0.85)")
+    if plan.workers > 1:
+        same = backbone_fps(model, args.batch_size, seconds=20, workers=plan.workers, threads=plan.threads)
+        print(f"raw backbone forward, {plan.workers} passes at once on {plan.threads} thread(s) each: {same:.2f} frames/s")
+        print(f"ratio to that (the pipeline's own scheduling, nothing else running): {steady / same:.3f}")
 
 
 if __name__ == "__main__":

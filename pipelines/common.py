@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Protocol
 
-from streamad.frames import Frame
+from streamad import stages
+from streamad.frames import FeatureBatch, Frame, TensorBatch
+from streamad.model import AnomalyModel
 from streamad.runner import DropLog, Runner
+from streamad.runtime import ThreadPlan
 from streamad.sources import Source
 
 
@@ -63,6 +67,11 @@ def graceful_interrupt(runner: Runner) -> Iterator[list[bool]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def embed_stage(runner: Runner, tensors: Iterator[TensorBatch], model: AnomalyModel, plan: ThreadPlan) -> Iterator[FeatureBatch]:
+    """The backbone stage: ``plan.workers`` threads embed batches, results in input order."""
+    return runner.parallel(functools.partial(stages.embed_batch, model=model), tensors, workers=plan.workers, name="backbone", setup=plan.worker_setup())
 
 
 def frames_of(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.common import Progress, expected_frames, frames_of, graceful_interrupt, no_progress
+from pipelines.common import Progress, embed_stage, expected_frames, frames_of, graceful_interrupt, no_progress
 from streamad import stages
 from streamad.errors import ConfigError, StoreError
 from streamad.frames import FrameRef
@@ -30,6 +30,7 @@ from streamad.model_store import (
 )
 from streamad.preprocess import default_input_hw
 from streamad.runner import DropLog, Runner
+from streamad.runtime import thread_plan
 from streamad.sources import Source, resolve_sources
 from streamad.store import ArrayStore
 
@@ -49,6 +50,7 @@ class FitOptions:
     calibration_frames: int = 500
     holdout_every: int = 10
     device: str = "cpu"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -113,6 +115,7 @@ def calibrate(
     every: int,
     frame_config: stages.FrameScoreConfig,
     batch_size: int,
+    workers: int | None = None,
     frame_range: tuple[int, int | None] = (0, None),
     keep: Callable[[int], bool] | None = None,
     progress: Progress = no_progress,
@@ -121,13 +124,18 @@ def calibrate(
     drops = DropLog()
     kept: list[tuple[tuple[FrameRef, ...], torch.Tensor]] = []
 
+    plan = thread_plan(model.device, workers=workers)
+
     def distances() -> Iterator[torch.Tensor]:
         runner = Runner()
         frames = runner.source(
             lambda: frames_of(sources, every=every, start=None, drops=drops, should_stop=runner.stopping.is_set, frame_range=frame_range, keep=keep), maxsize=32
         )
-        tensors = runner.stage(lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=batch_size), model), frames, name="preprocess")
-        for batch in runner.consume(stages.embed(tensors, model)):
+        tensors = runner.stage(
+            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=batch_size), model), frames, name="preprocess", setup=plan.side_setup()
+        )
+        features = embed_stage(runner, tensors, model, plan)
+        for batch in runner.consume(features):
             d = model.distances(batch.embeddings).cpu()
             kept.append((batch.refs, d))  # (B, P) float32: 25 KB a frame at 64x96 positions
             progress.advance(len(batch.refs))
@@ -160,6 +168,7 @@ def fit(
     summary = FitSummary(str(store_path))
     drops = DropLog()
     runner = Runner()
+    plan = thread_plan(model.device, workers=options.workers)
     start = dict(state.next_index)
     since_checkpoint = 0
     extra = {"every": options.every}
@@ -184,8 +193,9 @@ def fit(
             lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size, stopped=runner.stopping.is_set), model),
             frames,
             name="preprocess",
+            setup=plan.side_setup(),
         )
-        features = runner.stage(lambda ts: stages.embed(ts, model), tensors, name="backbone")
+        features = embed_stage(runner, tensors, model, plan)
         for batch in runner.consume(stages.rebatch(features, min_frames=options.accumulate_frames)):
             model.gaussian.update(batch.embeddings)
             for ref in batch.refs:
@@ -222,6 +232,7 @@ def fit(
             every=options.every,
             frame_config=stages.FrameScoreConfig(),
             batch_size=options.batch_size,
+            workers=options.workers,
             frame_range=frame_range,
             keep=calibration_frame,
             progress=progress,

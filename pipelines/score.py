@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import Progress, expected_frames, frames_of, graceful_interrupt, no_progress
+from pipelines.common import Progress, embed_stage, expected_frames, frames_of, graceful_interrupt, no_progress
 from streamad import pictures, stages
 from streamad.decode import VideoWriter, probe
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
 from streamad.model_store import Calibration, load_model, open_store
 from streamad.runner import DropLog, Runner
+from streamad.runtime import thread_plan
 from streamad.score_store import ScoreWriter
 from streamad.sources import Source, VideoFile, resolve_sources
 from streamad.store import ZarrStore
@@ -34,6 +35,7 @@ class ScoreOptions:
     frame_score: stages.FrameScoreConfig = stages.FrameScoreConfig()
     write_maps: bool = True
     device: str = "cpu"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -92,7 +94,7 @@ class _Overlays:
 
 
 def score(
-    specs: Sequence[str],
+    specs: Sequence[str | Path | Source],
     model_path: str | Path,
     out_dir: str | Path,
     *,
@@ -125,6 +127,7 @@ def score(
     }
     drops = DropLog()
     runner = Runner()
+    plan = thread_plan(model.device, workers=options.workers)
     overlays = _Overlays(Path(overlay) if overlay else None, sources, summary.threshold)
     series: dict[str, tuple[list[float], list[float]]] = {}
     keep = overlay is not None
@@ -142,14 +145,18 @@ def score(
             name="decode",
         )
         tensors = runner.stage(
-            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size), model, keep_originals=keep), frames, name="preprocess"
+            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=options.batch_size), model, keep_originals=keep),
+            frames,
+            name="preprocess",
+            setup=plan.side_setup(),
         )
-        features = runner.stage(lambda ts: stages.embed(ts, model), tensors, name="backbone")
+        features = embed_stage(runner, tensors, model, plan)
         results: Iterator[ScoreMap] = runner.stage(
             lambda fs: stages.score(stages.rebatch(fs, min_frames=options.score_batch), model, calibration=calibration, config=frame_config),
             features,
             maxsize=64,
             name="scorer",
+            setup=plan.side_setup(),
         )
         for result in stages.smooth(runner.consume(results), window=frame_config.window):
             writer.write(result)

@@ -6,6 +6,7 @@ from collections import deque
 
 import kornia
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,15 +36,46 @@ def anomaly_map(distances: Tensor, *, feature_hw: tuple[int, int], out_hw: tuple
     return up[:, 0]
 
 
+def axis_operators(*, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigma: float = 4.0) -> tuple[Tensor, Tensor]:
+    """The per-axis matrices of :func:`anomaly_map`: ``map = A_h @ grid @ A_w.T``.
+
+    Bilinear upsampling and a Gaussian blur with reflected borders each act on rows and columns
+    separately, and the 1-D weights along each axis sum to one, so the whole map is the linear
+    map ``grid -> A_h grid A_w^T``. Each matrix is read off :func:`anomaly_map` itself, applied
+    (in float64) to grids that vary along one axis only.
+
+    Returns:
+        ``A_h`` of shape (H, h) and ``A_w`` of shape (W, w).
+    """
+    h, w = feature_hw
+    rows = torch.eye(h, dtype=torch.float64)[:, :, None].expand(h, h, w).reshape(h, h * w)
+    cols = torch.eye(w, dtype=torch.float64)[:, None, :].expand(w, h, w).reshape(w, h * w)
+    a_h = anomaly_map(rows, feature_hw=feature_hw, out_hw=out_hw, sigma=sigma)[:, :, 0].T
+    a_w = anomaly_map(cols, feature_hw=feature_hw, out_hw=out_hw, sigma=sigma)[:, 0, :].T
+    return a_h.contiguous(), a_w.contiguous()
+
+
 class AnomalyMap(nn.Module):
-    """Module form of :func:`anomaly_map`."""
+    """:func:`anomaly_map` as two small matrix products (see :func:`axis_operators`).
+
+    Same maps to float rounding, about 10x cheaper than upsampling and blurring the full map.
+    """
+
+    rows: Tensor
+    cols_t: Tensor
 
     def __init__(self, *, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigma: float = 4.0) -> None:
         super().__init__()
         self.feature_hw, self.out_hw, self.sigma = feature_hw, out_hw, sigma
+        a_h, a_w = axis_operators(feature_hw=feature_hw, out_hw=out_hw, sigma=sigma)
+        self.register_buffer("rows", a_h.float(), persistent=False)
+        self.register_buffer("cols_t", a_w.T.contiguous().float(), persistent=False)
 
     def forward(self, distances: Tensor) -> Tensor:
-        return anomaly_map(distances, feature_hw=self.feature_hw, out_hw=self.out_hw, sigma=self.sigma)
+        h, w = self.feature_hw
+        check_shape("distances", distances.shape, f"(B, {h * w})", distances.ndim == 2 and distances.shape[1] == h * w)
+        grid = distances.reshape(-1, h, w).to(self.rows.dtype)
+        return torch.matmul(self.rows, torch.matmul(grid, self.cols_t))
 
 
 def topk_mean(maps: Tensor, *, fraction: float) -> Tensor:

@@ -125,6 +125,15 @@ class _Channel(Generic[Out]):
             yield item  # type: ignore[misc]
 
 
+def _after(setup: Callable[[], None] | None, make: Callable[[], Iterable[Out]]) -> Callable[[], Iterable[Out]]:
+    def run() -> Iterable[Out]:
+        if setup is not None:
+            setup()
+        return make()
+
+    return run
+
+
 class Runner:
     """Runs a chain of iterator stages in threads.
 
@@ -163,9 +172,84 @@ class Runner:
 
         return self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name)
 
-    def stage(self, transform: Callable[[Iterator[In]], Iterable[Out]], upstream: Iterator[In], *, maxsize: int = 2, name: str = "stage") -> Iterator[Out]:
-        """Run ``transform(upstream)`` in a thread, feeding a bounded blocking queue."""
-        return self._spawn(lambda: transform(upstream), maxsize=maxsize, policy="block", on_drop=None, name=name)
+    def stage(
+        self,
+        transform: Callable[[Iterator[In]], Iterable[Out]],
+        upstream: Iterator[In],
+        *,
+        maxsize: int = 2,
+        name: str = "stage",
+        setup: Callable[[], None] | None = None,
+    ) -> Iterator[Out]:
+        """Run ``transform(upstream)`` in a thread, feeding a bounded blocking queue.
+
+        ``setup()``, when given, runs first in that thread (per-thread settings such as torch's
+        thread count).
+        """
+        return self._spawn(_after(setup, lambda: transform(upstream)), maxsize=maxsize, policy="block", on_drop=None, name=name)
+
+    def parallel(
+        self,
+        fn: Callable[[In], Out],
+        upstream: Iterator[In],
+        *,
+        workers: int,
+        maxsize: int = 2,
+        name: str = "parallel",
+        setup: Callable[[], None] | None = None,
+    ) -> Iterator[Out]:
+        """Apply ``fn`` to every item in ``workers`` threads; results come out in input order.
+
+        Item ``j`` goes to worker ``j % workers`` and results are collected round robin, so the
+        order is the input's whatever the timing. On a CPU, two single-threaded backbone passes
+        at once are faster than one pass on two threads (no fork/join barrier per layer).
+
+        Example:
+            >>> runner = Runner()
+            >>> out = runner.parallel(lambda x: x * 10, runner.source(lambda: range(5)), workers=2)
+            >>> list(runner.consume(out))
+            [0, 10, 20, 30, 40]
+        """
+        if workers < 1:
+            raise ConfigError(f"expected at least 1 worker, got {workers}")
+        if workers == 1:
+            return self.stage(lambda items: map(fn, items), upstream, maxsize=maxsize, name=name, setup=setup)
+        inputs: list[_Channel[In]] = [_Channel(maxsize, "block", self.abort, None) for _ in range(workers)]
+
+        def dispatch() -> None:
+            try:
+                for j, item in enumerate(upstream):
+                    if not inputs[j % workers].put(item):
+                        return
+            except BaseException as exc:  # handed to every worker, which re-raises it downstream
+                self.stopping.set()
+                for channel in inputs:
+                    channel.put(_Failure(exc), control=True)
+            else:
+                for channel in inputs:
+                    channel.put(_END, control=True)
+
+        thread = threading.Thread(target=dispatch, name=f"streamad-{name}-dispatch", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        outputs = [
+            self._spawn(_after(setup, lambda channel=channel: map(fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}")
+            for i, channel in enumerate(inputs)
+        ]
+
+        def collect() -> Iterator[Out]:
+            while True:
+                for output in outputs:
+                    try:
+                        item = next(output)
+                    except StopIteration:
+                        for other in outputs:  # the others end too; re-raise a failure of theirs
+                            for _ in other:
+                                pass
+                        return
+                    yield item
+
+        return collect()
 
     def _spawn(
         self,

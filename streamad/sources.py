@@ -177,8 +177,9 @@ def _resolve_one(spec: str) -> list[Source]:
     return sources
 
 
-def resolve_sources(specs: Sequence[str]) -> list[Source]:
-    """Turn SOURCE arguments into sources with unique names.
+def resolve_sources(specs: Sequence[str | Path | Source]) -> list[Source]:
+    """Turn SOURCE arguments into sources with unique names (sources given as objects, such as a
+    labelled test set's, are taken as they are).
 
     Raises:
         SourceNotFoundError: a path does not exist.
@@ -190,7 +191,7 @@ def resolve_sources(specs: Sequence[str]) -> list[Source]:
     sources: list[Source] = []
     seen: dict[str, int] = {}
     for spec in specs:
-        for source in _resolve_one(str(spec)):
+        for source in [spec] if isinstance(spec, ImageSequence | VideoFile) else _resolve_one(str(spec)):
             count = seen.get(source.source_id, 0)
             seen[source.source_id] = count + 1
             if count:

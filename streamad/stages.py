@@ -54,10 +54,15 @@ def preprocess(batches: Iterable[Sequence[Frame]], model: AnomalyModel, *, keep_
         yield TensorBatch(tuple(ref_of(f) for f in batch), images, originals)
 
 
+def embed_batch(batch: TensorBatch, model: AnomalyModel) -> FeatureBatch:
+    """Backbone forward and projection of one batch: tensors to embeddings (B, P, k)."""
+    return FeatureBatch(batch.refs, model.embed_images(batch.images), batch.originals)
+
+
 def embed(batches: Iterable[TensorBatch], model: AnomalyModel) -> Iterator[FeatureBatch]:
-    """Backbone forward and projection: tensors to embeddings (B, P, k)."""
+    """:func:`embed_batch` over a stream of batches."""
     for batch in batches:
-        yield FeatureBatch(batch.refs, model.embed_images(batch.images), batch.originals)
+        yield embed_batch(batch, model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,11 +61,13 @@ class TestFitScore:
         assert scores[10:15].min() > scores[:10].max()  # the red square stands out
         store, attrs = open_scores(result.store)
         back = read_source(store, "test", with_maps=True)
-        assert back.maps.shape == (20, 64, 96) and back.maps.dtype == np.float16
+        assert back.maps is not None and len(back.maps) == 20
+        maps = back.maps[:]
+        assert maps.shape == (20, 64, 96) and maps.dtype == np.float16
         np.testing.assert_allclose(back.score, scores, rtol=1e-5)
         assert attrs["sources"] == {"test": 20}
         # the anomaly map peaks on the square (top-left quarter of the frame)
-        peak = np.unravel_index(np.argmax(back.maps[12].astype(np.float32)), back.maps[12].shape)
+        peak = np.unravel_index(np.argmax(maps[12].astype(np.float32)), maps[12].shape)
         assert peak[0] < 40 and peak[1] < 55
         assert Path(result.overlays[0]).stat().st_size > 0 and Path(result.plot).stat().st_size > 0
 

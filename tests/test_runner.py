@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -101,3 +102,56 @@ def test_drop_log_counts() -> None:
     log("b", 0, "queue full")
     assert log.total() == 3 and log.total("cam") == 2
     assert log.by_reason() == {"b": {"queue full": 1}, "cam": {"corrupt frame": 2}}
+
+
+class TestParallel:
+    def test_order_kept_whatever_the_timing(self) -> None:
+        rng = random.Random(0)
+        delays = [rng.uniform(0, 0.004) for _ in range(60)]
+
+        def slow(x: int) -> int:
+            time.sleep(delays[x])
+            return x * 2
+
+        runner = Runner()
+        out = runner.parallel(slow, runner.source(lambda: range(60)), workers=3)
+        assert list(runner.consume(out)) == [x * 2 for x in range(60)]
+
+    def test_each_worker_runs_setup_in_its_own_thread(self) -> None:
+        seen: set[str] = set()
+        runner = Runner()
+        out = runner.parallel(lambda x: x, runner.source(lambda: range(10)), workers=2, setup=lambda: seen.add(threading.current_thread().name))
+        assert list(runner.consume(out)) == list(range(10))
+        assert len(seen) == 2
+
+    @pytest.mark.parametrize("fail_at", [0, 1, 7])
+    def test_worker_exception_reraised(self, fail_at: int) -> None:
+        def fn(x: int) -> int:
+            if x == fail_at:
+                raise Boom(f"worker failed at {x}")
+            return x
+
+        runner = Runner()
+        got = []
+        with pytest.raises(Boom, match=f"failed at {fail_at}"):
+            for x in runner.consume(runner.parallel(fn, runner.source(lambda: range(20)), workers=2)):
+                got.append(x)
+        assert got == list(range(fail_at))
+
+    def test_upstream_exception_reraised(self) -> None:
+        def bad() -> Iterator[int]:
+            yield from range(5)
+            raise Boom("source failed")
+
+        runner = Runner()
+        with pytest.raises(Boom, match="source failed"):
+            list(runner.consume(runner.parallel(lambda x: x, runner.source(bad), workers=2)))
+
+    @pytest.mark.parametrize("count", [0, 1, 5, 6])
+    def test_any_length(self, count: int) -> None:
+        runner = Runner()
+        assert list(runner.consume(runner.parallel(lambda x: -x, runner.source(lambda: range(count)), workers=3))) == [-x for x in range(count)]
+
+    def test_zero_workers_refused(self) -> None:
+        with pytest.raises(ConfigError, match="at least 1 worker"):
+            Runner().parallel(lambda x: x, iter([]), workers=0)

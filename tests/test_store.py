@@ -44,6 +44,7 @@ class TestArrayStoreConformance:
         store.append("s/map", np.ones((2, 4, 5), np.float16), chunks=(1, 4, 5))
         store.append("s/map", np.zeros((1, 4, 5), np.float16))
         assert store.read("s/map").shape == (3, 4, 5)
+        assert np.array_equal(store.read_rows("s/map", 1, 3), np.stack([np.ones((4, 5)), np.zeros((4, 5))]).astype(np.float16))
 
     def test_attrs_replace(self, store: ArrayStore) -> None:
         store.set_attrs({"a": 1, "nested": {"b": [1, 2]}})

@@ -1,0 +1,317 @@
+"""``streamad eval``: metrics of a model, or of anyone's saved predictions, on a labelled test set.
+
+Evaluating a model is scoring the test set (:func:`pipelines.score.score`, which writes a score
+store) and then evaluating that store, so ``eval --predictions scores.zarr`` on the same store
+gives the same numbers by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipelines.common import Progress, no_progress
+from pipelines.score import ScoreOptions, score
+from streamad import pictures
+from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw
+from streamad.metrics import PixelMetrics, auroc, roc_curve
+from streamad.score_store import open_scores, read_source
+from streamad.sources import read_image
+
+logger = logging.getLogger(__name__)
+
+VIDEO_LAYOUTS = ("ucsd", "mstc")
+MAP_BLOCK = 16  # maps read per zarr request (the store's chunk)
+
+
+@dataclass(slots=True)
+class _Group:
+    """Everything kept per reported row: scalar scores (small) and pixel histograms (constant)."""
+
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    pixels: PixelMetrics | None = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate(self.scores) if self.scores else np.zeros(0)), (np.concatenate(self.labels) if self.labels else np.zeros(0, bool))
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A frame kept for the report's picture of worst cases."""
+
+    source: str
+    index: int
+    score: float
+    label: bool
+    path: str
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """The numbers (``metrics``, JSON-ready) and what the report's pictures need."""
+
+    metrics: dict[str, Any]
+    roc: dict[str, tuple[np.ndarray, np.ndarray]]
+    pro: tuple[np.ndarray, np.ndarray] | None
+    scores: tuple[np.ndarray, np.ndarray]
+    worst_normal: list[Frame]
+    missed: list[Frame]
+    store: str
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _row(scores: np.ndarray, labels: np.ndarray, pixels: PixelMetrics | None, *, max_fpr: float, normal_pool: np.ndarray) -> dict[str, Any]:
+    """One table row. A row of anomalies only is ranked against every normal frame of the set
+    (the MVTec AD per-defect convention); a row of normal frames only has no AUROC."""
+    row: dict[str, Any] = {"frames": int(labels.size), "anomalous": int(labels.sum())}
+    if labels.any() and not labels.all():
+        row["auroc"] = _rounded(auroc(scores, labels))
+    elif labels.size and labels.all() and normal_pool.size:
+        row["auroc"] = _rounded(auroc(np.r_[scores, normal_pool], np.r_[labels, np.zeros(normal_pool.size, bool)]))
+    else:
+        row["auroc"] = None
+    if pixels is not None:
+        result = pixels.result(max_fpr=max_fpr)
+        row["pixel_auroc"], row["aupro"], row["regions"] = _rounded(result.auroc), _rounded(result.aupro), result.regions
+    return row
+
+
+def evaluate_predictions(
+    store_path: str | Path,
+    truth: GroundTruth,
+    *,
+    max_fpr: float = 0.3,
+    worst: int = 8,
+    progress: Progress = no_progress,
+) -> Evaluation:
+    """Metrics of the predictions in a score store (streamad's format) against ``truth``.
+
+    Only frames present in the store are evaluated (a store scored with ``--every N`` holds every
+    N-th frame; the metrics say how many frames were evaluated out of how many labelled).
+
+    Raises:
+        GroundTruthError: a source of the test set is missing from the store, or the store holds
+            frames the ground truth has no label for.
+    """
+    store, attrs = open_scores(store_path)
+    pixel_level = truth.has_masks
+    groups: dict[str, _Group] = {}
+    overall = _Group(pixels=PixelMetrics() if pixel_level else None)
+    frames: list[Frame] = []
+    progress.start("evaluating", sum(len(s.labels) for s in truth.sources))
+    for labelled in truth.sources:
+        sid = labelled.source_id
+        if not store.exists(f"{sid}/score"):
+            there = sorted(attrs.get("sources", {}))
+            raise GroundTruthError(f"expected predictions for source {sid!r} in {store_path}, got none; hint: score the same test set (the store has {there})")
+        pred = read_source(store, sid, with_maps=pixel_level)
+        if pred.index.size and (pred.index.min() < 0 or pred.index.max() >= len(labelled.labels)):
+            raise GroundTruthError(
+                f"expected frame indices below {len(labelled.labels)} for source {sid!r} (its labelled frames), got {int(pred.index.max())} in {store_path}"
+            )
+        if pixel_level and pred.maps is None:
+            raise GroundTruthError(f"expected anomaly maps for source {sid!r} in {store_path}, got none; hint: score without --no-maps")
+        labels = labelled.labels[pred.index]
+        group = groups.setdefault(labelled.group, _Group(pixels=PixelMetrics() if pixel_level else None))
+        for target in (group, overall):
+            target.scores.append(pred.score.astype(np.float64))
+            target.labels.append(labels)
+        frames += [Frame(sid, int(i), float(s), bool(y), str(labelled.source.paths[i])) for i, s, y in zip(pred.index, pred.score, labels, strict=True)]
+        if pixel_level:
+            _add_pixels(labelled, pred.index, pred.maps, (group.pixels, overall.pixels), progress)
+        else:
+            progress.advance(len(pred.index))
+    progress.finish()
+    all_scores, all_labels = overall.arrays()
+    normal_pool = all_scores[~all_labels]
+    video = truth.layout in VIDEO_LAYOUTS
+    every = attrs.get("every", 1)
+    metrics: dict[str, Any] = {
+        "layout": truth.layout,
+        "level": "frame" if video else "image",
+        "predictions": str(Path(store_path).resolve()),
+        "every": every,
+        "frames_evaluated": int(all_labels.size),
+        "frames_labelled": int(sum(len(s.labels) for s in truth.sources)),
+        "frame_score": attrs.get("frame_score"),
+        "model": attrs.get("model"),
+        "max_fpr": max_fpr,
+        "overall": _row(all_scores, all_labels, overall.pixels, max_fpr=max_fpr, normal_pool=normal_pool),
+        "groups": {name: _row(*g.arrays(), g.pixels, max_fpr=max_fpr, normal_pool=normal_pool) for name, g in groups.items()},
+    }
+    roc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if all_labels.any() and not all_labels.all():
+        fpr, tpr, _ = roc_curve(all_scores, all_labels)
+        roc[f"{metrics['level']} ({metrics['overall']['auroc']:.3f})"] = (fpr, tpr)
+    pro = None
+    if overall.pixels is not None:
+        result = overall.pixels.result(max_fpr=max_fpr)
+        if result.auroc is not None:
+            roc[f"pixel ({result.auroc:.3f})"] = result.roc
+            pro = result.pro
+    normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
+    missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
+    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path))
+
+
+def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, targets: tuple[PixelMetrics | None, ...], progress: Progress) -> None:
+    """Each map, resized to its frame's original size, against that frame's mask."""
+    assert labelled.mask_of is not None  # pixel_level guarantees it
+    for start in range(0, len(indices), MAP_BLOCK):
+        block = np.asarray(maps[start : start + MAP_BLOCK])
+        for offset, anomaly_map in enumerate(block):
+            index = int(indices[start + offset])
+            mask = labelled.mask_of(index)
+            if mask is None:
+                mask = np.zeros(image_hw(labelled.source.paths[index]), bool)
+            resized = cv2.resize(anomaly_map.astype(np.float32), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+            for target in targets:
+                if target is not None:
+                    target.add(resized, mask)
+        progress.advance(len(block))
+
+
+def evaluate_model(
+    truth: GroundTruth,
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    options: ScoreOptions = ScoreOptions(),
+    weights: str | None = None,
+    max_fpr: float = 0.3,
+    progress: Progress = no_progress,
+) -> Evaluation:
+    """Score the test set with the model (writing ``out_dir/scores.zarr``), then evaluate it."""
+    if not truth.has_masks:
+        options = replace(options, write_maps=False)
+    score([s.source for s in truth.sources], model_path, out_dir, options=options, weights=weights, progress=progress)
+    return evaluate_predictions(Path(out_dir) / "scores.zarr", truth, max_fpr=max_fpr, progress=progress)
+
+
+def mean_row(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean of each metric over categories (those that have it)."""
+    out: dict[str, Any] = {}
+    for key in ("auroc", "pixel_auroc", "aupro"):
+        values = [r[key] for r in rows.values() if r.get(key) is not None]
+        out[key] = _rounded(float(np.mean(values))) if values else None
+    return out
+
+
+def markdown(metrics: dict[str, Any]) -> str:
+    """The metrics as a Markdown table (one row per group, then the overall row)."""
+    level = metrics["level"]
+    pixel = "pixel_auroc" in metrics["overall"]
+    head = ["", f"{level} AUROC", "frames", "anomalous"] + (["pixel AUROC", "AUPRO@0.3"] if pixel else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    for name, row in [*metrics["groups"].items(), ("**overall**", metrics["overall"])]:
+        cells = [name, fmt(row["auroc"]), fmt(row["frames"]), fmt(row["anomalous"])] + ([fmt(row.get("pixel_auroc")), fmt(row.get("aupro"))] if pixel else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"\n\n{metrics['frames_evaluated']} of {metrics['frames_labelled']} labelled frames evaluated"]
+    if metrics.get("every", 1) != 1:
+        notes.append(f" (every {metrics['every']}-th frame, as scored)")
+    notes.append(". Pixel metrics compare maps resized to each image's size with its mask; AUPRO is integrated to FPR 0.3 and normalised.\n")
+    return "\n".join(lines) + "".join(notes)
+
+
+def write_report(evaluation: Evaluation, report_dir: str | Path) -> list[str]:
+    """``metrics.json``, ``metrics.md``, ROC and PRO curves, a score histogram and ``worst.png``:
+    the highest-scored normal frames (would-be false positives) and the lowest-scored anomalies
+    (the first to be missed), with their maps. Returns the files written."""
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json", out / "metrics.md"]
+    written[0].write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    written[1].write_text(markdown(evaluation.metrics))
+    if evaluation.roc:
+        pictures.line_plot(
+            evaluation.roc,
+            out / "roc.png",
+            title="ROC",
+            x_label="false positive rate",
+            y_label="true positive rate",
+            limits=(0, 1, 0, 1),
+            diagonal=True,
+            size=(720, 480),
+        )
+        written.append(out / "roc.png")
+    if evaluation.pro is not None:
+        fpr, pro = evaluation.pro
+        keep = fpr <= evaluation.metrics["max_fpr"]
+        aupro = evaluation.metrics["overall"].get("aupro") or 0.0
+        pictures.line_plot(
+            {f"PRO (AUPRO {aupro:.3f})": (fpr[keep], pro[keep])},
+            out / "pro.png",
+            title="per-region overlap",
+            x_label="false positive rate",
+            y_label="PRO",
+            limits=(0, evaluation.metrics["max_fpr"], 0, 1),
+            size=(720, 480),
+        )
+        written.append(out / "pro.png")
+    scores, labels = evaluation.scores
+    if scores.size:
+        pictures.histogram({"normal": scores[~labels], "anomalous": scores[labels]}, out / "histogram.png", title=f"{evaluation.metrics['level']} scores")
+        written.append(out / "histogram.png")
+    tiles = _worst_tiles(evaluation)
+    if tiles:
+        pictures.grid(tiles, out / "worst.png")
+        written.append(out / "worst.png")
+    return [str(p) for p in written]
+
+
+def _worst_tiles(evaluation: Evaluation) -> list[tuple[np.ndarray, str]]:
+    store, _ = open_scores(evaluation.store)
+    scores, labels = evaluation.scores
+    normal = scores[~labels]
+    vmin = float(np.quantile(normal, 0.5)) if normal.size else float(np.min(scores, initial=0.0))
+    vmax = max(float(np.max(scores, initial=vmin)), vmin + 1e-6)
+    tiles = []
+    for kind, chosen in (("top normal", evaluation.worst_normal), ("lowest anomaly", evaluation.missed)):
+        for frame in chosen:
+            image = read_image(Path(frame.path))
+            if image is None:
+                continue
+            anomaly_map = None
+            if store.exists(f"{frame.source}/map"):
+                row = int(np.searchsorted(store.read(f"{frame.source}/index"), frame.index))
+                anomaly_map = np.asarray(store.read_rows(f"{frame.source}/map", row, row + 1)[0], np.float32)
+            if anomaly_map is not None:
+                image = pictures.overlay(image, anomaly_map, vmin=vmin, vmax=vmax, score=frame.score)
+            tiles.append((image, f"{kind}: {frame.source}/{Path(frame.path).name} {frame.score:.3g}"))
+    return tiles
+
+
+def model_for(template: str, category: str) -> str:
+    """``models/{category}.zarr`` -> ``models/hazelnut.zarr``; a template without the field
+    names a folder holding ``<category>.zarr``."""
+    if "{category}" in template:
+        return template.replace("{category}", category)
+    return str(Path(template) / f"{category}.zarr")
+
+
+def summary_markdown(per_category: dict[str, dict[str, Any]]) -> str:
+    """One row per category (overall metrics) and their mean."""
+    rows = {name: m["overall"] for name, m in per_category.items()}
+    level = next(iter(per_category.values()))["level"] if per_category else "image"
+    lines = [f"| category | {level} AUROC | pixel AUROC | AUPRO@0.3 |", "|---|---|---|---|"]
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for name, row in [*rows.items(), ("**mean**", mean_row(rows))]:
+        lines.append(f"| {name} | {fmt(row.get('auroc'))} | {fmt(row.get('pixel_auroc'))} | {fmt(row.get('aupro'))} |")
+    return "\n".join(lines) + "\n"

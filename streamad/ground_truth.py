@@ -1,0 +1,242 @@
+"""Labelled test sets: which frames are anomalous, and where.
+
+Layouts (detected from the folder given):
+
+- **MVTec AD** category: ``test/<defect>/*.png`` with ``ground_truth/<defect>/<stem>_mask.png``
+  (or ``<stem>.png``); ``test/good`` has no masks. **MVTec 3D-AD**: ``test/<defect>/rgb/*.png``
+  with ``test/<defect>/gt/*.png``.
+- **ShanghaiTech / mSTC**: ``testing/frames/<clip>/`` with ``test_frame_mask/<clip>.npy`` (T,)
+  and ``test_pixel_mask/<clip>.npy`` (T, H, W), at the root or under ``testing/``.
+- **UCSD** (as in ``ucsd_ped2``): ``testing/frames/<clip>/``, ``testing/masks/<clip>/<frame>.png``
+  and ``testing/frame_labels.json`` ``{clip: [0, 1, ...]}``.
+- **Generic**: a folder of images with ``masks=`` a folder of masks (same stem, optionally
+  ``_mask``; every image needs one, all-zero for normal images), or ``labels=`` a JSON file
+  ``{image name: 0 or 1}`` (image-level only: no pixel metrics).
+
+Anything malformed (a missing mask, a mask whose size differs from its image, a label count
+that differs from the clip length) raises :class:`GroundTruthError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from streamad.errors import StreamadError
+from streamad.sources import IMAGE_SUFFIXES, ImageSequence, natural_key
+
+
+class GroundTruthError(StreamadError):
+    """The ground truth is missing, malformed or does not match the test frames."""
+
+
+MaskOf = Callable[[int], np.ndarray | None]  # frame index -> bool mask at the image's size; None = all normal
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledSource:
+    """One test source with its labels.
+
+    Attributes:
+        source: the frames, as :mod:`streamad.sources` reads them.
+        labels: (T,) bool, True for anomalous frames.
+        mask_of: the pixel mask of a frame (None: no pixel labels for this set).
+        group: the row it is reported under (defect type, clip).
+    """
+
+    source: ImageSequence
+    labels: np.ndarray
+    mask_of: MaskOf | None
+    group: str
+
+    @property
+    def source_id(self) -> str:
+        return self.source.source_id
+
+
+@dataclass(frozen=True, slots=True)
+class GroundTruth:
+    layout: str
+    sources: tuple[LabelledSource, ...]
+
+    @property
+    def has_masks(self) -> bool:
+        return all(s.mask_of is not None for s in self.sources)
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
+
+
+def _clips(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _images(p)), key=lambda p: natural_key(p.name))
+
+
+def image_hw(path: Path) -> tuple[int, int]:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise GroundTruthError(f"expected a readable image at {path}, got an unreadable file")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def read_mask(path: Path, *, image: Path) -> np.ndarray:
+    """A mask image as bool (nonzero = anomalous), checked against its image's size."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise GroundTruthError(f"expected a readable mask image at {path}, got an unreadable file")
+    expected = image_hw(image)
+    if mask.shape != expected:
+        raise GroundTruthError(f"expected mask {path} to have its image's size {expected[0]}x{expected[1]} ({image}), got {mask.shape[0]}x{mask.shape[1]}")
+    return mask > 0
+
+
+def _find_mask(folder: Path, stem: str) -> Path | None:
+    for name in (f"{stem}_mask.png", f"{stem}.png", f"{stem}_mask.jpg", f"{stem}.jpg", f"{stem}.bmp", f"{stem}.tif", f"{stem}.tiff"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _mask_files(images: Sequence[Path], folder: Path, *, what: str) -> list[Path]:
+    found = []
+    for image in images:
+        mask = _find_mask(folder, image.stem)
+        if mask is None:
+            raise GroundTruthError(f"expected a mask for {image} in {folder} ({image.stem}_mask.png or {image.stem}.png), got none ({what})")
+        found.append(mask)
+    return found
+
+
+def _file_masks(images: Sequence[Path], masks: Sequence[Path | None]) -> MaskOf:
+    def mask_of(index: int) -> np.ndarray | None:
+        path = masks[index]
+        return None if path is None else read_mask(path, image=images[index])
+
+    return mask_of
+
+
+def _mvtec(root: Path) -> GroundTruth:
+    sources = []
+    for defect in sorted((p for p in (root / "test").iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
+        rgb = defect / "rgb"
+        images = _images(rgb if rgb.is_dir() else defect)
+        if not images:
+            continue
+        normal = defect.name == "good"
+        if normal:
+            masks: list[Path | None] = [None] * len(images)
+        elif rgb.is_dir():
+            masks = list(_mask_files(images, defect / "gt", what="MVTec 3D-AD layout"))
+        else:
+            masks = list(_mask_files(images, root / "ground_truth" / defect.name, what="MVTec AD layout"))
+        labels = np.full(len(images), not normal)
+        sources.append(LabelledSource(ImageSequence(defect.name, tuple(images)), labels, _file_masks(images, masks), defect.name))
+    if not sources:
+        raise GroundTruthError(f"expected test images in {root / 'test'}/<defect>/, got none")
+    return GroundTruth("mvtec", tuple(sources))
+
+
+def _npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise GroundTruthError(f"expected a numpy array file at {path}, got an unreadable file ({exc})") from exc
+
+
+def _mstc(root: Path, frames_dir: Path) -> GroundTruth:
+    base = next(b for b in (root, root / "testing") if (b / "test_frame_mask").is_dir())
+    sources = []
+    for clip in _clips(frames_dir):
+        images = _images(clip)
+        label_file = base / "test_frame_mask" / f"{clip.name}.npy"
+        if not label_file.is_file():
+            raise GroundTruthError(f"expected frame labels {label_file} for clip {clip}, got no such file")
+        labels = _npy(label_file).astype(bool).ravel()
+        if len(labels) != len(images):
+            raise GroundTruthError(f"expected {len(images)} frame labels in {label_file} (one per frame of {clip}), got {len(labels)}")
+        pixel_file = base / "test_pixel_mask" / f"{clip.name}.npy"
+        mask_of: MaskOf | None = None
+        if (base / "test_pixel_mask").is_dir():
+            if not pixel_file.is_file():
+                raise GroundTruthError(f"expected pixel masks {pixel_file} for clip {clip}, got no such file")
+            pixels = np.load(pixel_file, mmap_mode="r", allow_pickle=False)
+            expected = (len(images), *image_hw(images[0]))
+            if pixels.shape != expected:
+                raise GroundTruthError(f"expected pixel masks of shape {expected} in {pixel_file} (frames x size of {clip}), got {pixels.shape}")
+            mask_of = _array_masks(pixels)
+        sources.append(LabelledSource(ImageSequence(clip.name, tuple(images)), labels, mask_of, clip.name))
+    return GroundTruth("mstc", tuple(sources))
+
+
+def _array_masks(pixels: np.ndarray) -> MaskOf:
+    return lambda index: np.asarray(pixels[index]) > 0
+
+
+def _ucsd(root: Path) -> GroundTruth:
+    testing = root / "testing"
+    label_file = testing / "frame_labels.json"
+    try:
+        all_labels = json.loads(label_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise GroundTruthError(f"expected a JSON object {{clip: [labels]}} in {label_file}, got an unreadable file ({exc})") from exc
+    sources = []
+    for clip in _clips(testing / "frames"):
+        images = _images(clip)
+        if clip.name not in all_labels:
+            raise GroundTruthError(f"expected labels for clip {clip.name} in {label_file}, got none")
+        labels = np.asarray(all_labels[clip.name]).astype(bool).ravel()
+        if len(labels) != len(images):
+            raise GroundTruthError(f"expected {len(images)} frame labels for clip {clip.name} in {label_file} (one per frame of {clip}), got {len(labels)}")
+        mask_of = None
+        if (testing / "masks").is_dir():
+            mask_of = _file_masks(images, _mask_files(images, testing / "masks" / clip.name, what="UCSD layout"))
+        sources.append(LabelledSource(ImageSequence(clip.name, tuple(images)), labels, mask_of, clip.name))
+    return GroundTruth("ucsd", tuple(sources))
+
+
+def _generic(root: Path, masks: Path | None, labels: Path | None) -> GroundTruth:
+    images = _images(root)
+    if not images:
+        raise GroundTruthError(f"expected images in {root}, got none")
+    if masks is not None:
+        files = _mask_files(images, masks, what="--masks folder")
+        mask_of = _file_masks(images, files)
+        flags = np.array([bool(mask_of(i).any()) for i in range(len(images))])  # type: ignore[union-attr]
+        return GroundTruth("generic", (LabelledSource(ImageSequence(root.name, tuple(images)), flags, mask_of, root.name),))
+    if labels is None:
+        raise GroundTruthError(f"expected ground truth for {root}, got neither --masks nor --labels; hint: see `streamad eval --help` for the layouts")
+    try:
+        table = json.loads(labels.read_text())
+    except (OSError, ValueError) as exc:
+        raise GroundTruthError(f"expected a JSON object {{image name: 0 or 1}} in {labels}, got an unreadable file ({exc})") from exc
+    missing = [p.name for p in images if p.name not in table and p.stem not in table]
+    if missing:
+        raise GroundTruthError(f"expected a label in {labels} for every image of {root}, got none for {missing[0]} ({len(missing)} missing)")
+    flags = np.array([bool(table.get(p.name, table.get(p.stem))) for p in images])
+    return GroundTruth("labels", (LabelledSource(ImageSequence(root.name, tuple(images)), flags, None, root.name),))
+
+
+def load_ground_truth(path: str | Path, *, masks: str | Path | None = None, labels: str | Path | None = None) -> GroundTruth:
+    """Read a labelled test set; the layout is detected (see the module docstring)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise GroundTruthError(f"expected a test-set folder, got {root} (no such folder)")
+    if masks is not None or labels is not None:
+        return _generic(root, Path(masks) if masks else None, Path(labels) if labels else None)
+    if (root / "test").is_dir() and ((root / "train").is_dir() or (root / "ground_truth").is_dir()):
+        return _mvtec(root)
+    frames = root / "testing" / "frames"
+    if frames.is_dir():
+        if (root / "test_frame_mask").is_dir() or (root / "testing" / "test_frame_mask").is_dir():
+            return _mstc(root, frames)
+        if (root / "testing" / "frame_labels.json").is_file():
+            return _ucsd(root)
+    raise GroundTruthError(
+        f"expected a labelled test set at {root} (MVTec AD category, ShanghaiTech/mSTC or UCSD layout), got none of them; "
+        "hint: for a plain image folder give --masks DIR or --labels FILE"
+    )

@@ -1,0 +1,175 @@
+"""Detection and localisation metrics, exact for scalars and streaming for pixels.
+
+- :func:`auroc` is exact (ties count one half, as ``sklearn.metrics.roc_auc_score``) and is used
+  for image- and frame-level scores, where one float per frame fits in memory.
+- :class:`PixelMetrics` streams anomaly maps: it keeps three 65536-bin histograms over the
+  float16 value of every pixel (normal pixels, anomalous pixels, and anomalous pixels weighted
+  by one over their region's size), so memory is constant whatever the number of frames.
+  Maps are stored as float16 (:mod:`streamad.score_store`), so on stored maps the histograms are
+  *exact*; on float32 maps the only approximation is the rounding to float16 (relative error
+  at most 2**-11), which can merge two scores into a tie, never reorder them.
+- Pixel AUROC and AUPRO follow the MVTec AD protocol: PRO at a threshold is the mean, over every
+  connected ground-truth region of every image (8-connectivity), of the fraction of the region
+  above the threshold; AUPRO integrates PRO over the false-positive rate of normal pixels from
+  0 to ``max_fpr`` (0.3), with linear interpolation at ``max_fpr``, divided by ``max_fpr``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from streamad.errors import ConfigError, ShapeError
+
+BINS = 1 << 16
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve, exact, with ties counted one half (Mann-Whitney U).
+
+    Example:
+        >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+        0.75
+    """
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    if scores.shape != labels.shape:
+        raise ShapeError(f"expected as many labels as scores, got {labels.size} labels for {scores.size} scores")
+    _check_finite(scores)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        raise ConfigError(f"expected both normal and anomalous samples for an AUROC, got {positives} anomalous and {negatives} normal")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size, np.float64)
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], scores.size]
+    midranks = (starts + ends + 1) / 2.0  # 1-based mean rank of each tie group
+    ranks[order] = np.repeat(midranks, ends - starts)
+    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) over every distinct score, highest threshold first."""
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    return np.r_[0.0, fp / max(1, fp[-1])], np.r_[0.0, tp / max(1, tp[-1])], np.r_[np.inf, s[last]]
+
+
+def _check_finite(values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        raise ConfigError("expected finite scores, got NaN or infinite values; hint: the model or the predictions are broken")
+
+
+def float16_keys(values: np.ndarray) -> np.ndarray:
+    """Order-preserving uint16 keys of the float16 values: key order is value order.
+
+    Example:
+        >>> float16_keys(np.array([-1.0, 0.0, 0.5, 2.0], np.float16)).tolist() == sorted(float16_keys(np.array([-1.0, 0.0, 0.5, 2.0], np.float16)).tolist())
+        True
+    """
+    half = np.asarray(values, np.float16)
+    if np.isnan(half).any():
+        raise ConfigError("expected finite map values, got NaN; hint: the model or the predictions are broken")
+    bits = half.view(np.uint16)
+    return np.where(bits & 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
+
+
+def key_values() -> np.ndarray:
+    """The float16 value of every key 0..65535 (NaN keys included, never counted)."""
+    keys = np.arange(BINS, dtype=np.uint32)
+    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys & 0xFFFF).astype(np.uint16)
+    return bits.view(np.float16).astype(np.float64)
+
+
+def regions(mask: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected regions (8-connectivity, as the MVTec AD evaluation) of a boolean mask.
+
+    Returns:
+        (number of regions, label image with 0 for background and 1..n for regions).
+    """
+    count, labelled = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return count - 1, labelled
+
+
+@dataclass(frozen=True, slots=True)
+class PixelResult:
+    auroc: float | None
+    aupro: float | None
+    roc: tuple[np.ndarray, np.ndarray]  # (fpr, tpr), thresholds descending
+    pro: tuple[np.ndarray, np.ndarray]  # (fpr, pro), thresholds descending
+    pixels: int
+    anomalous_pixels: int
+    regions: int
+
+
+class PixelMetrics:
+    """Pixel AUROC and AUPRO over a stream of (map, mask) pairs, in constant memory.
+
+    Example:
+        >>> m = PixelMetrics()
+        >>> m.add(np.array([[0.1, 0.9], [0.2, 0.8]]), np.array([[0, 1], [0, 1]], bool))
+        >>> m.result().auroc
+        1.0
+    """
+
+    def __init__(self) -> None:
+        self.normal = np.zeros(BINS, np.int64)
+        self.anomalous = np.zeros(BINS, np.int64)
+        self.region_weight = np.zeros(BINS, np.float64)
+        self.region_count = 0
+
+    def add(self, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
+        """One map and its ground-truth mask (same shape; True = anomalous)."""
+        if anomaly_map.shape != mask.shape:
+            raise ShapeError(f"expected a map and a mask of one shape, got map {anomaly_map.shape} and mask {mask.shape}")
+        mask = mask.astype(bool)
+        keys = float16_keys(anomaly_map)
+        self.normal += np.bincount(keys[~mask], minlength=BINS)
+        if not mask.any():
+            return
+        self.anomalous += np.bincount(keys[mask], minlength=BINS)
+        count, labelled = regions(mask)
+        sizes = np.bincount(labelled.ravel(), minlength=count + 1).astype(np.float64)
+        inside = labelled[mask]
+        self.region_weight += np.bincount(keys[mask], weights=1.0 / sizes[inside], minlength=BINS)
+        self.region_count += count
+
+    def merge(self, other: PixelMetrics) -> None:
+        """Add another stream's counts (e.g. from another worker)."""
+        self.normal += other.normal
+        self.anomalous += other.anomalous
+        self.region_weight += other.region_weight
+        self.region_count += other.region_count
+
+    def result(self, *, max_fpr: float = 0.3) -> PixelResult:
+        if not 0 < max_fpr <= 1:
+            raise ConfigError(f"expected 0 < max_fpr <= 1, got {max_fpr}")
+        negatives, positives = int(self.normal.sum()), int(self.anomalous.sum())
+        used = np.flatnonzero((self.normal + self.anomalous) > 0)[::-1]  # thresholds, highest first
+        fp = np.r_[0, np.cumsum(self.normal[used])]
+        tp = np.r_[0, np.cumsum(self.anomalous[used])]
+        covered = np.r_[0.0, np.cumsum(self.region_weight[used])]
+        fpr = fp / max(1, negatives)
+        tpr = tp / max(1, positives)
+        pro = covered / max(1, self.region_count)
+        score_auroc = float(np.trapezoid(tpr, fpr)) if positives and negatives else None
+        score_aupro = _integrate_to(fpr, pro, max_fpr) / max_fpr if positives and negatives else None
+        return PixelResult(score_auroc, score_aupro, (fpr, tpr), (fpr, pro), negatives + positives, positives, self.region_count)
+
+
+def _integrate_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoid area under y(x) (x ascending) from x[0] to ``limit``, interpolating at ``limit``."""
+    inside = x <= limit
+    xs, ys = x[inside], y[inside]
+    if xs[-1] < limit and inside.sum() < x.size:
+        j = int(np.argmax(~inside))  # first point beyond the limit
+        y_at = y[j - 1] + (y[j] - y[j - 1]) * (limit - x[j - 1]) / (x[j] - x[j - 1])
+        xs, ys = np.r_[xs, limit], np.r_[ys, y_at]
+    return float(np.trapezoid(ys, xs))

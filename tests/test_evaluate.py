@@ -1,0 +1,204 @@
+"""``streamad eval`` end to end on generated test sets in each layout, and bad ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from pipelines.evaluate import evaluate_model, evaluate_predictions, markdown, write_report
+from pipelines.fit import FitOptions, fit
+from pipelines.score import ScoreOptions
+from streamad.ground_truth import GroundTruthError, load_ground_truth
+from streamad.model import ModelConfig
+from tests.conftest import scene
+
+SMALL = ModelConfig(input_hw=(64, 96), k=16)
+SQUARE = (24, 32, 20)  # y, x, side of the red square scene(anomaly=True) draws at 96x128
+
+
+def save(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+
+
+def square_mask(shape: tuple[int, int] = (96, 128)) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    y, x, side = SQUARE
+    mask[y : y + side + 1, x : x + side + 1] = 255
+    return mask
+
+
+def mvtec(root: Path, *, mask_suffix: str = "_mask") -> Path:
+    for t in range(24):
+        save(root / "train" / "good" / f"{t:03d}.png", scene(t))
+    for t in range(6):
+        save(root / "test" / "good" / f"{t:03d}.png", scene(3 * t + 1))  # blob where training saw it
+        save(root / "test" / "red" / f"{t:03d}.png", scene(3 * t + 2, anomaly=True))
+        save(root / "ground_truth" / "red" / f"{t:03d}{mask_suffix}.png", square_mask())
+    return root
+
+
+def ucsd(root: Path, *, anomalous: range = range(8, 14), frames: int = 20) -> Path:
+    labels = [int(t in anomalous) for t in range(frames)]
+    for t in range(frames):
+        save(root / "training" / "frames" / "01" / f"{t:03d}.png", scene(t))
+        save(root / "testing" / "frames" / "01" / f"{t:03d}.png", scene(t, anomaly=bool(labels[t])))
+        save(root / "testing" / "masks" / "01" / f"{t:03d}.png", square_mask() if labels[t] else np.zeros((96, 128), np.uint8))
+    (root / "testing" / "frame_labels.json").write_text(json.dumps({"01": labels}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = mvtec(tmp_path_factory.mktemp("mvtec") / "toy")
+    model = root.parent / "toy.zarr"
+    fit([str(root)], model, SMALL, options=FitOptions(holdout_every=4))
+    return root, model
+
+
+class TestModelEval:
+    def test_mvtec_layout_metrics_report_and_predictions_agree(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        root, model = category
+        truth = load_ground_truth(root)
+        assert truth.layout == "mvtec" and [s.source_id for s in truth.sources] == ["good", "red"]
+        evaluation = evaluate_model(truth, model, tmp_path / "eval")
+        overall = evaluation.metrics["overall"]
+        assert overall["frames"] == 12 and overall["anomalous"] == 6
+        assert overall["auroc"] > 0.9 and overall["pixel_auroc"] > 0.9 and overall["aupro"] > 0.5
+        assert overall["regions"] == 6
+        again = evaluate_predictions(tmp_path / "eval" / "scores.zarr", truth)
+        assert again.metrics["overall"] == overall and again.metrics["groups"] == evaluation.metrics["groups"]
+        written = write_report(evaluation, tmp_path / "report")
+        assert {Path(p).name for p in written} == {"metrics.json", "metrics.md", "roc.png", "pro.png", "histogram.png", "worst.png"}
+        assert json.loads((tmp_path / "report" / "metrics.json").read_text())["overall"] == overall
+        assert "| **overall** |" in markdown(evaluation.metrics)
+
+    def test_cli_eval_then_predictions_same_numbers(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        root, model = category
+        runner = CliRunner()
+        first = runner.invoke(main, ["eval", str(root), "-m", str(model), "-o", str(tmp_path / "e"), "--report", str(tmp_path / "r1"), "-q"])
+        assert first.exit_code == 0, first.output
+        second = runner.invoke(main, ["eval", str(root), "--predictions", str(tmp_path / "e" / "scores.zarr"), "--report", str(tmp_path / "r2"), "-q"])
+        assert second.exit_code == 0, second.output
+        m1 = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+        m2 = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+        assert m1["overall"] == m2["overall"] and m1["groups"] == m2["groups"]
+
+    def test_categories_with_a_mean_row(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        root, model = category
+        result = CliRunner().invoke(
+            main,
+            [
+                "eval",
+                str(root.parent),
+                "--categories",
+                "toy",
+                "-m",
+                str(root.parent / "{category}.zarr"),
+                "-o",
+                str(tmp_path / "e"),
+                "--report",
+                str(tmp_path / "r"),
+                "-q",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert "| **mean** |" in (tmp_path / "r" / "metrics.md").read_text()
+        assert (tmp_path / "r" / "toy" / "roc.png").is_file()
+
+    def test_ucsd_layout_every_second_frame(self, tmp_path: Path) -> None:
+        root = ucsd(tmp_path / "ped")
+        fit([str(root / "training" / "frames")], tmp_path / "m.zarr", SMALL, options=FitOptions(holdout_every=4))
+        truth = load_ground_truth(root)
+        assert truth.layout == "ucsd"
+        evaluation = evaluate_model(truth, tmp_path / "m.zarr", tmp_path / "e", options=ScoreOptions(every=2))
+        metrics = evaluation.metrics
+        assert metrics["level"] == "frame" and metrics["every"] == 2
+        assert metrics["frames_evaluated"] == 10 and metrics["frames_labelled"] == 20
+        assert metrics["overall"]["auroc"] > 0.9 and metrics["overall"]["pixel_auroc"] > 0.9
+        assert "every 2-th frame" in markdown(metrics)
+
+    def test_labels_only_gives_no_pixel_metrics(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        root, model = category
+        images = tmp_path / "imgs"
+        names = {}
+        for source, label in (("good", 0), ("red", 1)):
+            for path in sorted((root / "test" / source).iterdir()):
+                target = images / f"{source}-{path.name}"
+                images.mkdir(exist_ok=True)
+                shutil.copy(path, target)
+                names[target.name] = label
+        (tmp_path / "labels.json").write_text(json.dumps(names))
+        truth = load_ground_truth(images, labels=tmp_path / "labels.json")
+        evaluation = evaluate_model(truth, model, tmp_path / "e")
+        assert "pixel_auroc" not in evaluation.metrics["overall"] and evaluation.metrics["overall"]["auroc"] > 0.9
+        assert evaluation.pro is None
+
+
+class TestLayouts:
+    def test_mstc_layout(self, tmp_path: Path) -> None:
+        root = tmp_path / "stc"
+        for t in range(5):
+            save(root / "testing" / "frames" / "01_0014" / f"{t:03d}.jpg", scene(t))
+        (root / "test_frame_mask").mkdir()
+        (root / "test_pixel_mask").mkdir()
+        np.save(root / "test_frame_mask" / "01_0014.npy", np.array([0, 0, 1, 1, 0]))
+        np.save(root / "test_pixel_mask" / "01_0014.npy", np.zeros((5, 96, 128), np.uint8))
+        truth = load_ground_truth(root)
+        assert truth.layout == "mstc" and truth.sources[0].labels.tolist() == [False, False, True, True, False]
+        assert truth.sources[0].mask_of is not None and truth.sources[0].mask_of(2).shape == (96, 128)
+        np.save(root / "test_pixel_mask" / "01_0014.npy", np.zeros((5, 96, 127), np.uint8))
+        with pytest.raises(GroundTruthError, match=r"01_0014\.npy"):
+            load_ground_truth(root)
+
+    def test_mvtec_masks_without_suffix_and_3d_layout(self, tmp_path: Path) -> None:
+        assert load_ground_truth(mvtec(tmp_path / "a", mask_suffix="")).sources[1].mask_of(0).any()  # type: ignore[misc]
+        root = tmp_path / "b"
+        save(root / "train" / "good" / "rgb" / "000.png", scene(0))
+        save(root / "test" / "hole" / "rgb" / "000.png", scene(1, anomaly=True))
+        save(root / "test" / "hole" / "gt" / "000.png", square_mask())
+        truth = load_ground_truth(root)
+        assert truth.sources[0].source_id == "hole" and truth.sources[0].mask_of(0).sum() > 0  # type: ignore[misc]
+
+
+class TestBadGroundTruth:
+    def invoke(self, args: list[str]) -> tuple[int, str]:
+        result = CliRunner().invoke(main, args)
+        return result.exit_code, result.output
+
+    def test_mask_size_differs_from_image(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        root = mvtec(tmp_path / "cat")
+        bad = root / "ground_truth" / "red" / "003_mask.png"
+        save(bad, np.zeros((50, 50), np.uint8))
+        code, output = self.invoke(["eval", str(root), "-m", str(category[1]), "-o", str(tmp_path / "e"), "-q"])
+        assert code != 0 and "003_mask.png" in output and "50x50" in output and "Traceback" not in output
+
+    def test_missing_mask(self, tmp_path: Path) -> None:
+        root = mvtec(tmp_path / "cat")
+        (root / "ground_truth" / "red" / "002_mask.png").unlink()
+        with pytest.raises(GroundTruthError, match=r"mask for .*002\.png"):
+            load_ground_truth(root)
+
+    def test_label_count_differs_from_clip_length(self, tmp_path: Path) -> None:
+        root = ucsd(tmp_path / "ped", frames=6)
+        (root / "testing" / "frame_labels.json").write_text(json.dumps({"01": [0, 1, 0]}))
+        code, output = self.invoke(["eval", str(root), "--predictions", str(tmp_path / "none.zarr")])
+        assert code != 0 and "frame_labels.json" in output and "expected 6 frame labels" in output
+
+    def test_not_a_test_set(self, tmp_path: Path) -> None:
+        code, output = self.invoke(["eval", str(tmp_path), "--predictions", str(tmp_path / "x.zarr")])
+        assert code != 0 and "labelled test set" in output
+
+    def test_predictions_for_another_test_set(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        root, model = category
+        evaluate_model(load_ground_truth(root), model, tmp_path / "e")
+        other = ucsd(tmp_path / "ped", frames=4)
+        with pytest.raises(GroundTruthError, match="expected predictions for source '01'"):
+            evaluate_predictions(tmp_path / "e" / "scores.zarr", load_ground_truth(other))

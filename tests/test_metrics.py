@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from streamad.errors import ConfigError, ShapeError
+from streamad.metrics import PixelMetrics, auroc, float16_keys, key_values
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_equals_sklearn_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(500) < 0.3
+    scores = rng.integers(0, 20, 500) + labels * rng.integers(0, 4, 500)  # many ties
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+
+
+def test_auroc_refuses_one_class_and_nan() -> None:
+    with pytest.raises(ConfigError, match="both normal and anomalous"):
+        auroc(np.arange(3.0), np.zeros(3))
+    with pytest.raises(ConfigError, match="finite"):
+        auroc(np.array([0.0, np.nan]), np.array([0, 1]))
+    with pytest.raises(ShapeError, match="as many labels"):
+        auroc(np.arange(3.0), np.zeros(2))
+
+
+def test_float16_keys_are_ordered_and_invert() -> None:
+    values = np.array([-np.inf, -65504, -1.5, -0.0, 0.0, 1e-7, 0.5, 1.0, 65504, np.inf], np.float16)
+    keys = float16_keys(values)
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0)
+    assert np.array_equal(key_values()[keys], values.astype(np.float64))
+
+
+def blobs(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for _ in range(rng.integers(0, 4)):
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        h, w = rng.integers(1, 12, 2)
+        mask[y : y + h, x : x + w] = True
+    return mask
+
+
+def sample(seed: int, n: int = 12, shape: tuple[int, int] = (40, 56)) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        mask = blobs(rng, shape)
+        anomaly_map = ndimage.gaussian_filter(rng.random(shape), 2) + mask * rng.uniform(0, 0.3)
+        out.append((anomaly_map.astype(np.float32), mask))
+    return out
+
+
+def slow_aupro(pairs: list[tuple[np.ndarray, np.ndarray]], max_fpr: float = 0.3) -> float:
+    """Exact reference: every unique threshold, regions from scipy.ndimage.label (8-connectivity)."""
+    regions = []
+    for anomaly_map, mask in pairs:
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [anomaly_map[labelled == r] for r in range(1, count + 1)]
+    normal = np.concatenate([m[~k] for m, k in pairs])
+    thresholds = np.unique(np.concatenate([m.ravel() for m, _ in pairs]))[::-1]
+    fprs, pros = [0.0], [0.0]
+    for t in thresholds:
+        fprs.append(float((normal >= t).mean()))
+        pros.append(float(np.mean([(r >= t).mean() for r in regions])))
+    fpr, pro = np.array(fprs), np.array(pros)
+    keep = fpr <= max_fpr
+    j = int(np.argmax(~keep))
+    x = np.r_[fpr[keep], max_fpr]
+    y = np.r_[pro[keep], pro[j - 1] + (pro[j] - pro[j - 1]) * (max_fpr - fpr[j - 1]) / (fpr[j] - fpr[j - 1])]
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aupro_equals_exact_reference(seed: int) -> None:
+    pairs = sample(seed)
+    metrics = PixelMetrics()
+    for anomaly_map, mask in pairs:
+        metrics.add(anomaly_map, mask)
+    assert metrics.result().aupro == pytest.approx(slow_aupro(pairs), abs=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pixel_auroc_equals_sklearn_on_float16_maps(seed: int) -> None:
+    pairs = [(m.astype(np.float16), k) for m, k in sample(seed)]
+    metrics = PixelMetrics()
+    for anomaly_map, mask in pairs:
+        metrics.add(anomaly_map, mask)
+    labels = np.concatenate([k.ravel() for _, k in pairs])
+    scores = np.concatenate([m.ravel() for m, _ in pairs]).astype(np.float64)
+    assert metrics.result().auroc == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+
+
+def test_streaming_state_is_constant_and_mergeable() -> None:
+    pairs = sample(7, n=40)
+    whole, first, second = PixelMetrics(), PixelMetrics(), PixelMetrics()
+    size = sum(a.nbytes for a in (whole.normal, whole.anomalous, whole.region_weight))
+    for i, (anomaly_map, mask) in enumerate(pairs):
+        whole.add(anomaly_map, mask)
+        (first if i < 17 else second).add(anomaly_map, mask)
+    assert sum(a.nbytes for a in (whole.normal, whole.anomalous, whole.region_weight)) == size  # no growth with frames
+    first.merge(second)
+    a, b = whole.result(), first.result()
+    assert (a.auroc, a.aupro, a.regions) == (b.auroc, b.aupro, b.regions)
+
+
+def test_masks_without_anomalies_give_no_pixel_metrics() -> None:
+    metrics = PixelMetrics()
+    metrics.add(np.random.default_rng(0).random((8, 8)), np.zeros((8, 8), bool))
+    result = metrics.result()
+    assert result.auroc is None and result.aupro is None
+
+
+def test_shape_mismatch_refused() -> None:
+    with pytest.raises(ShapeError, match=r"map \(4, 4\) and mask \(4, 5\)"):
+        PixelMetrics().add(np.zeros((4, 4)), np.zeros((4, 5), bool))
