@@ -190,6 +190,7 @@ def fit(
 @click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
 @click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
+@click.option("--threshold", type=float, default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @with_common
 @friendly_errors
@@ -203,6 +204,7 @@ def score(
     topk: float,
     window: int,
     no_maps: bool,
+    threshold: float | None,
     weights: str | None,
     device: str,
     threads: int | None,
@@ -233,6 +235,7 @@ def score(
         write_maps=not no_maps,
         device=str(pick_device(device)),
         workers=workers,
+        threshold=threshold,
     )
     progress = ClickProgress(not quiet)
     summary = run_score(list(sources), model_path, out_dir, options=options, overlay=overlay, plot=plot, weights=weights, progress=progress)
@@ -240,11 +243,60 @@ def score(
     report_drops(summary.dropped)
     frames = sum(summary.frames.values())
     click.echo(f"scored {frames} frames from {len(summary.frames)} source(s)" + (" (interrupted)" if summary.interrupted else ""))
+    if summary.decisions:
+        click.echo(f"  {sum(summary.anomalous.values())} frame(s) above the threshold {summary.threshold:.4g} (CSV column decision, zarr decision/mask)")
     click.echo(f"  scores:  {summary.csv}\n  maps:    {summary.store}")
     for path in summary.overlays:
         click.echo(f"  overlay: {path}")
     if summary.plot:
         click.echo(f"  plot:    {summary.plot}")
+
+
+@main.command()
+@click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to calibrate.")
+@click.option("--quantile", type=float, default=None, help="Threshold = this quantile of normal frame scores (default 0.99).")
+@click.option("--on", "normal", multiple=True, help="Normal SOURCE to take the quantile on (repeatable; default: the frames fit held out).")
+@click.option("--f1", "f1_testset", default=None, help="Labelled TESTSET (as for eval): the F1-optimal threshold on it.")
+@click.option("--predictions", default=None, help="With --f1: read that test set's scores from this score store instead of scoring it.")
+@click.option("--fixed", type=float, default=None, help="Store this threshold as it is.")
+@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
+@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
+@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@friendly_errors
+def calibrate(
+    model_path: str,
+    quantile: float | None,
+    normal: tuple[str, ...],
+    f1_testset: str | None,
+    predictions: str | None,
+    fixed: float | None,
+    raw: bool,
+    topk: float,
+    window: int,
+    device: str,
+    quiet: bool,
+) -> None:
+    """Store a decision threshold in the model; `score` then writes decisions and masks.
+
+    Examples: streamad calibrate -m model.zarr (99th percentile of held-out normal frames);
+    streamad calibrate -m model.zarr --f1 data/ucsd_ped2; streamad calibrate -m model.zarr --fixed 2.5
+    """
+    setup(None, False)
+    from pipelines.calibrate import calibrate as run_calibrate
+    from pipelines.score import ScoreOptions
+    from streamad.ground_truth import load_ground_truth
+    from streamad.runtime import pick_device
+    from streamad.stages import FrameScoreConfig
+
+    options = ScoreOptions(frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window), device=str(pick_device(device)))
+    labelled = load_ground_truth(f1_testset) if f1_testset else None
+    progress = ClickProgress(not quiet)
+    threshold = run_calibrate(
+        model_path, quantile=quantile, normal=normal, labelled=labelled, predictions=predictions, fixed=fixed, options=options, progress=progress
+    )
+    click.echo(f"threshold {threshold.value:.6g} ({threshold.method}, {threshold.detail}) stored in {model_path}")
 
 
 @main.command(name="eval")

@@ -42,7 +42,7 @@ def evaluate(data: Path, out: Path) -> dict[str, object]:
     store, _ = open_scores(out / "scores.zarr")
     pix_y, pix_s = [], []
     for clip in sorted(labels):
-        maps = read_source(store, clip, with_maps=True).maps
+        maps = read_source(store, clip, with_maps=True).maps[:]
         for i in range(len(labels[clip])):
             mask = cv2.imread(str(data / "testing" / "masks" / clip / f"{i:03d}.png"), cv2.IMREAD_GRAYSCALE) > 127
             resized = cv2.resize(maps[i].astype(np.float32), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -92,11 +92,13 @@ def evaluate_predictions(
     *,
     max_fpr: float = 0.3,
     worst: int = 8,
+    pixels: bool = True,
     progress: Progress = no_progress,
 ) -> Evaluation:
     """Metrics of the predictions in a score store (streamad's format) against ``truth``.
 
-    Only frames present in the store are evaluated (a store scored with ``--every N`` holds every
+    Pixel metrics are computed when ``pixels`` and the ground truth has masks. Only frames
+    present in the store are evaluated (a store scored with ``--every N`` holds every
     N-th frame; the metrics say how many frames were evaluated out of how many labelled).
 
     Raises:
@@ -104,7 +106,7 @@ def evaluate_predictions(
             frames the ground truth has no label for.
     """
     store, attrs = open_scores(store_path)
-    pixel_level = truth.has_masks
+    pixel_level = pixels and truth.has_masks
     groups: dict[str, _Group] = {}
     overall = _Group(pixels=PixelMetrics() if pixel_level else None)
     frames: list[Frame] = []
@@ -195,7 +197,7 @@ def evaluate_model(
     if not truth.has_masks:
         options = replace(options, write_maps=False)
     score([s.source for s in truth.sources], model_path, out_dir, options=options, weights=weights, progress=progress)
-    return evaluate_predictions(Path(out_dir) / "scores.zarr", truth, max_fpr=max_fpr, progress=progress)
+    return evaluate_predictions(Path(out_dir) / "scores.zarr", truth, max_fpr=max_fpr, pixels=options.write_maps, progress=progress)
 
 
 def mean_row(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,12 +16,12 @@ from streamad import pictures, stages
 from streamad.decode import VideoWriter, probe
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
-from streamad.model_store import Calibration, load_model, open_store
+from streamad.model_store import Calibration, load_model, open_store, read_threshold
 from streamad.runner import DropLog, Runner
 from streamad.runtime import thread_plan
 from streamad.score_store import ScoreWriter
 from streamad.sources import Source, VideoFile, resolve_sources
-from streamad.store import ZarrStore
+from streamad.store import ArrayStore, ZarrStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ScoreOptions:
     write_maps: bool = True
     device: str = "cpu"
     workers: int | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -55,6 +57,8 @@ class ScoreSummary:
     plot: str | None = None
     interrupted: bool = False
     threshold: float | None = None
+    decisions: bool = False
+    anomalous: dict[str, int] = field(default_factory=dict)
 
 
 def normal_threshold(calibration: Calibration | None, *, quantile: float = 0.99) -> float | None:
@@ -62,6 +66,24 @@ def normal_threshold(calibration: Calibration | None, *, quantile: float = 0.99)
     if calibration is None or not len(calibration.normal_scores):
         return None
     return float(np.quantile(calibration.normal_scores, quantile))
+
+
+def decision_threshold_for(model_store: ArrayStore, given: float | None, frame_score: dict[str, Any]) -> float | None:
+    """``given`` (``--threshold``), else the model's stored threshold when it was set for these
+    frame-score settings; None means no decisions are written."""
+    if given is not None:
+        return given
+    stored = read_threshold(model_store)
+    if stored is None:
+        return None
+    if stored.frame_score != frame_score:
+        logger.warning(
+            "the stored threshold was set for frame scores %s, not %s: no decisions written; hint: run `streamad calibrate` with these settings",
+            stored.frame_score,
+            frame_score,
+        )
+        return None
+    return stored.value
 
 
 class _Overlays:
@@ -116,14 +138,18 @@ def score(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = ScoreSummary(str(out), str(out / "scores.csv"), str(out / "scores.zarr"))
-    summary.threshold = normal_threshold(calibration) if frame_config.calibrated else None
+    frame_score = {"calibrated": frame_config.calibrated, "topk_fraction": frame_config.topk_fraction, "window": frame_config.window}
+    decision_threshold = decision_threshold_for(model_store, options.threshold, frame_score)
+    summary.decisions = decision_threshold is not None
+    summary.threshold = decision_threshold if decision_threshold is not None else (normal_threshold(calibration) if frame_config.calibrated else None)
     attrs = {
         "model": {key: model_store.attrs()[key] for key in ("method", "backbone", "weights_sha256", "input_hw", "k", "seed", "frames_seen")},
         "model_path": str(Path(model_path).resolve()),
         "input_hw": list(model.config.input_hw),
-        "frame_score": {"calibrated": frame_config.calibrated, "topk_fraction": frame_config.topk_fraction, "window": frame_config.window},
+        "frame_score": frame_score,
         "every": options.every,
         "threshold": summary.threshold,
+        "decision_threshold": decision_threshold,
     }
     drops = DropLog()
     runner = Runner()
@@ -135,7 +161,7 @@ def score(
     with (
         graceful_interrupt(runner) as interrupted,
         overlays.stack,
-        ScoreWriter(summary.csv, ZarrStore(summary.store, mode="w"), attrs=attrs, write_maps=options.write_maps) as writer,
+        ScoreWriter(summary.csv, ZarrStore(summary.store, mode="w"), attrs=attrs, write_maps=options.write_maps, threshold=decision_threshold) as writer,
     ):
         frames = runner.source(
             lambda: frames_of(
@@ -165,6 +191,8 @@ def score(
             times.append(result.ref.pts_s)
             values.append(result.score)
             summary.frames[result.ref.source_id] = summary.frames.get(result.ref.source_id, 0) + 1
+            if decision_threshold is not None and result.score > decision_threshold:
+                summary.anomalous[result.ref.source_id] = summary.anomalous.get(result.ref.source_id, 0) + 1
             progress.advance(1)
         summary.interrupted = interrupted[0]
     progress.finish()

@@ -62,6 +62,32 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.r_[0.0, fp / max(1, fp[-1])], np.r_[0.0, tp / max(1, tp[-1])], np.r_[np.inf, s[last]]
 
 
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold whose decisions ``score > threshold`` have the best F1, and that F1.
+
+    The threshold lies halfway between the lowest score called anomalous and the next lower
+    score (below every score when all are called anomalous).
+
+    Example:
+        >>> f1_threshold(np.array([0.0, 0.5, 1.5, 2.0]), np.array([0, 0, 1, 1]))
+        (1.0, 1.0)
+    """
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    _check_finite(scores)
+    if not labels.any():
+        raise ConfigError("expected at least one anomalous frame to pick an F1-optimal threshold, got none")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]  # end of each tie group
+    tp = np.cumsum(y)[last]
+    fp = np.cumsum(~y)[last]
+    f1 = 2 * tp / (2 * tp + fp + (labels.sum() - tp))
+    best = int(np.argmax(f1))
+    lowest = s[last[best]]
+    below = s[last[best] + 1] if last[best] + 1 < s.size else lowest - max(1.0, abs(lowest))
+    return float((lowest + below) / 2), float(f1[best])
+
+
 def _check_finite(values: np.ndarray) -> None:
     if not np.isfinite(values).all():
         raise ConfigError("expected finite scores, got NaN or infinite values; hint: the model or the predictions are broken")

@@ -18,6 +18,7 @@ Committing is one atomic write of the root attributes, after every array it name
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import streamad
 from streamad.errors import StoreError
 from streamad.model import AnomalyModel, ModelConfig
 from streamad.store import ArrayStore, ZarrStore
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -239,3 +242,46 @@ def load_model(
                 frames=int(cal["frames"]),
             )
     return model, calibration
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A decision threshold on frame scores (and on map pixels, which share their units).
+
+    Attributes:
+        value: frames scoring above it are anomalous.
+        method: ``quantile`` (of scores on normal frames), ``f1`` (F1-optimal on labelled
+            frames) or ``fixed``.
+        detail: how it was found (quantile, frames, F1, ...).
+        frame_score: the frame-score settings it applies to.
+    """
+
+    value: float
+    method: str
+    detail: dict[str, Any]
+    frame_score: dict[str, Any]
+
+
+def write_threshold(store: ArrayStore, threshold: Threshold) -> None:
+    """Record a threshold for the store's current statistics (a refit makes it stale)."""
+    attrs = check_format(store, "store")
+    attrs["threshold"] = {
+        "value": threshold.value,
+        "method": threshold.method,
+        "detail": threshold.detail,
+        "frame_score": threshold.frame_score,
+        "of": attrs.get("stats_path"),
+    }
+    store.set_attrs(attrs)
+
+
+def read_threshold(store: ArrayStore) -> Threshold | None:
+    """The stored threshold, or None when there is none or it predates the statistics."""
+    attrs = store.attrs()
+    stored = attrs.get("threshold")
+    if not stored:
+        return None
+    if stored.get("of") != attrs.get("stats_path"):
+        logger.warning("ignoring the stored threshold: it was set before the model was refitted; run `streamad calibrate` again")
+        return None
+    return Threshold(float(stored["value"]), stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))

@@ -9,6 +9,8 @@
     <source>/score        (T,) float32  the frame score used for decisions
     <source>/map_max      (T,) float32  maximum of the anomaly map
     <source>/map          (T, H, W) float16 at the model's input size, chunks of 16 frames
+    <source>/decision     (T,) bool     score > threshold (only when a threshold applied)
+    <source>/mask         (T, H, W) bool  map > threshold (only with a threshold and maps)
 
 Anyone can write this layout (zarr v3) to have their predictions evaluated by streamad.
 """
@@ -16,7 +18,7 @@ Anyone can write this layout (zarr v3) to have their predictions evaluated by st
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,18 +41,31 @@ class _Pending:
     score: list[float]
     map_max: list[float]
     maps: list[np.ndarray]
+    decision: list[bool] = field(default_factory=list)
 
 
 class ScoreWriter:
     """Append results to a CSV file and a score store, buffering ``flush_every`` frames.
 
-    Use as a context manager; the buffered tail is written on exit, also after an error.
+    With a ``threshold``, the CSV gains a ``decision`` column (1 = anomalous frame) and the store
+    ``decision`` and ``mask`` arrays. Use as a context manager; the buffered tail is written on
+    exit, also after an error.
     """
 
-    def __init__(self, csv_path: str | Path, store: ArrayStore, *, attrs: dict[str, Any], write_maps: bool = True, flush_every: int = 64) -> None:
+    def __init__(
+        self,
+        csv_path: str | Path,
+        store: ArrayStore,
+        *,
+        attrs: dict[str, Any],
+        write_maps: bool = True,
+        flush_every: int = 64,
+        threshold: float | None = None,
+    ) -> None:
         self._csv_file = open(csv_path, "w", newline="")
         self._csv = csv.writer(self._csv_file)
-        self._csv.writerow(CSV_COLUMNS)
+        self._threshold = threshold
+        self._csv.writerow(CSV_COLUMNS + (("decision",) if threshold is not None else ()))
         self._store = store
         self._write_maps = write_maps
         self._flush_every = flush_every
@@ -64,8 +79,12 @@ class ScoreWriter:
 
     def write(self, result: ScoreMap) -> None:
         ref = result.ref
-        self._csv.writerow((ref.source_id, ref.index, f"{ref.pts_s:.6f}", f"{result.score:.6g}"))
+        row: tuple[object, ...] = (ref.source_id, ref.index, f"{ref.pts_s:.6f}", f"{result.score:.6g}")
         pending = self._pending.setdefault(ref.source_id, _Pending([], [], [], [], []))
+        if self._threshold is not None:
+            pending.decision.append(result.score > self._threshold)
+            row += (int(result.score > self._threshold),)
+        self._csv.writerow(row)
         pending.index.append(ref.index)
         pending.pts_s.append(ref.pts_s)
         pending.score.append(result.score)
@@ -84,9 +103,13 @@ class ScoreWriter:
         self._store.append(f"{prefix}/pts_s", np.asarray(pending.pts_s, np.float64))
         self._store.append(f"{prefix}/score", np.asarray(pending.score, np.float32))
         self._store.append(f"{prefix}/map_max", np.asarray(pending.map_max, np.float32))
+        if pending.decision:
+            self._store.append(f"{prefix}/decision", np.asarray(pending.decision, bool))
         if pending.maps:
             maps = np.stack(pending.maps)
             self._store.append(f"{prefix}/map", maps, chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
+            if self._threshold is not None:
+                self._store.append(f"{prefix}/mask", maps > np.float32(self._threshold), chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
         self._counts[source_id] = self._counts.get(source_id, 0) + len(pending.index)
 
     def close(self) -> None:
@@ -112,7 +135,7 @@ class SourceScores:
 
 
 class MapRows:
-    """A source's (T, H, W) maps, read from the store only when sliced: ``maps[i:j]``."""
+    """A source's (T, H, W) maps, read from the store only when indexed: ``maps[i]``, ``maps[i:j]``."""
 
     def __init__(self, store: ArrayStore, name: str, length: int) -> None:
         self.store, self.name, self.length = store, name, length
@@ -120,7 +143,12 @@ class MapRows:
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
+    def __getitem__(self, rows: int | slice) -> np.ndarray:
+        if isinstance(rows, int):
+            row = rows + self.length if rows < 0 else rows
+            if not 0 <= row < self.length:
+                raise IndexError(f"map {rows} of {self.length}")
+            return self.store.read_rows(self.name, row, row + 1)[0]
         start, stop, step = rows.indices(self.length)
         if step != 1:
             raise ValueError("expected a contiguous slice of maps")

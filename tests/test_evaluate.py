@@ -17,6 +17,7 @@ from pipelines.fit import FitOptions, fit
 from pipelines.score import ScoreOptions
 from streamad.ground_truth import GroundTruthError, load_ground_truth
 from streamad.model import ModelConfig
+from streamad.stages import FrameScoreConfig
 from tests.conftest import scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=16)
@@ -202,3 +203,57 @@ class TestBadGroundTruth:
         other = ucsd(tmp_path / "ped", frames=4)
         with pytest.raises(GroundTruthError, match="expected predictions for source '01'"):
             evaluate_predictions(tmp_path / "e" / "scores.zarr", load_ground_truth(other))
+
+
+class TestThresholds:
+    def test_quantile_f1_and_fixed_thresholds_drive_decisions(self, category: tuple[Path, Path], tmp_path: Path) -> None:
+        import csv
+
+        from pipelines.calibrate import calibrate
+        from pipelines.score import score
+        from streamad.model_store import open_store, read_threshold
+
+        root, fitted = category
+        model = tmp_path / "m.zarr"
+        shutil.copytree(fitted, model)
+        stored = calibrate(model)
+        assert stored.method == "quantile" and stored.detail["quantile"] == 0.99 and stored.detail["frames"] == 6
+        best = calibrate(model, labelled=load_ground_truth(root), work_dir=tmp_path / "w")
+        assert best.method == "f1" and best.detail["f1"] == 1.0
+        assert read_threshold(open_store(model, mode="r")) == best
+        summary = score([str(root / "test" / "good"), str(root / "test" / "red")], model, tmp_path / "out")
+        assert summary.decisions and summary.anomalous == {"red": 6}
+        rows = list(csv.DictReader(open(summary.csv)))
+        assert list(rows[0]) == ["source", "index", "pts_s", "score", "decision"]
+        assert [int(r["decision"]) for r in rows] == [0] * 6 + [1] * 6
+        store, _ = open_scores_of(summary.store)
+        assert store.read("red/decision").all() and not store.read("good/decision").any()
+        masks = store.read("red/mask")
+        assert masks.shape == (6, 64, 96) and masks.dtype == bool and masks.any()
+        raw = score([str(root / "test" / "red")], model, tmp_path / "raw", options=ScoreOptions(frame_score=FrameScoreConfig(topk_fraction=0.0)))
+        assert not raw.decisions  # the threshold was set for other frame scores
+        calibrate(model, fixed=1e9)
+        assert score([str(root / "test" / "red")], model, tmp_path / "fixed").anomalous == {}
+
+    def test_refit_makes_the_threshold_stale(self, tmp_path: Path, frame_folder: Path) -> None:
+        from pipelines.calibrate import calibrate
+        from streamad.model_store import open_store, read_threshold
+
+        fit([str(frame_folder)], tmp_path / "m.zarr", SMALL, options=FitOptions(holdout_every=4, stop=20))
+        calibrate(tmp_path / "m.zarr", fixed=3.0)
+        assert read_threshold(open_store(tmp_path / "m.zarr", mode="r")) is not None
+        fit([str(frame_folder)], tmp_path / "m.zarr", None, options=FitOptions(holdout_every=4), resume=True)
+        assert read_threshold(open_store(tmp_path / "m.zarr", mode="r")) is None
+
+    def test_conflicting_ways_refused(self, category: tuple[Path, Path]) -> None:
+        from pipelines.calibrate import calibrate
+        from streamad.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="one way"):
+            calibrate(category[1], fixed=1.0, quantile=0.9)
+
+
+def open_scores_of(path: str):  # noqa: ANN201
+    from streamad.score_store import open_scores
+
+    return open_scores(path)

@@ -115,3 +115,18 @@ def test_masks_without_anomalies_give_no_pixel_metrics() -> None:
 def test_shape_mismatch_refused() -> None:
     with pytest.raises(ShapeError, match=r"map \(4, 4\) and mask \(4, 5\)"):
         PixelMetrics().add(np.zeros((4, 4)), np.zeros((4, 5), bool))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f1_threshold_is_the_best_of_every_cut(seed: int) -> None:
+    from sklearn.metrics import f1_score
+
+    from streamad.metrics import f1_threshold
+
+    rng = np.random.default_rng(seed)
+    labels = rng.random(300) < 0.2
+    scores = np.round(rng.normal(size=300) + 1.5 * labels, 1)  # ties
+    threshold, best = f1_threshold(scores, labels)
+    assert f1_score(labels, scores > threshold) == pytest.approx(best, abs=1e-12)
+    brute = max(f1_score(labels, scores >= t) for t in np.unique(scores))
+    assert best == pytest.approx(brute, abs=1e-12)

@@ -1,0 +1,97 @@
+"""``streamad eval`` on the real data in ../shared/data, for padim and soe: UCSD Ped2 (clips
+01-06), magnetic tile (MT_Free split into train/test with a fixed seed; the five defect classes
+as anomalies, with their masks) and hazelnut_toy (MVTec layout). Prints the exact commands and a
+Markdown table.
+
+    python benchmarks/eval_real.py [--data ../shared/data] [--work /tmp/streamad-eval] [--method padim] [--set ucsd_ped2]
+
+The magnetic-tile split is a folder of symlinks in MVTec AD layout under --work: MT_Free's images
+in name order, shuffled with numpy's default_rng(0); the first 20 % are test/good, the rest
+train/good; every image of the defect classes is test/<class> with its mask as
+ground_truth/<class>/<stem>.png. Its images come in many sizes and aspect ratios, so the input
+size is fixed at 256x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
+TEST_FRACTION, SEED = 0.2, 0
+
+
+def magnetic_tile_split(data: Path, out: Path) -> Path:
+    """The MVTec-layout folder of symlinks described above (rebuilt each time)."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    free = sorted((data / "MT_Free" / "Imgs").glob("*.jpg"))
+    order = np.random.default_rng(SEED).permutation(len(free))
+    n_test = int(round(TEST_FRACTION * len(free)))
+    for rank, i in enumerate(order):
+        target = out / ("test" if rank < n_test else "train") / "good" / free[i].name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(free[i].resolve())
+    for defect in DEFECTS:
+        for image in sorted((data / f"MT_{defect}" / "Imgs").glob("*.jpg")):
+            for folder, source in ((out / "test" / defect, image), (out / "ground_truth" / defect, image.with_suffix(".png"))):
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / source.name).symlink_to(source.resolve())
+    return out
+
+
+def run(command: list[str]) -> float:
+    print("$ " + shlex.join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-eval"))
+    parser.add_argument("--method", action="append", default=None)
+    parser.add_argument("--set", dest="sets", action="append", default=None)
+    args = parser.parse_args()
+    exe = str(Path(sys.executable).with_name("streamad"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets = {
+        "ucsd_ped2": (args.data / "ucsd_ped2" / "training" / "frames", args.data / "ucsd_ped2", []),
+        "magnetic_tile": (None, None, ["--input-size", "256x256"]),
+        "hazelnut_toy": (args.data / "hazelnut_toy", args.data / "hazelnut_toy", []),
+    }
+    rows = []
+    for name in args.sets or list(sets):
+        train, test, extra = sets[name]
+        if name == "magnetic_tile":
+            test = magnetic_tile_split(args.data / "magnetic_tile", args.work / "magnetic_tile_split")
+            train = test
+        for method in args.method or ["padim", "soe"]:
+            model, out, report = (args.work / f"{name}-{method}{suffix}" for suffix in (".zarr", "-scores", "-report"))
+            fit_s = run([exe, "fit", str(train), "-m", str(model), "--method", method, "--overwrite", "-q", *extra])
+            eval_s = run([exe, "eval", str(test), "-m", str(model), "-o", str(out), "--report", str(report), "-q"])
+            metrics = json.loads((report / "metrics.json").read_text())
+            overall = metrics["overall"]
+            row = {"set": name, "method": method, "level": metrics["level"], **{k: overall.get(k) for k in ("auroc", "pixel_auroc", "aupro")}}
+            row["groups"] = {g: r["auroc"] for g, r in metrics["groups"].items()}
+            row.update(fit_s=round(fit_s, 1), eval_s=round(eval_s, 1))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print("\n| data | method | image/frame AUROC | pixel AUROC | AUPRO@0.3 |\n|---|---|---|---|---|")
+    for row in rows:
+        cells = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("auroc", "pixel_auroc", "aupro")]
+        print(f"| {row['set']} ({row['level']}) | {row['method']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``streamad calibrate``: store a decision threshold in a model store.
+
+A threshold is in frame-score units (and map pixels share them), so it holds for the frame-score
+settings it was found with; ``score`` applies it only with the same settings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.common import Progress, no_progress
+from pipelines.evaluate import evaluate_model, evaluate_predictions
+from pipelines.score import ScoreOptions, score
+from streamad.errors import ConfigError
+from streamad.ground_truth import GroundTruth
+from streamad.metrics import f1_threshold
+from streamad.model_store import Threshold, load_model, open_store, write_threshold
+from streamad.score_store import open_scores, read_source
+from streamad.stages import FrameScoreConfig
+
+
+def frame_score_attrs(config: FrameScoreConfig) -> dict[str, object]:
+    return {"calibrated": config.calibrated, "topk_fraction": config.topk_fraction, "window": config.window}
+
+
+def calibrate(
+    model_path: str | Path,
+    *,
+    quantile: float | None = None,
+    normal: Sequence[str] = (),
+    labelled: GroundTruth | None = None,
+    predictions: str | Path | None = None,
+    fixed: float | None = None,
+    options: ScoreOptions = ScoreOptions(),
+    work_dir: str | Path | None = None,
+    progress: Progress = no_progress,
+) -> Threshold:
+    """Find a threshold and store it in ``model_path``.
+
+    Exactly one way: ``fixed``; ``labelled`` (F1-optimal on a labelled test set, scored now or
+    read from ``predictions``); or a ``quantile`` (default 0.99) of frame scores on normal frames:
+    the ``normal`` sources scored now, or else the frames ``fit`` held out.
+    """
+    if fixed is not None and (labelled is not None or normal or quantile is not None):
+        raise ConfigError("expected one way to set the threshold, got --fixed with another")
+    if labelled is not None and (normal or quantile is not None):
+        raise ConfigError("expected one way to set the threshold, got --f1 with --quantile or --on")
+    frame_score = frame_score_attrs(options.frame_score)
+    store = open_store(model_path, mode="a")
+    if fixed is not None:
+        threshold = Threshold(float(fixed), "fixed", {}, frame_score)
+    elif labelled is not None:
+        if predictions is None:
+            work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="streamad-calibrate-"))
+            evaluation = evaluate_model(labelled, model_path, work, options=replace(options, write_maps=False), progress=progress)
+        else:
+            evaluation = evaluate_predictions(predictions, labelled, pixels=False, progress=progress)
+            stored = evaluation.metrics.get("frame_score")
+            if stored != frame_score:
+                raise ConfigError(f"expected predictions scored with frame scores {frame_score}, got {stored}; hint: pass the same --raw/--topk/--window")
+        scores, labels = evaluation.scores
+        value, f1 = f1_threshold(scores, labels)
+        threshold = Threshold(value, "f1", {"f1": round(f1, 6), "frames": int(labels.size), "anomalous": int(labels.sum())}, frame_score)
+    else:
+        q = 0.99 if quantile is None else quantile
+        if not 0 < q <= 1:
+            raise ConfigError(f"expected a quantile in (0, 1], got {q}")
+        scores = _normal_scores(model_path, normal, options, work_dir, progress)
+        threshold = Threshold(
+            float(np.quantile(scores, q)), "quantile", {"quantile": q, "frames": int(scores.size), "on": list(normal) or "held-out fit frames"}, frame_score
+        )
+    write_threshold(store, threshold)
+    return threshold
+
+
+def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work_dir: str | Path | None, progress: Progress) -> np.ndarray:
+    if not normal:
+        if frame_score_attrs(options.frame_score) != frame_score_attrs(FrameScoreConfig()):
+            raise ConfigError("expected the default frame scores to use the held-out fit frames, got other settings; hint: pass normal frames with --on SOURCE")
+        _, calibration = load_model(open_store(model_path, mode="r"), where=str(model_path), need_factors=True)
+        if calibration is None or not len(calibration.normal_scores):
+            raise ConfigError(f"expected held-out normal frames in {model_path}, got none; hint: pass normal frames with --on SOURCE")
+        return np.asarray(calibration.normal_scores, np.float64)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="streamad-calibrate-"))
+    summary = score(list(normal), model_path, work, options=replace(options, write_maps=False, threshold=None), progress=progress)
+    store, _ = open_scores(summary.store)
+    return np.concatenate([read_source(store, sid).score for sid in summary.frames]).astype(np.float64)
