@@ -146,12 +146,13 @@ def histogram(groups: Mapping[str, np.ndarray], path: str | Path, *, title: str,
 
 
 def grid(tiles: list[tuple[np.ndarray, str]], path: str | Path, *, columns: int = 4, tile_width: int = 320) -> None:
-    """RGB images with captions in a grid, saved as a PNG."""
+    """RGB images with captions in a grid, each fitted into a square tile, saved as a PNG."""
     cells = []
     for image, caption in tiles:
-        height = max(1, round(image.shape[0] * tile_width / image.shape[1]))
-        cell = np.full((height + 24, tile_width, 3), 255, np.uint8)
-        cell[24:] = cv2.resize(image, (tile_width, height), interpolation=cv2.INTER_AREA)
+        scale = tile_width / max(image.shape[:2])
+        height, width = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+        cell = np.full((tile_width + 24, tile_width, 3), 255, np.uint8)
+        cell[24 : 24 + height, :width] = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         cv2.putText(cell, caption[:48], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
         cells.append(cell)
     cell_h = max(c.shape[0] for c in cells)

@@ -167,13 +167,18 @@ def open_scores(path: str | Path) -> tuple[ZarrStore, dict[str, Any]]:
 
 
 def read_source(store: ArrayStore, source_id: str, *, with_maps: bool = False) -> SourceScores:
-    """A source's results; its maps (``with_maps``) are read lazily, a slice at a time."""
+    """A source's results; its maps (``with_maps``) are read lazily, a slice at a time.
+
+    ``index`` and ``score`` are required; ``pts_s`` and ``map_max`` read as NaN when a store
+    written by another tool lacks them.
+    """
     index = store.read(f"{source_id}/index")
+    scores = store.read(f"{source_id}/score")
+    if scores.shape != index.shape:
+        raise StoreError(f"expected one score per index for source {source_id!r}, got {scores.shape[0]} scores for {index.shape[0]} indices")
     maps = MapRows(store, f"{source_id}/map", len(index)) if with_maps and store.exists(f"{source_id}/map") else None
-    return SourceScores(
-        index=index,
-        pts_s=store.read(f"{source_id}/pts_s"),
-        score=store.read(f"{source_id}/score"),
-        map_max=store.read(f"{source_id}/map_max"),
-        maps=maps,
-    )
+
+    def optional(name: str) -> np.ndarray:
+        return store.read(f"{source_id}/{name}") if store.exists(f"{source_id}/{name}") else np.full(index.shape, np.nan)
+
+    return SourceScores(index=index, pts_s=optional("pts_s"), score=scores, map_max=optional("map_max"), maps=maps)

@@ -257,3 +257,41 @@ def open_scores_of(path: str):  # noqa: ANN201
     from streamad.score_store import open_scores
 
     return open_scores(path)
+
+
+def test_generic_masks_folder(category: tuple[Path, Path], tmp_path: Path) -> None:
+    root, model = category
+    images, masks = tmp_path / "imgs", tmp_path / "masks"
+    for source in ("good", "red"):
+        for path in sorted((root / "test" / source).iterdir()):
+            save(masks / f"{source}-{path.stem}_mask.png", square_mask() if source == "red" else np.zeros((96, 128), np.uint8))
+            images.mkdir(exist_ok=True)
+            shutil.copy(path, images / f"{source}-{path.name}")
+    truth = load_ground_truth(images, masks=masks)
+    assert truth.layout == "generic" and truth.sources[0].labels.sum() == 6
+    metrics = evaluate_model(truth, model, tmp_path / "e").metrics["overall"]
+    assert metrics["auroc"] > 0.9 and metrics["pixel_auroc"] > 0.9
+    (masks / "red-000_mask.png").unlink()
+    with pytest.raises(GroundTruthError, match=r"red-000\.png"):
+        load_ground_truth(images, masks=masks)
+
+
+def test_predictions_written_by_another_tool(category: tuple[Path, Path], tmp_path: Path) -> None:
+    """The minimal documented format: index, score and map per source, plus the two attributes."""
+    from streamad.store import ZarrStore
+
+    root, _ = category
+    truth = load_ground_truth(root)
+    store = ZarrStore(tmp_path / "theirs.zarr", mode="w")
+    store.set_attrs({"kind": "streamad-scores", "format_version": 1})
+    rng = np.random.default_rng(0)
+    for labelled in truth.sources:
+        n = len(labelled.labels)
+        store.write(f"{labelled.source_id}/index", np.arange(n))
+        store.write(f"{labelled.source_id}/score", labelled.labels.astype(np.float32) + rng.random(n).astype(np.float32) * 0.5)
+        maps = rng.random((n, 48, 64)).astype(np.float32) * 0.1
+        if labelled.labels.any():
+            maps[:, 12:23, 16:27] += 1.0  # the square, at half the image's resolution
+        store.write(f"{labelled.source_id}/map", maps)
+    overall = evaluate_predictions(tmp_path / "theirs.zarr", truth).metrics["overall"]
+    assert overall["auroc"] == 1.0 and overall["pixel_auroc"] > 0.95
