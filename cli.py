@@ -299,6 +299,97 @@ def calibrate(
     click.echo(f"threshold {threshold.value:.6g} ({threshold.method}, {threshold.detail}) stored in {model_path}")
 
 
+@main.command()
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--model", "-m", "models", multiple=True, required=True, help="Model store, for every camera, or NAME=PATH per camera (repeatable).")
+@click.option("--out", "-o", "out_dir", default="watch", show_default=True, help="Folder for scores.csv, events.jsonl and snapshots.")
+@click.option("--stats-every", type=float, default=10.0, show_default=True, help="Seconds between stats lines.")
+@click.option("--stats-json", default=None, help="Also append the stats as JSON lines to this file.")
+@click.option("--threshold", type=float, default=None, help="Alert threshold (default: the model's stored or calibrated one).")
+@click.option("--min-frames", type=int, default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
+@click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
+@click.option("--adapt", is_flag=True, help="Keep updating the statistics with frames below the threshold.")
+@click.option("--refresh-every", type=int, default=500, show_default=True, help="With --adapt: refactor the covariances every N frames.")
+@click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
+@click.option("--stall-timeout", type=float, default=5.0, show_default=True, help="Seconds without a frame before reconnecting.")
+@click.option("--open-timeout", type=float, default=10.0, show_default=True, help="Seconds to open a stream.")
+@click.option("--max-retries", type=int, default=None, help="Give a camera up after this many failed reconnects (default: never).")
+@click.option("--realtime", is_flag=True, help="Play files at their native frame rate (as if live; drops when behind).")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="Frames (of all cameras) per backbone pass.")
+@click.option("--max-wait", type=float, default=0.05, show_default=True, help="Seconds a batch waits to fill.")
+@click.option("--queue-size", type=int, default=4, show_default=True, help="Frames buffered per camera before the oldest is dropped.")
+@click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
+@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
+@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
+@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per camera.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--verbose", "-v", is_flag=True)
+@friendly_errors
+def watch(
+    urls: tuple[str, ...],
+    models: tuple[str, ...],
+    out_dir: str,
+    stats_every: float,
+    stats_json: str | None,
+    threshold: float | None,
+    min_frames: int,
+    learn_for: str | None,
+    adapt: bool,
+    refresh_every: int,
+    checkpoint_every: str,
+    stall_timeout: float,
+    open_timeout: float,
+    max_retries: int | None,
+    realtime: bool,
+    max_batch: int,
+    max_wait: float,
+    queue_size: int,
+    duration: str | None,
+    raw: bool,
+    topk: float,
+    window: int,
+    device: str,
+    threads: int | None,
+    verbose: bool,
+) -> None:
+    """Score live cameras (rtsp://, http/hls, /dev/videoN, or files with --realtime), alert on anomalies.
+
+    Examples: streamad watch rtsp://user:pass@10.0.0.5/stream1 -m door.zarr;
+    streamad watch door=rtsp://a/s gate=rtsp://b/s -m door=door.zarr -m gate=gate.zarr --stats-json stats.jsonl;
+    streamad watch rtsp://a/s -m new.zarr --learn-for 10m --adapt
+    """
+    setup(threads, verbose)
+    from pipelines.watch import WatchOptions, cameras_from, parse_duration
+    from pipelines.watch import watch as run_watch
+    from streamad.live import LiveOptions
+    from streamad.runtime import pick_device
+    from streamad.stages import FrameScoreConfig
+
+    options = WatchOptions(
+        max_batch=max_batch,
+        max_wait_s=max_wait,
+        queue_size=queue_size,
+        stats_every_s=stats_every,
+        threshold=threshold,
+        min_frames=min_frames,
+        learn_for_s=parse_duration(learn_for) if learn_for else None,
+        adapt=adapt,
+        refresh_every=refresh_every,
+        checkpoint_every_s=parse_duration(checkpoint_every),
+        frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
+        live=LiveOptions(open_timeout_s=open_timeout, stall_timeout_s=stall_timeout, max_retries=max_retries, realtime=realtime),
+        device=str(pick_device(device)),
+        duration_s=parse_duration(duration) if duration else None,
+    )
+    cameras = cameras_from(urls, models)
+    summary = run_watch(cameras, out_dir, options=options, stats_json=stats_json, print_stats=lambda line: click.echo(line, err=True))
+    click.echo("summary" + (" (interrupted)" if summary.interrupted else "") + ":")
+    for line in summary.lines():
+        click.echo("  " + line)
+    click.echo(f"  {len(summary.events)} event(s) in {summary.out_dir}/events.jsonl; scores in {summary.out_dir}/scores.csv")
+
+
 @main.command(name="eval")
 @click.argument("testset")
 @click.option("--model", "-m", "model_path", default=None, help="Fitted model store; with --categories a template such as 'models/{category}.zarr'.")

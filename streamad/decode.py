@@ -180,3 +180,71 @@ class VideoWriter:
                 self._container.mux(packet)
         self._container.close()
         self._container = None
+
+
+def read_stream(
+    url: str,
+    *,
+    source_id: str,
+    first_index: int = 0,
+    open_timeout_s: float = 10.0,
+    read_timeout_s: float = 10.0,
+    should_stop: Callable[[], bool] | None = None,
+    on_open: Callable[[float], None] | None = None,
+    on_drop: DropCallback | None = None,
+) -> Iterator[Frame]:
+    """Decode a live URL (``rtsp://`` over TCP, http/hls, ``/dev/video*``) or a file, once.
+
+    Ends when the stream ends, fails or ``should_stop()``: reconnecting is the caller's business
+    (:mod:`streamad.live`). Frame indices continue from ``first_index``; ``on_open(fps)`` is
+    called once the container is open.
+
+    Raises:
+        DecodeError: the URL could not be opened (message without credentials).
+    """
+    options = {"rtsp_transport": "tcp"} if url.startswith(("rtsp://", "rtsps://")) else {}
+    try:
+        container = av.open(url, options=options, timeout=(open_timeout_s, read_timeout_s))
+    except (av.FFmpegError, OSError) as exc:
+        raise DecodeError(f"could not open {redact(url)}: {getattr(exc, 'strerror', None) or exc}") from None
+    index = first_index
+    with container:
+        if not container.streams.video:
+            raise DecodeError(f"expected a video stream in {redact(url)}, got none")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.base_rate or Fraction(25)
+        if on_open is not None:
+            on_open(float(rate))
+        try:
+            for packet in container.demux(stream):
+                if should_stop is not None and should_stop():
+                    return
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError as exc:
+                    if packet.size and on_drop is not None:
+                        on_drop(source_id, index, f"corrupt frame ({exc.strerror or exc})")
+                        index += 1
+                    continue
+                for vframe in decoded:
+                    pts_s = float(vframe.time) if vframe.time is not None else index / float(rate)
+                    yield Frame(source_id, index, pts_s, vframe.to_ndarray(format="rgb24"), "", time.monotonic())
+                    index += 1
+        except (av.FFmpegError, OSError) as exc:  # a network error mid-stream ends this connection
+            logger.info("%s: stream error: %s", redact(url), getattr(exc, "strerror", None) or exc)
+
+
+def redact(url: str) -> str:
+    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; anything else unchanged.
+
+    Example:
+        >>> redact("rtsp://admin:hunter2@10.0.0.5:554/stream1")
+        'rtsp://admin:***@10.0.0.5:554/stream1'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url

@@ -36,6 +36,7 @@ class FrameRef:
     index: int
     pts_s: float
     name: str = ""
+    t_decoded_s: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,13 +97,21 @@ class AnomalyModel(nn.Module):
     @torch.inference_mode()
     def embed_images(self, images: Tensor) -> Tensor:
         """Normalised images (B, 3, H, W) to projected embeddings (B, P, k), float32."""
+        return self.project(self.features(images))
+
+    @torch.inference_mode()
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """The backbone's multi-scale maps of normalised images (B, 3, H, W), float32."""
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16):
                 features = self.backbone(images)
-            features = {name: f.float() for name, f in features.items()}
-        else:
-            features = self.backbone(images)
+            return {name: f.float() for name, f in features.items()}
+        return self.backbone(images)
+
+    @torch.inference_mode()
+    def project(self, features: dict[str, Tensor]) -> Tensor:
+        """Multi-scale maps (from any model with this backbone) to this model's embeddings (B, P, k)."""
         return project_layers(features, self.spec.layers, self.projection.weight)
 
     def embed(self, frames: Sequence[np.ndarray]) -> Tensor:

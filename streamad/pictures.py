@@ -33,6 +33,11 @@ def overlay(
     return out
 
 
+def save_rgb(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 image (PNG or JPEG by the suffix)."""
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
 def timeline(
     series: Mapping[str, tuple[np.ndarray, np.ndarray]],
     path: str | Path,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
@@ -251,6 +252,72 @@ class Runner:
 
         return collect()
 
+    def sources(
+        self,
+        makes: list[Callable[[], Iterable[Out]]],
+        *,
+        maxsize: int,
+        policy: str,
+        on_drop: Callable[[object], None] | None = None,
+        name: str = "source",
+    ) -> list[_Channel[Out]]:
+        """Several sources, each in its own thread and queue (live cameras), for :meth:`gather`."""
+        channels = []
+        for i, make in enumerate(makes):
+
+            def produce(make: Callable[[], Iterable[Out]] = make) -> Iterator[Out]:
+                for item in make():
+                    if self.stopping.is_set():
+                        return
+                    yield item
+
+            channels.append(self._spawn_channel(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=f"{name}-{i}"))
+        return channels
+
+    def gather(self, channels: list[_Channel[Out]], *, max_batch: int, max_wait_s: float, poll_s: float = 0.002) -> Iterator[list[Out]]:
+        """Batches of up to ``max_batch`` items taken from all ``channels`` in turn.
+
+        A batch is closed when full or ``max_wait_s`` after its first item, so several cameras
+        share one backbone pass without a slow camera delaying the others. Ends when every
+        channel ended; a channel's failure is re-raised.
+        """
+        if max_batch < 1:
+            raise ConfigError(f"expected a batch size of at least 1, got {max_batch}")
+        open_channels = list(channels)
+        batch: list[Out] = []
+        first = 0.0
+        turn = 0
+        while open_channels:
+            took = False
+            for _ in range(len(open_channels)):
+                channel = open_channels[turn % len(open_channels)]
+                turn += 1
+                try:
+                    item = channel.queue.get_nowait()
+                except queue.Empty:
+                    continue
+                if isinstance(item, _End):
+                    open_channels.remove(channel)
+                    break
+                if isinstance(item, _Failure):
+                    raise item.exc
+                if not batch:
+                    first = time.monotonic()
+                batch.append(item)  # type: ignore[arg-type]
+                took = True
+                if len(batch) == max_batch:
+                    yield batch
+                    batch = []
+            if batch and time.monotonic() - first >= max_wait_s:
+                yield batch
+                batch = []
+            if self.abort.is_set():
+                return
+            if not took:
+                time.sleep(poll_s)
+        if batch:
+            yield batch
+
     def _spawn(
         self,
         make: Callable[[], Iterable[Out]],
@@ -260,6 +327,17 @@ class Runner:
         on_drop: Callable[[object], None] | None,
         name: str,
     ) -> Iterator[Out]:
+        return iter(self._spawn_channel(make, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name))
+
+    def _spawn_channel(
+        self,
+        make: Callable[[], Iterable[Out]],
+        *,
+        maxsize: int,
+        policy: str,
+        on_drop: Callable[[object], None] | None,
+        name: str,
+    ) -> _Channel[Out]:
         channel: _Channel[Out] = _Channel(maxsize, policy, self.abort, on_drop)
 
         def work() -> None:
@@ -276,7 +354,7 @@ class Runner:
         thread = threading.Thread(target=work, name=f"streamad-{name}", daemon=True)
         self._threads.append(thread)
         thread.start()
-        return iter(channel)
+        return channel
 
     def consume(self, items: Iterator[Out]) -> Iterator[Out]:
         """Iterate the last stage; on exit (end, error or break) every worker is stopped."""

@@ -18,7 +18,7 @@ from streamad.model_store import Calibration
 
 
 def ref_of(frame: Frame) -> FrameRef:
-    return FrameRef(frame.source_id, frame.index, frame.pts_s, frame.name)
+    return FrameRef(frame.source_id, frame.index, frame.pts_s, frame.name, frame.t_decoded_s)
 
 
 def batch_frames(frames: Iterable[Frame], *, max_batch: int, stopped: Callable[[], bool] | None = None) -> Iterator[list[Frame]]:

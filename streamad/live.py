@@ -1,0 +1,202 @@
+"""Live sources that never hang: reconnects with backoff, a stall watchdog, state changes.
+
+A :class:`LiveStream` turns a URL into an endless frame iterator. Each connection is read by
+its own thread (:func:`streamad.decode.read_stream`) into a small queue; the iterator waits on
+that queue, so when no frame arrives for ``stall_timeout_s`` (or the connection does not open
+within ``open_timeout_s``) it gives the connection up, whatever PyAV is stuck in, and
+reconnects after an exponential backoff (``backoff_s`` doubling up to ``max_backoff_s``;
+forever unless ``max_retries``). A stream that ends (a server restart, a dropped connection) is
+reconnected the same way; only a file ends for good (played at its native rate with
+``realtime``, else as fast as it decodes).
+
+States (``connecting``, ``streaming``, ``stalled``, ``reconnecting``, ``ended``) are logged once
+per change, with credentials removed from the URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamad.decode import DropCallback, read_stream, redact
+from streamad.errors import ConfigError, DecodeError
+from streamad.frames import Frame
+
+logger = logging.getLogger(__name__)
+
+STATES = ("connecting", "streaming", "stalled", "reconnecting", "ended")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    open_timeout_s: float = 10.0
+    stall_timeout_s: float = 5.0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retries: int | None = None
+    realtime: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stall_timeout_s <= 0 or self.open_timeout_s <= 0:
+            raise ConfigError(f"expected positive timeouts, got open {self.open_timeout_s} s and stall {self.stall_timeout_s} s")
+        if self.backoff_s <= 0 or self.max_backoff_s < self.backoff_s:
+            raise ConfigError(f"expected 0 < backoff <= max backoff, got {self.backoff_s} and {self.max_backoff_s}")
+
+
+def is_live(url: str) -> bool:
+    """URLs and capture devices are live; plain files are not (unless played ``realtime``)."""
+    return "://" in url or url.startswith("/dev/video")
+
+
+class _End:
+    pass
+
+
+class _Failed:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class LiveStream:
+    """Frames of one camera, across reconnects, until ``should_stop()`` or the retries run out.
+
+    Args:
+        url: ``rtsp://...``, another URL FFmpeg reads, ``/dev/videoN`` or a file.
+        source_id: the camera's name.
+        on_state: told ``(source_id, state)`` on every state change.
+        on_drop: told about every frame the decoder could not decode.
+        sleep: injectable for tests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        source_id: str,
+        *,
+        options: LiveOptions = LiveOptions(),
+        on_state: Callable[[str, str], None] | None = None,
+        on_drop: DropCallback | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not is_live(url) and not Path(url).exists():
+            raise ConfigError(f"expected a live URL (rtsp://, http://, /dev/videoN) or an existing file, got {url!r}")
+        self.url, self.source_id, self.options = url, source_id, options
+        self.state = ""
+        self.connections = 0
+        self.reconnects = 0
+        self._on_state = on_state
+        self._on_drop = on_drop
+        self._sleep = sleep
+        self._next_index = 0
+
+    def _set(self, state: str, detail: str = "") -> None:
+        if state == self.state:
+            return
+        self.state = state
+        logger.warning("%s (%s): %s%s", self.source_id, redact(self.url), state, f" ({detail})" if detail else "")
+        if self._on_state is not None:
+            self._on_state(self.source_id, state)
+
+    def frames(self, should_stop: Callable[[], bool]) -> Iterator[Frame]:
+        failures = 0
+        backoff = self.options.backoff_s
+        while not should_stop():
+            self._set("connecting")
+            got_frames = False
+            ended_cleanly = False
+            for item in self._connection(should_stop):
+                if isinstance(item, Frame):
+                    if not got_frames:
+                        self._set("streaming")
+                        got_frames, failures, backoff = True, 0, self.options.backoff_s
+                    yield item
+                elif isinstance(item, _End):
+                    ended_cleanly = True
+                else:
+                    self._set("stalled" if "no frame" in item.message else "reconnecting", item.message)
+            if should_stop():
+                break
+            if ended_cleanly and not is_live(self.url):  # a file ends for good
+                break
+            if not got_frames:
+                failures += 1
+            if self.options.max_retries is not None and failures > self.options.max_retries:
+                self._set("ended", f"gave up after {self.options.max_retries} retries")
+                return
+            self._set("reconnecting", f"in {backoff:.1f} s")
+            self.reconnects += 1
+            deadline = time.monotonic() + backoff
+            while not should_stop() and time.monotonic() < deadline:
+                self._sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, self.options.max_backoff_s)
+        self._set("ended")
+
+    def _connection(self, should_stop: Callable[[], bool]) -> Iterator[Frame | _End | _Failed]:
+        """One connection's frames; a _Failed or _End item closes it. The reader thread is left
+        to finish on its own when it hangs (it only sees its own ``abandoned`` flag)."""
+        self.connections += 1
+        items: queue.Queue[Frame | _End | _Failed] = queue.Queue(maxsize=8)
+        abandoned = threading.Event()
+        opened = threading.Event()
+        realtime = self.options.realtime and not is_live(self.url)
+
+        def read() -> None:
+            try:
+                start_wall, start_pts = None, None
+                for frame in read_stream(
+                    self.url,
+                    source_id=self.source_id,
+                    first_index=self._next_index,
+                    open_timeout_s=self.options.open_timeout_s,
+                    read_timeout_s=self.options.stall_timeout_s,
+                    should_stop=lambda: abandoned.is_set() or should_stop(),
+                    on_open=lambda fps: opened.set(),
+                    on_drop=self._on_drop,
+                ):
+                    if realtime:  # a file played at its native rate
+                        if start_wall is None:
+                            start_wall, start_pts = time.monotonic(), frame.pts_s
+                        wait = (frame.pts_s - (start_pts or 0.0)) - (time.monotonic() - start_wall)
+                        if wait > 0:
+                            time.sleep(wait)
+                    while not abandoned.is_set():
+                        try:
+                            items.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                if not abandoned.is_set():
+                    items.put(_End())
+            except DecodeError as exc:
+                if not abandoned.is_set():
+                    items.put(_Failed(str(exc)))
+            except Exception as exc:  # a reader must never take the watcher down
+                if not abandoned.is_set():
+                    items.put(_Failed(f"reader failed: {exc!r}"))
+
+        thread = threading.Thread(target=read, name=f"streamad-live-{self.source_id}", daemon=True)
+        thread.start()
+        last = time.monotonic()
+        try:
+            while not should_stop():
+                limit = self.options.stall_timeout_s if opened.is_set() else self.options.open_timeout_s + self.options.stall_timeout_s
+                try:
+                    item = items.get(timeout=0.1)
+                except queue.Empty:
+                    if time.monotonic() - last > limit:
+                        yield _Failed(f"no frame for {limit:.1f} s")
+                        return
+                    continue
+                last = time.monotonic()
+                if isinstance(item, Frame):
+                    self._next_index = item.index + 1
+                yield item
+                if not isinstance(item, Frame):
+                    return
+        finally:
+            abandoned.set()
