@@ -243,3 +243,18 @@ def test_camera_and_model_pairing_errors() -> None:
     with pytest.raises(ConfigError, match="names among the cameras"):
         cameras_from(["rtsp://h/1"], ["door=x.zarr"])
     assert [c.model for c in cameras_from(["rtsp://h/1", "rtsp://h/2"], ["m.zarr"])] == ["m.zarr", "m.zarr"]
+
+
+def test_adapt_folds_normal_frames_in_and_a_restart_resumes(model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from streamad.model_store import open_store, read_state
+
+    store = tmp_path / "m.zarr"
+    shutil.copytree(model, store)
+    before = read_state(open_store(store, mode="r")).frames_seen
+    video = clip(tmp_path / "more.mp4", 30)
+    options = WatchOptions(adapt=True, threshold=1e9, refresh_every=10)  # every frame counts as normal
+    for run in (1, 2):
+        watch([Camera("cam", str(video), str(store))], tmp_path / f"w{run}", options=options, print_stats=lambda line: None)
+        assert read_state(open_store(store, mode="r")).frames_seen == before + 30 * run
