@@ -24,10 +24,6 @@ from streamad.score_store import open_scores, read_source
 from streamad.stages import FrameScoreConfig
 
 
-def frame_score_attrs(config: FrameScoreConfig) -> dict[str, object]:
-    return {"calibrated": config.calibrated, "topk_fraction": config.topk_fraction, "window": config.window}
-
-
 def calibrate(
     model_path: str | Path,
     *,
@@ -50,7 +46,7 @@ def calibrate(
         raise ConfigError("expected one way to set the threshold, got --fixed with another")
     if labelled is not None and (normal or quantile is not None):
         raise ConfigError("expected one way to set the threshold, got --f1 with --quantile or --on")
-    frame_score = frame_score_attrs(options.frame_score)
+    frame_score = options.frame_score.attrs()
     store = open_store(model_path, mode="a")
     if fixed is not None:
         threshold = Threshold(float(fixed), "fixed", {}, frame_score)
@@ -80,7 +76,7 @@ def calibrate(
 
 def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work_dir: str | Path | None, progress: Progress) -> np.ndarray:
     if not normal:
-        if frame_score_attrs(options.frame_score) != frame_score_attrs(FrameScoreConfig()):
+        if options.frame_score.attrs() != FrameScoreConfig().attrs():
             raise ConfigError("expected the default frame scores to use the held-out fit frames, got other settings; hint: pass normal frames with --on SOURCE")
         _, calibration = load_model(open_store(model_path, mode="r"), where=str(model_path), need_factors=True)
         if calibration is None or not len(calibration.normal_scores):

@@ -43,7 +43,7 @@ class _Group:
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
+class Case:
     """A frame kept for the report's picture of worst cases."""
 
     source: str
@@ -61,8 +61,8 @@ class Evaluation:
     roc: dict[str, tuple[np.ndarray, np.ndarray]]
     pro: tuple[np.ndarray, np.ndarray] | None
     scores: tuple[np.ndarray, np.ndarray]
-    worst_normal: list[Frame]
-    missed: list[Frame]
+    worst_normal: list[Case]
+    missed: list[Case]
     store: str
 
 
@@ -109,7 +109,7 @@ def evaluate_predictions(
     pixel_level = pixels and truth.has_masks
     groups: dict[str, _Group] = {}
     overall = _Group(pixels=PixelMetrics() if pixel_level else None)
-    frames: list[Frame] = []
+    frames: list[Case] = []
     progress.start("evaluating", sum(len(s.labels) for s in truth.sources))
     for labelled in truth.sources:
         sid = labelled.source_id
@@ -128,7 +128,7 @@ def evaluate_predictions(
         for target in (group, overall):
             target.scores.append(pred.score.astype(np.float64))
             target.labels.append(labels)
-        frames += [Frame(sid, int(i), float(s), bool(y), str(labelled.source.paths[i])) for i, s, y in zip(pred.index, pred.score, labels, strict=True)]
+        frames += [Case(sid, int(i), float(s), bool(y), str(labelled.source.paths[i])) for i, s, y in zip(pred.index, pred.score, labels, strict=True)]
         if pixel_level:
             _add_pixels(labelled, pred.index, pred.maps, (group.pixels, overall.pixels), progress)
         else:

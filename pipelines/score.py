@@ -138,7 +138,7 @@ def score(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = ScoreSummary(str(out), str(out / "scores.csv"), str(out / "scores.zarr"))
-    frame_score = {"calibrated": frame_config.calibrated, "topk_fraction": frame_config.topk_fraction, "window": frame_config.window}
+    frame_score = frame_config.attrs()
     decision_threshold = decision_threshold_for(model_store, options.threshold, frame_score)
     summary.decisions = decision_threshold is not None
     summary.threshold = decision_threshold if decision_threshold is not None else (normal_threshold(calibration) if frame_config.calibrated else None)

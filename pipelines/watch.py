@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipelines.common import graceful_interrupt
+from pipelines.score import decision_threshold_for
 from streamad import pictures, stages
 from streamad.anomaly_map import TemporalMean
 from streamad.decode import redact
@@ -163,6 +164,8 @@ class _CameraModel:
         self.learning_from_pts = 0.0
         self.held_out: list[torch.Tensor] = []
         self.adapted_since_refresh = 0
+        self.dirty = False  # statistics changed since the store was written
+        self.stored_threshold: Threshold | None = None
         self.last_checkpoint = time.monotonic()
         window = options.frame_score.window
         self.smoother = TemporalMean(window) if window > 1 else None
@@ -175,8 +178,8 @@ class _CameraModel:
         if (path / "zarr.json").is_file():
             self.store = open_store(path, mode="a")
             self.model, self.calibration = load_model(self.store, where=str(path), device=device)
-            stored = read_threshold(self.store)
-            self.threshold = options.threshold if options.threshold is not None else (stored.value if stored is not None else None)
+            self.threshold = decision_threshold_for(self.store, options.threshold, options.frame_score.attrs())
+            self.stored_threshold = read_threshold(self.store) if self.threshold is not None and options.threshold is None else None
             if self.threshold is None and self.calibration is not None and len(self.calibration.normal_scores):
                 self.threshold = float(np.quantile(self.calibration.normal_scores, 0.99))
             self.state.frames_seen = int(self.model.gaussian.n)
@@ -238,16 +241,16 @@ class _CameraModel:
             self.threshold = self.options.threshold
         elif self.calibration is not None:
             self.threshold = float(np.quantile(self.calibration.normal_scores, 0.99))
-            config = self.options.frame_score
-            frame_score = {"calibrated": config.calibrated, "topk_fraction": config.topk_fraction, "window": config.window}
             detail = {"quantile": 0.99, "frames": len(self.calibration.normal_scores), "on": "learned stream"}
-            write_threshold(self.store, Threshold(self.threshold, "quantile", detail, frame_score))
+            self.stored_threshold = Threshold(self.threshold, "quantile", detail, self.options.frame_score.attrs())
+            write_threshold(self.store, self.stored_threshold)
         logger.warning("%s: learned from %d frames; threshold %s", self.camera.name, self.model.gaussian.n, self.threshold)
 
     def adapt(self, embeddings: torch.Tensor, refs: Sequence[FrameRef]) -> None:
         """Fold frames judged normal into the statistics; refresh factors every ``refresh_every``."""
         assert self.model is not None
         self.model.gaussian.update(embeddings)
+        self.dirty = True
         self.state.frames_seen = int(self.model.gaussian.n)
         for ref in refs:
             self.state.next_index[ref.source_id] = ref.index + 1
@@ -259,10 +262,18 @@ class _CameraModel:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        if self.model is None or self.store is None or self.learning:
+        """Save adapted statistics, their factors, and carry the calibration and stored threshold
+        over to them (they were measured on the same camera's normal frames)."""
+        if self.model is None or self.store is None or self.learning or not self.dirty:
             return
         write_checkpoint(self.store, self.model, self.state)
+        if self.adapted_since_refresh:
+            self.model.finalise()
+            self.adapted_since_refresh = 0
         write_factors(self.store, self.model, self.calibration)
+        if self.stored_threshold is not None:
+            write_threshold(self.store, self.stored_threshold)
+        self.dirty = False
         self.last_checkpoint = time.monotonic()
 
 

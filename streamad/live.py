@@ -118,7 +118,7 @@ class LiveStream:
                 elif isinstance(item, _End):
                     ended_cleanly = True
                 else:
-                    self._set("stalled" if "no frame" in item.message else "reconnecting", item.message)
+                    self._set("stalled" if item.message.startswith("watchdog") else "reconnecting", item.message)
             if should_stop():
                 break
             if ended_cleanly and not is_live(self.url):  # a file ends for good
@@ -152,8 +152,9 @@ class LiveStream:
                     self.url,
                     source_id=self.source_id,
                     first_index=self._next_index,
-                    open_timeout_s=self.options.open_timeout_s,
-                    read_timeout_s=self.options.stall_timeout_s,
+                    # PyAV's own timeouts only end an abandoned reader: the watchdog below fires first
+                    open_timeout_s=2 * self.options.open_timeout_s + self.options.stall_timeout_s,
+                    read_timeout_s=2 * self.options.stall_timeout_s,
                     should_stop=lambda: abandoned.is_set() or should_stop(),
                     on_open=lambda fps: opened.set(),
                     on_drop=self._on_drop,
@@ -184,12 +185,13 @@ class LiveStream:
         last = time.monotonic()
         try:
             while not should_stop():
-                limit = self.options.stall_timeout_s if opened.is_set() else self.options.open_timeout_s + self.options.stall_timeout_s
+                waiting_to_open = not opened.is_set()
+                limit = self.options.open_timeout_s if waiting_to_open else self.options.stall_timeout_s
                 try:
                     item = items.get(timeout=0.1)
                 except queue.Empty:
                     if time.monotonic() - last > limit:
-                        yield _Failed(f"no frame for {limit:.1f} s")
+                        yield _Failed(f"watchdog: {'not open after' if waiting_to_open else 'no frame for'} {limit:.1f} s")
                         return
                     continue
                 last = time.monotonic()

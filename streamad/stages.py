@@ -86,6 +86,10 @@ class FrameScoreConfig:
         if self.window < 1:
             raise ConfigError(f"expected a temporal window >= 1, got {self.window}")
 
+    def attrs(self) -> dict[str, object]:
+        """As stored with scores and thresholds (a threshold holds only for the same settings)."""
+        return {"calibrated": self.calibrated, "topk_fraction": self.topk_fraction, "window": self.window}
+
 
 def calibrate_distances(distances: Tensor, calibration: Calibration) -> Tensor:
     """Distances (B, P) relative to each position's mean distance on normal frames."""

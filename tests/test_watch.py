@@ -135,7 +135,7 @@ def test_rtsp_scores_and_survives_three_server_restarts(model: Path, tmp_path: P
     assert "door: received" in summary.lines()[0] and "(ok;" in summary.lines()[0]
 
 
-def test_silent_server_trips_the_watchdog_not_a_hang(model: Path, tmp_path: Path) -> None:
+def test_silent_server_trips_the_watchdog_not_a_hang(caplog: pytest.LogCaptureFixture) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -151,8 +151,9 @@ def test_silent_server_trips_the_watchdog_not_a_hang(model: Path, tmp_path: Path
     elapsed = time.monotonic() - start
     listener.close()
     assert frames == [] and elapsed < 20 and accepted
-    assert states[0] == "connecting" and states[-1] == "ended" and "reconnecting" in states
+    assert states[0] == "connecting" and states[-1] == "ended" and "stalled" in states and "reconnecting" in states
     assert stream.connections == 3
+    assert "watchdog: not open after 1.0 s" in caplog.text and "secret" not in caplog.text and "user:***@" in caplog.text
 
 
 def test_watchdog_reconnects_a_stream_that_stops_sending(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,13 +249,28 @@ def test_camera_and_model_pairing_errors() -> None:
 def test_adapt_folds_normal_frames_in_and_a_restart_resumes(model: Path, tmp_path: Path) -> None:
     import shutil
 
-    from streamad.model_store import open_store, read_state
+    from pipelines.calibrate import calibrate
+    from streamad.model_store import load_model, open_store, read_state, read_threshold
 
     store = tmp_path / "m.zarr"
     shutil.copytree(model, store)
+    calibrate(store, fixed=1e9)  # every frame counts as normal
     before = read_state(open_store(store, mode="r")).frames_seen
     video = clip(tmp_path / "more.mp4", 30)
-    options = WatchOptions(adapt=True, threshold=1e9, refresh_every=10)  # every frame counts as normal
     for run in (1, 2):
-        watch([Camera("cam", str(video), str(store))], tmp_path / f"w{run}", options=options, print_stats=lambda line: None)
-        assert read_state(open_store(store, mode="r")).frames_seen == before + 30 * run
+        watch([Camera("cam", str(video), str(store))], tmp_path / f"w{run}", options=WatchOptions(adapt=True, refresh_every=10), print_stats=lambda line: None)
+        reopened = open_store(store, mode="r")
+        assert read_state(reopened).frames_seen == before + 30 * run
+        threshold = read_threshold(reopened)  # carried over to the adapted statistics, as is the calibration
+        assert threshold is not None and threshold.value == 1e9
+        assert load_model(reopened)[1] is not None
+
+
+def test_scoring_without_adapt_leaves_the_store_alone(model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    store = tmp_path / "m.zarr"
+    shutil.copytree(model, store)
+    before = (store / "zarr.json").read_text()
+    watch([Camera("cam", str(clip(tmp_path / "c.mp4", 10)), str(store))], tmp_path / "w", print_stats=lambda line: None)
+    assert (store / "zarr.json").read_text() == before
