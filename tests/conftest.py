@@ -12,6 +12,8 @@ from streamad.decode import VideoWriter
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+collect_ignore = ["rtsp_server.py"]  # a script for Debian's Python (GStreamer bindings), not a test module
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default="cpu", help="torch device for the tests (cpu, cuda)")
