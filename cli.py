@@ -391,7 +391,8 @@ def watch(
 
 
 @main.command(name="eval")
-@click.argument("testset")
+@click.argument("testset", required=False)
+@click.option("--ground-truth", "ground_truth", default=None, help="The labelled test set (same as the TESTSET argument).")
 @click.option("--model", "-m", "model_path", default=None, help="Fitted model store; with --categories a template such as 'models/{category}.zarr'.")
 @click.option("--predictions", default=None, help="Evaluate this score store (streamad's format) instead of running a model.")
 @click.option("--out", "-o", "out_dir", default="eval", show_default=True, help="Folder for the scores written while evaluating a model.")
@@ -407,7 +408,8 @@ def watch(
 @with_common
 @friendly_errors
 def evaluate(
-    testset: str,
+    testset: str | None,
+    ground_truth: str | None,
     model_path: str | None,
     predictions: str | None,
     out_dir: str,
@@ -435,7 +437,7 @@ def evaluate(
 
     Examples: streamad eval data/ucsd_ped2 -m ped2.zarr --report report/;
     streamad eval mvtec --categories bottle --categories cable -m 'models/{category}.zarr';
-    streamad eval data/hazelnut --predictions other-method/scores.zarr
+    streamad eval --predictions other-method/scores.zarr --ground-truth data/hazelnut
     """
     setup(threads, verbose)
     from pathlib import Path
@@ -448,6 +450,10 @@ def evaluate(
 
     if (model_path is None) == (predictions is None):
         raise click.UsageError("expected exactly one of --model (run a model) or --predictions (evaluate a score store)")
+    if (testset is None) == (ground_truth is None):
+        raise click.UsageError("expected the labelled test set once: as TESTSET or as --ground-truth DIR")
+    testset = testset or ground_truth
+    assert testset is not None
     if categories and predictions:
         raise click.UsageError("expected --categories with --model 'models/{category}.zarr', got --predictions")
     options = ScoreOptions(

@@ -86,7 +86,9 @@ class TestModelEval:
         runner = CliRunner()
         first = runner.invoke(main, ["eval", str(root), "-m", str(model), "-o", str(tmp_path / "e"), "--report", str(tmp_path / "r1"), "-q"])
         assert first.exit_code == 0, first.output
-        second = runner.invoke(main, ["eval", str(root), "--predictions", str(tmp_path / "e" / "scores.zarr"), "--report", str(tmp_path / "r2"), "-q"])
+        second = runner.invoke(
+            main, ["eval", "--predictions", str(tmp_path / "e" / "scores.zarr"), "--ground-truth", str(root), "--report", str(tmp_path / "r2"), "-q"]
+        )
         assert second.exit_code == 0, second.output
         m1 = json.loads((tmp_path / "r1" / "metrics.json").read_text())
         m2 = json.loads((tmp_path / "r2" / "metrics.json").read_text())
