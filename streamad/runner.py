@@ -267,9 +267,9 @@ class Runner:
 
             def produce(make: Callable[[], Iterable[Out]] = make) -> Iterator[Out]:
                 for item in make():
+                    yield item  # read, so it flows on (a live source counts what it reads)
                     if self.stopping.is_set():
                         return
-                    yield item
 
             channels.append(self._spawn_channel(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=f"{name}-{i}"))
         return channels

@@ -155,3 +155,25 @@ class TestParallel:
     def test_zero_workers_refused(self) -> None:
         with pytest.raises(ConfigError, match="at least 1 worker"):
             Runner().parallel(lambda x: x, iter([]), workers=0)
+
+
+def test_gather_batches_across_sources() -> None:
+    runner = Runner()
+    channels = runner.sources([lambda: (("a", i) for i in range(7)), lambda: (("b", i) for i in range(5))], maxsize=4, policy="block")
+    batches = list(runner.consume(runner.stage(lambda _: runner.gather(channels, max_batch=3, max_wait_s=0.01), iter(()))))
+    items = [item for batch in batches for item in batch]
+    assert sorted(items) == sorted([("a", i) for i in range(7)] + [("b", i) for i in range(5)])
+    assert all(1 <= len(b) <= 3 for b in batches) and any(len({src for src, _ in b}) == 2 for b in batches)
+    for source in "ab":
+        assert [i for src, i in items if src == source] == sorted(i for src, i in items if src == source)  # per-source order kept
+
+
+def test_gather_reraises_a_source_failure() -> None:
+    def bad() -> Iterator[int]:
+        yield 1
+        raise Boom("camera reader failed")
+
+    runner = Runner()
+    channels = runner.sources([bad], maxsize=2, policy="drop-oldest")
+    with pytest.raises(Boom, match="camera reader failed"):
+        list(runner.consume(runner.stage(lambda _: runner.gather(channels, max_batch=2, max_wait_s=0.01), iter(()))))
