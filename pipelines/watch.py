@@ -409,7 +409,11 @@ def watch(
     writer = ScoreWriter(out / "scores.csv", ZarrStore(out / "scores.zarr", mode="w"), attrs={"cameras": cameras_attrs}, write_maps=False)
     with graceful_interrupt(runner) as interrupted, writer:
         channels = runner.sources([reader(c.name) for c in cameras], maxsize=options.queue_size, policy=policy, on_drop=on_drop, name="camera")
-        batches = runner.stage(lambda _: runner.gather(channels, max_batch=options.max_batch, max_wait_s=options.max_wait_s), iter(()), name="gather")
+
+        def gathered(_: Iterator[object]) -> Iterator[list[Frame]]:
+            return runner.gather(channels, max_batch=options.max_batch, max_wait_s=options.max_wait_s)
+
+        batches = runner.stage(gathered, iter(()), maxsize=1, name="gather")  # one batch waits: latency stays low
         for batch in runner.consume(batches):
             _process(batch, models, streams, alerts, writer, summary, options, keep, scorer_hook)
             now = time.monotonic()

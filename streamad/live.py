@@ -108,20 +108,21 @@ class LiveStream:
         while not should_stop():
             self._set("connecting")
             got_frames = False
-            ended_cleanly = False
+            failure = ""
             for item in self._connection(should_stop):
                 if isinstance(item, Frame):
                     if not got_frames:
                         self._set("streaming")
                         got_frames, failures, backoff = True, 0, self.options.backoff_s
                     yield item
-                elif isinstance(item, _End):
-                    ended_cleanly = True
-                else:
+                elif isinstance(item, _Failed):  # (an _End just closes the connection)
+                    failure = item.message
                     self._set("stalled" if item.message.startswith("watchdog") else "reconnecting", item.message)
             if should_stop():
                 break
-            if ended_cleanly and not is_live(self.url):  # a file ends for good
+            if not is_live(self.url):  # a file ends for good; one that cannot be read is bad input
+                if failure and not got_frames:
+                    raise DecodeError(f"expected a readable video for camera {self.source_id}, got {self.url}: {failure}")
                 break
             if not got_frames:
                 failures += 1

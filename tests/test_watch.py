@@ -188,8 +188,11 @@ def test_overload_drops_oldest_with_bounded_latency(model: Path, tmp_path: Path)
     cam = summary.streams["cam"]
     assert cam.received == 120 and cam.dropped.get("queue full (drop-oldest)", 0) > 20
     assert cam.received == cam.scored + cam.dropped_total
-    p95 = cam.percentile(95)
-    assert p95 is not None and p95 < 2.0  # a few queued frames' worth, not the whole backlog
+    # Scoring manages at most 8 frames/s (2 frames per 0.25 s) of the 40 arriving: without drops
+    # the last of the 120 frames (arriving at 3 s) would be scored at about 15 s, 12 s late.
+    latencies = list(cam.latencies)
+    assert np.mean(latencies[-10:]) < 2 * np.mean(latencies[5:15]) + 0.5  # bounded: no growth with the backlog
+    assert cam.percentile(95) < 4.0  # type: ignore[operator]
 
 
 def test_file_source_blocks_and_drops_nothing(model: Path, tmp_path: Path) -> None:
@@ -274,3 +277,12 @@ def test_scoring_without_adapt_leaves_the_store_alone(model: Path, tmp_path: Pat
     before = (store / "zarr.json").read_text()
     watch([Camera("cam", str(clip(tmp_path / "c.mp4", 10)), str(store))], tmp_path / "w", print_stats=lambda line: None)
     assert (store / "zarr.json").read_text() == before
+
+
+def test_an_unreadable_file_is_a_clear_error_not_a_retry_loop(model: Path, tmp_path: Path) -> None:
+    from streamad.errors import DecodeError
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(DecodeError, match="bad.mp4"):
+        watch([Camera("cam", str(bad), str(model))], tmp_path / "w", print_stats=lambda line: None)
