@@ -65,6 +65,50 @@ def probe(path: str | Path) -> VideoInfo:
         ) from exc
 
 
+class _Packets:
+    """The decoded frames of a stream, as ``(index, frame)``, indices counted from ``index``.
+
+    A packet that fails to decode loses one frame: it is reported to ``on_drop`` and counted
+    under the index it would have had, so later indices stay true. ``self.index`` is the next
+    index once iteration ends.
+    """
+
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.video.stream.VideoStream,
+        *,
+        source_id: str,
+        index: int,
+        on_drop: DropCallback | None,
+        should_stop: Callable[[], bool] | None,
+        stop_index: int | None = None,
+    ) -> None:
+        self.container, self.stream, self.source_id, self.index = container, stream, source_id, index
+        self.on_drop, self.should_stop, self.stop_index = on_drop, should_stop, stop_index
+
+    def _stopped(self) -> bool:
+        return self.stop_index is not None and self.index >= self.stop_index
+
+    def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        for packet in self.container.demux(self.stream):
+            if (self.should_stop is not None and self.should_stop()) or self._stopped():
+                return
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as exc:
+                if packet.size:
+                    if self.on_drop is not None:
+                        self.on_drop(self.source_id, self.index, f"corrupt frame ({exc.strerror or exc})")
+                    self.index += 1
+                continue
+            for vframe in decoded:
+                if self._stopped():
+                    return
+                yield self.index, vframe
+                self.index += 1
+
+
 def decode_video(
     path: str | Path,
     *,
@@ -92,7 +136,6 @@ def decode_video(
     """
     info = probe(path)
     fps = info.fps or 25.0
-    index = 0
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
@@ -100,34 +143,18 @@ def decode_video(
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for packet in container.demux(stream):
-            if should_stop is not None and should_stop():
-                return
-            if stop_index is not None and index >= stop_index:
-                return
-            try:
-                decoded = packet.decode()
-            except av.FFmpegError as exc:
-                # A corrupt packet loses one frame: count it under the index it would have had.
-                if packet.size and on_drop is not None:
-                    on_drop(source_id, index, f"corrupt frame ({exc.strerror or exc})")
-                if packet.size:
-                    index += 1
-                continue
-            for vframe in decoded:
-                if stop_index is not None and index >= stop_index:
-                    return
-                if index >= start_index and index % every == 0:
-                    pts_s = float(vframe.time) if vframe.time is not None else index / fps
-                    yield Frame(
-                        source_id=source_id,
-                        index=index,
-                        pts_s=pts_s,
-                        image=vframe.to_ndarray(format="rgb24"),
-                        t_decoded_s=time.monotonic(),
-                    )
-                index += 1
-    if index == 0:
+        packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=on_drop, should_stop=should_stop, stop_index=stop_index)
+        for index, vframe in packets:
+            if index >= start_index and index % every == 0:
+                pts_s = float(vframe.time) if vframe.time is not None else index / fps
+                yield Frame(
+                    source_id=source_id,
+                    index=index,
+                    pts_s=pts_s,
+                    image=vframe.to_ndarray(format="rgb24"),
+                    t_decoded_s=time.monotonic(),
+                )
+    if packets.index == 0:
         raise DecodeError(f"expected decodable frames in {path}, got none; hint: the file may be truncated or use a codec this FFmpeg build lacks")
 
 
@@ -207,7 +234,6 @@ def read_stream(
         container = av.open(url, options=options, timeout=(open_timeout_s, read_timeout_s))
     except (av.FFmpegError, OSError) as exc:
         raise DecodeError(f"could not open {redact(url)}: {getattr(exc, 'strerror', None) or exc}") from None
-    index = first_index
     with container:
         if not container.streams.video:
             raise DecodeError(f"expected a video stream in {redact(url)}, got none")
@@ -217,20 +243,9 @@ def read_stream(
         if on_open is not None:
             on_open(float(rate))
         try:
-            for packet in container.demux(stream):
-                if should_stop is not None and should_stop():
-                    return
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError as exc:
-                    if packet.size and on_drop is not None:
-                        on_drop(source_id, index, f"corrupt frame ({exc.strerror or exc})")
-                        index += 1
-                    continue
-                for vframe in decoded:
-                    pts_s = float(vframe.time) if vframe.time is not None else index / float(rate)
-                    yield Frame(source_id, index, pts_s, vframe.to_ndarray(format="rgb24"), "", time.monotonic())
-                    index += 1
+            for index, vframe in _Packets(container, stream, source_id=source_id, index=first_index, on_drop=on_drop, should_stop=should_stop):
+                pts_s = float(vframe.time) if vframe.time is not None else index / float(rate)
+                yield Frame(source_id, index, pts_s, vframe.to_ndarray(format="rgb24"), "", time.monotonic())
         except (av.FFmpegError, OSError) as exc:  # a network error mid-stream ends this connection
             logger.info("%s: stream error: %s", redact(url), getattr(exc, "strerror", None) or exc)
 
