@@ -171,7 +171,7 @@ class Runner:
                     return
                 yield item
 
-        return self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name)
+        return iter(self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name))
 
     def stage(
         self,
@@ -187,7 +187,7 @@ class Runner:
         ``setup()``, when given, runs first in that thread (per-thread settings such as torch's
         thread count).
         """
-        return self._spawn(_after(setup, lambda: transform(upstream)), maxsize=maxsize, policy="block", on_drop=None, name=name)
+        return iter(self._spawn(_after(setup, lambda: transform(upstream)), maxsize=maxsize, policy="block", on_drop=None, name=name))
 
     def parallel(
         self,
@@ -234,7 +234,7 @@ class Runner:
         self._threads.append(thread)
         thread.start()
         outputs = [
-            self._spawn(_after(setup, lambda channel=channel: map(fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}")
+            iter(self._spawn(_after(setup, lambda channel=channel: map(fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}"))
             for i, channel in enumerate(inputs)
         ]
 
@@ -271,7 +271,7 @@ class Runner:
                     if self.stopping.is_set():
                         return
 
-            channels.append(self._spawn_channel(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=f"{name}-{i}"))
+            channels.append(self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=f"{name}-{i}"))
         return channels
 
     def gather(self, channels: list[_Channel[Out]], *, max_batch: int, max_wait_s: float, poll_s: float = 0.002) -> Iterator[list[Out]]:
@@ -319,17 +319,6 @@ class Runner:
             yield batch
 
     def _spawn(
-        self,
-        make: Callable[[], Iterable[Out]],
-        *,
-        maxsize: int,
-        policy: str,
-        on_drop: Callable[[object], None] | None,
-        name: str,
-    ) -> Iterator[Out]:
-        return iter(self._spawn_channel(make, maxsize=maxsize, policy=policy, on_drop=on_drop, name=name))
-
-    def _spawn_channel(
         self,
         make: Callable[[], Iterable[Out]],
         *,
