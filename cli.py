@@ -7,11 +7,14 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from streamad.errors import StreamadError
+
+if TYPE_CHECKING:
+    from streamad.stages import FrameScoreConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,6 +97,27 @@ def with_common(func: F) -> F:
     for option in reversed(common_options):
         func = option(func)
     return func
+
+
+frame_score_options = [
+    click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps."),
+    click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."),
+    click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
+]
+
+
+def with_frame_score(func: F) -> F:
+    """The options that choose the frame score (score, eval, calibrate, watch)."""
+    for option in reversed(frame_score_options):
+        func = option(func)
+    return func
+
+
+def frame_score_config(raw: bool, topk: float, window: int) -> FrameScoreConfig:
+    """The frame-score options as a config (torch is imported only when a command runs)."""
+    from streamad.stages import FrameScoreConfig
+
+    return FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,9 +210,7 @@ def fit(
 @click.option("--out", "-o", "out_dir", default="scores", show_default=True, help="Folder for scores.csv and scores.zarr.")
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Write a heatmap overlay video (one per source when several).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
-@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
-@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
-@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
+@with_frame_score
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
 @click.option("--threshold", type=float, default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
@@ -224,14 +246,13 @@ def score(
     from pipelines.score import ScoreOptions
     from pipelines.score import score as run_score
     from streamad.runtime import pick_device
-    from streamad.stages import FrameScoreConfig
 
     options = ScoreOptions(
         every=every,
         start=start,
         stop=stop,
         batch_size=batch_size,
-        frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
+        frame_score=frame_score_config(raw, topk, window),
         write_maps=not no_maps,
         device=str(pick_device(device)),
         workers=workers,
@@ -259,9 +280,7 @@ def score(
 @click.option("--f1", "f1_testset", default=None, help="Labelled TESTSET (as for eval): the F1-optimal threshold on it.")
 @click.option("--predictions", default=None, help="With --f1: read that test set's scores from this score store instead of scoring it.")
 @click.option("--fixed", type=float, default=None, help="Store this threshold as it is.")
-@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
-@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
-@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
+@with_frame_score
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 @friendly_errors
@@ -288,9 +307,8 @@ def calibrate(
     from pipelines.score import ScoreOptions
     from streamad.ground_truth import load_ground_truth
     from streamad.runtime import pick_device
-    from streamad.stages import FrameScoreConfig
 
-    options = ScoreOptions(frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window), device=str(pick_device(device)))
+    options = ScoreOptions(frame_score=frame_score_config(raw, topk, window), device=str(pick_device(device)))
     labelled = load_ground_truth(f1_testset) if f1_testset else None
     progress = ClickProgress(not quiet)
     threshold = run_calibrate(
@@ -319,9 +337,7 @@ def calibrate(
 @click.option("--max-wait", type=float, default=0.05, show_default=True, help="Seconds a batch waits to fill.")
 @click.option("--queue-size", type=int, default=4, show_default=True, help="Frames buffered per camera before the oldest is dropped.")
 @click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
-@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
-@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
-@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per camera.")
+@with_frame_score
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--verbose", "-v", is_flag=True)
@@ -364,7 +380,6 @@ def watch(
     from pipelines.watch import watch as run_watch
     from streamad.live import LiveOptions
     from streamad.runtime import pick_device
-    from streamad.stages import FrameScoreConfig
 
     options = WatchOptions(
         max_batch=max_batch,
@@ -377,7 +392,7 @@ def watch(
         adapt=adapt,
         refresh_every=refresh_every,
         checkpoint_every_s=parse_duration(checkpoint_every),
-        frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
+        frame_score=frame_score_config(raw, topk, window),
         live=LiveOptions(open_timeout_s=open_timeout, stall_timeout_s=stall_timeout, max_retries=max_retries, realtime=realtime),
         device=str(pick_device(device)),
         duration_s=parse_duration(duration) if duration else None,
@@ -401,9 +416,7 @@ def watch(
 @click.option("--masks", default=None, help="Generic layout: a folder of masks for the images in TESTSET.")
 @click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
 @click.option("--max-fpr", type=float, default=0.3, show_default=True, help="AUPRO integration limit.")
-@click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps.")
-@click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max).")
-@click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source.")
+@with_frame_score
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @with_common
 @friendly_errors
@@ -446,7 +459,6 @@ def evaluate(
     from pipelines.score import ScoreOptions
     from streamad.ground_truth import load_ground_truth
     from streamad.runtime import pick_device
-    from streamad.stages import FrameScoreConfig
 
     if (model_path is None) == (predictions is None):
         raise click.UsageError("expected exactly one of --model (run a model) or --predictions (evaluate a score store)")
@@ -461,7 +473,7 @@ def evaluate(
         start=start,
         stop=stop,
         batch_size=batch_size,
-        frame_score=FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window),
+        frame_score=frame_score_config(raw, topk, window),
         device=str(pick_device(device)),
         workers=workers,
     )
