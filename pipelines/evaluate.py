@@ -282,6 +282,7 @@ def _worst_tiles(evaluation: Evaluation) -> list[tuple[np.ndarray, str]]:
     vmin = float(np.quantile(normal, 0.5)) if normal.size else float(np.min(scores, initial=0.0))
     vmax = max(float(np.max(scores, initial=vmin)), vmin + 1e-6)
     tiles = []
+    indices: dict[str, np.ndarray] = {}  # each source's frame indices, read once
     for kind, chosen in (("top normal", evaluation.worst_normal), ("lowest anomaly", evaluation.missed)):
         for frame in chosen:
             image = read_image(Path(frame.path))
@@ -289,7 +290,9 @@ def _worst_tiles(evaluation: Evaluation) -> list[tuple[np.ndarray, str]]:
                 continue
             anomaly_map = None
             if store.exists(f"{frame.source}/map"):
-                row = int(np.searchsorted(store.read(f"{frame.source}/index"), frame.index))
+                if frame.source not in indices:
+                    indices[frame.source] = store.read(f"{frame.source}/index")
+                row = int(np.searchsorted(indices[frame.source], frame.index))
                 anomaly_map = np.asarray(store.read_rows(f"{frame.source}/map", row, row + 1)[0], np.float32)
             if anomaly_map is not None:
                 image = pictures.overlay(image, anomaly_map, vmin=vmin, vmax=vmax, score=frame.score)
