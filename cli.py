@@ -1,8 +1,11 @@
-"""The ``streamad`` command line: click options mapped one-to-one onto the pipelines' builders."""
+"""The ``streamad`` command line: click options mapped one-to-one onto the pipelines' jobs.
+
+Each command imports its job only when it runs, so ``streamad --help`` loads neither torch nor
+zarr nor PyAV.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -14,13 +17,13 @@ import click
 from streamad.errors import StreamadError
 
 if TYPE_CHECKING:
-    from streamad.stages import FrameScoreConfig
+    from streamad.config import FrameScoreConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ClickProgress:
-    """Progress bars on stderr (a :class:`pipelines.common.Progress`)."""
+    """Progress bars on stderr (a :class:`streamad.pipelines.common.Progress`)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -80,7 +83,18 @@ def report_drops(dropped: dict[str, dict[str, int]]) -> None:
             click.echo(f"warning: {source}: {count} frame(s) skipped: {reason}", err=True)
 
 
-common_options = [
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply option decorators in the order written."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+with_common = options(
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto."),
     click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
     click.option("--workers", type=int, default=None, help="Backbone passes at once (default: 2 on a multi-core CPU, 1 on CUDA)."),
@@ -90,34 +104,28 @@ common_options = [
     click.option("--stop", type=int, default=None, help="Stop before this frame index of each source."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     click.option("--verbose", "-v", is_flag=True, help="Log what happens."),
-]
+)
 
-
-def with_common(func: F) -> F:
-    for option in reversed(common_options):
-        func = option(func)
-    return func
-
-
-frame_score_options = [
-    click.option("--raw", is_flag=True, help="Frame scores from uncalibrated Mahalanobis maps."),
+with_frame_score = options(
+    click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
     click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."),
     click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
-]
+)
 
 
-def with_frame_score(func: F) -> F:
-    """The options that choose the frame score (score, eval, calibrate, watch)."""
-    for option in reversed(frame_score_options):
-        func = option(func)
-    return func
-
-
-def frame_score_config(raw: bool, topk: float, window: int) -> FrameScoreConfig:
+def frame_score_config(kw: dict[str, Any]) -> FrameScoreConfig:
     """The frame-score options as a config (torch is imported only when a command runs)."""
-    from streamad.stages import FrameScoreConfig
+    from streamad.config import FrameScoreConfig
 
-    return FrameScoreConfig(calibrated=not raw, topk_fraction=topk, window=window)
+    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"])
+
+
+def score_options(kw: dict[str, Any], **extra: Any) -> Any:
+    """The common and frame-score options of score, eval and calibrate as ScoreOptions."""
+    from streamad.pipelines.score import ScoreOptions
+
+    picked = {k: kw[k] for k in ("every", "start", "stop", "batch_size", "device", "workers") if k in kw}
+    return ScoreOptions(frame_score=frame_score_config(kw), **picked, **extra)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +137,7 @@ def main() -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
-@click.option("--method", type=click.Choice(["padim", "soe"]), default=None, help="Projection (default padim).")
+@click.option("--method", default=None, help="Scorer: padim or soe, or any registered method (default padim).")
 @click.option("--backbone", type=click.Choice(["lite0", "resnet18", "wide_resnet50_2"]), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
@@ -137,71 +145,39 @@ def main() -> None:
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
-@click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames calibrate scores.")
-@click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to calibrate on.")
+@click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
+@click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_common
 @friendly_errors
-def fit(
-    sources: tuple[str, ...],
-    model_path: str,
-    method: str | None,
-    backbone: str | None,
-    weights: str | None,
-    input_size: str | None,
-    k: int | None,
-    seed: int | None,
-    eps: float | None,
-    checkpoint_every: int,
-    calibration_frames: int,
-    holdout_every: int,
-    resume: bool,
-    overwrite: bool,
-    device: str,
-    threads: int | None,
-    workers: int | None,
-    batch_size: int,
-    every: int,
-    start: int,
-    stop: int | None,
-    quiet: bool,
-    verbose: bool,
-) -> None:
+def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     """Fit a model on normal frames of SOURCES (videos, frame folders, clip folders, image globs).
 
     Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
     """
-    setup(threads, verbose, flat_memory=True)
-    from pipelines.fit import FitOptions
-    from pipelines.fit import fit as run_fit
-    from streamad.model import ModelConfig
-    from streamad.runtime import pick_device
+    setup(kw["threads"], kw["verbose"], flat_memory=True)
+    from streamad.config import ModelConfig
+    from streamad.pipelines.fit import FitOptions
+    from streamad.pipelines.fit import fit as run_fit
 
-    given = {"method": method, "backbone": backbone, "input_hw": parse_hw(input_size), "k": k, "seed": seed, "eps": eps, "weights": weights}
+    given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"], "seed": kw["seed"]}
+    given.update(eps=kw["eps"], weights=kw["weights"])
     config = None
-    if not resume or any(v is not None for v in given.values()):
+    if not kw["resume"] or any(v is not None for v in given.values()):
         defaults = ModelConfig()
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
-    options = FitOptions(
-        every=every,
-        start=start,
-        stop=stop,
-        batch_size=batch_size,
-        checkpoint_every=checkpoint_every,
-        calibration_frames=calibration_frames,
-        holdout_every=holdout_every,
-        device=str(pick_device(device)),
-        workers=workers,
+    names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers")
+    progress = ClickProgress(not kw["quiet"])
+    summary = run_fit(
+        list(sources), model_path, config, options=FitOptions(**{n: kw[n] for n in names}), resume=kw["resume"], overwrite=kw["overwrite"], progress=progress
     )
-    progress = ClickProgress(not quiet)
-    summary = run_fit(list(sources), model_path, config, options=options, resume=resume, overwrite=overwrite, progress=progress)
     progress.finish()
     report_drops(summary.dropped)
     if summary.interrupted:
         click.echo(f"interrupted: {summary.frames_seen} frames are in {model_path}; continue with `streamad fit ... -m {model_path} --resume`")
         return
-    click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all; calibrated on {summary.calibrated_on} frames")
+    click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all; normalised on {summary.calibrated_on} frames")
 
 
 @main.command()
@@ -216,50 +192,17 @@ def fit(
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @with_common
 @friendly_errors
-def score(
-    sources: tuple[str, ...],
-    model_path: str,
-    out_dir: str,
-    overlay: str | None,
-    plot: str | None,
-    raw: bool,
-    topk: float,
-    window: int,
-    no_maps: bool,
-    threshold: float | None,
-    weights: str | None,
-    device: str,
-    threads: int | None,
-    workers: int | None,
-    batch_size: int,
-    every: int,
-    start: int,
-    stop: int | None,
-    quiet: bool,
-    verbose: bool,
-) -> None:
+def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) -> None:
     """Score every frame of SOURCES: per-frame scores (CSV, zarr), anomaly maps, overlays.
 
     Example: streamad score clip.mp4 -m model.zarr -o out --overlay out/overlay.mp4 --plot out/timeline.png
     """
-    setup(threads, verbose)
-    from pipelines.score import ScoreOptions
-    from pipelines.score import score as run_score
-    from streamad.runtime import pick_device
+    setup(kw["threads"], kw["verbose"])
+    from streamad.pipelines.score import score as run_score
 
-    options = ScoreOptions(
-        every=every,
-        start=start,
-        stop=stop,
-        batch_size=batch_size,
-        frame_score=frame_score_config(raw, topk, window),
-        write_maps=not no_maps,
-        device=str(pick_device(device)),
-        workers=workers,
-        threshold=threshold,
-    )
-    progress = ClickProgress(not quiet)
-    summary = run_score(list(sources), model_path, out_dir, options=options, overlay=overlay, plot=plot, weights=weights, progress=progress)
+    options = score_options(kw, write_maps=not kw["no_maps"], threshold=kw["threshold"])
+    progress = ClickProgress(not kw["quiet"])
+    summary = run_score(list(sources), model_path, out_dir, options=options, overlay=kw["overlay"], plot=kw["plot"], weights=kw["weights"], progress=progress)
     progress.finish()
     report_drops(summary.dropped)
     frames = sum(summary.frames.values())
@@ -284,35 +227,26 @@ def score(
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 @friendly_errors
-def calibrate(
-    model_path: str,
-    quantile: float | None,
-    normal: tuple[str, ...],
-    f1_testset: str | None,
-    predictions: str | None,
-    fixed: float | None,
-    raw: bool,
-    topk: float,
-    window: int,
-    device: str,
-    quiet: bool,
-) -> None:
+def calibrate(model_path: str, **kw: Any) -> None:
     """Store a decision threshold in the model; `score` then writes decisions and masks.
 
     Examples: streamad calibrate -m model.zarr (99th percentile of held-out normal frames);
     streamad calibrate -m model.zarr --f1 data/ucsd_ped2; streamad calibrate -m model.zarr --fixed 2.5
     """
     setup(None, False)
-    from pipelines.calibrate import calibrate as run_calibrate
-    from pipelines.score import ScoreOptions
     from streamad.ground_truth import load_ground_truth
-    from streamad.runtime import pick_device
+    from streamad.pipelines.calibrate import calibrate as run_calibrate
 
-    options = ScoreOptions(frame_score=frame_score_config(raw, topk, window), device=str(pick_device(device)))
-    labelled = load_ground_truth(f1_testset) if f1_testset else None
-    progress = ClickProgress(not quiet)
+    labelled = load_ground_truth(kw["f1_testset"]) if kw["f1_testset"] else None
     threshold = run_calibrate(
-        model_path, quantile=quantile, normal=normal, labelled=labelled, predictions=predictions, fixed=fixed, options=options, progress=progress
+        model_path,
+        quantile=kw["quantile"],
+        normal=kw["normal"],
+        labelled=labelled,
+        predictions=kw["predictions"],
+        fixed=kw["fixed"],
+        options=score_options(kw),
+        progress=ClickProgress(not kw["quiet"]),
     )
     click.echo(f"threshold {threshold.value:.6g} ({threshold.method}, {threshold.detail}) stored in {model_path}")
 
@@ -327,7 +261,7 @@ def calibrate(
 @click.option("--min-frames", type=int, default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
 @click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
 @click.option("--adapt", is_flag=True, help="Keep updating the statistics with frames below the threshold.")
-@click.option("--refresh-every", type=int, default=500, show_default=True, help="With --adapt: refactor the covariances every N frames.")
+@click.option("--refresh-every", type=int, default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
 @click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
 @click.option("--stall-timeout", type=float, default=5.0, show_default=True, help="Seconds without a frame before reconnecting.")
 @click.option("--open-timeout", type=float, default=10.0, show_default=True, help="Seconds to open a stream.")
@@ -342,63 +276,37 @@ def calibrate(
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--verbose", "-v", is_flag=True)
 @friendly_errors
-def watch(
-    urls: tuple[str, ...],
-    models: tuple[str, ...],
-    out_dir: str,
-    stats_every: float,
-    stats_json: str | None,
-    threshold: float | None,
-    min_frames: int,
-    learn_for: str | None,
-    adapt: bool,
-    refresh_every: int,
-    checkpoint_every: str,
-    stall_timeout: float,
-    open_timeout: float,
-    max_retries: int | None,
-    realtime: bool,
-    max_batch: int,
-    max_wait: float,
-    queue_size: int,
-    duration: str | None,
-    raw: bool,
-    topk: float,
-    window: int,
-    device: str,
-    threads: int | None,
-    verbose: bool,
-) -> None:
+def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: Any) -> None:
     """Score live cameras (rtsp://, http/hls, /dev/videoN, or files with --realtime), alert on anomalies.
 
     Examples: streamad watch rtsp://user:pass@10.0.0.5/stream1 -m door.zarr;
     streamad watch door=rtsp://a/s gate=rtsp://b/s -m door=door.zarr -m gate=gate.zarr --stats-json stats.jsonl;
     streamad watch rtsp://a/s -m new.zarr --learn-for 10m --adapt
     """
-    setup(threads, verbose)
-    from pipelines.watch import WatchOptions, cameras_from, parse_duration
-    from pipelines.watch import watch as run_watch
+    setup(kw["threads"], kw["verbose"])
+    from streamad.cameras import cameras_from, parse_duration
     from streamad.live import LiveOptions
-    from streamad.runtime import pick_device
+    from streamad.pipelines.watch import WatchOptions
+    from streamad.pipelines.watch import watch as run_watch
 
+    live = LiveOptions(open_timeout_s=kw["open_timeout"], stall_timeout_s=kw["stall_timeout"], max_retries=kw["max_retries"], realtime=kw["realtime"])
     options = WatchOptions(
-        max_batch=max_batch,
-        max_wait_s=max_wait,
-        queue_size=queue_size,
-        stats_every_s=stats_every,
-        threshold=threshold,
-        min_frames=min_frames,
-        learn_for_s=parse_duration(learn_for) if learn_for else None,
-        adapt=adapt,
-        refresh_every=refresh_every,
-        checkpoint_every_s=parse_duration(checkpoint_every),
-        frame_score=frame_score_config(raw, topk, window),
-        live=LiveOptions(open_timeout_s=open_timeout, stall_timeout_s=stall_timeout, max_retries=max_retries, realtime=realtime),
-        device=str(pick_device(device)),
-        duration_s=parse_duration(duration) if duration else None,
+        max_batch=kw["max_batch"],
+        max_wait_s=kw["max_wait"],
+        queue_size=kw["queue_size"],
+        stats_every_s=kw["stats_every"],
+        threshold=kw["threshold"],
+        min_frames=kw["min_frames"],
+        learn_for_s=parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
+        adapt=kw["adapt"],
+        refresh_every=kw["refresh_every"],
+        checkpoint_every_s=parse_duration(kw["checkpoint_every"]),
+        frame_score=frame_score_config(kw),
+        live=live,
+        device=kw["device"],
+        duration_s=parse_duration(kw["duration"]) if kw["duration"] else None,
     )
-    cameras = cameras_from(urls, models)
-    summary = run_watch(cameras, out_dir, options=options, stats_json=stats_json, print_stats=lambda line: click.echo(line, err=True))
+    summary = run_watch(cameras_from(urls, models), out_dir, options=options, stats_json=kw["stats_json"], print_stats=lambda line: click.echo(line, err=True))
     click.echo("summary" + (" (interrupted)" if summary.interrupted else "") + ":")
     for line in summary.lines():
         click.echo("  " + line)
@@ -420,31 +328,7 @@ def watch(
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @with_common
 @friendly_errors
-def evaluate(
-    testset: str | None,
-    ground_truth: str | None,
-    model_path: str | None,
-    predictions: str | None,
-    out_dir: str,
-    report_dir: str | None,
-    categories: tuple[str, ...],
-    masks: str | None,
-    labels: str | None,
-    max_fpr: float,
-    raw: bool,
-    topk: float,
-    window: int,
-    weights: str | None,
-    device: str,
-    threads: int | None,
-    workers: int | None,
-    batch_size: int,
-    every: int,
-    start: int,
-    stop: int | None,
-    quiet: bool,
-    verbose: bool,
-) -> None:
+def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
     """Evaluate a model (or saved predictions) on a labelled TESTSET: MVTec AD category, UCSD or
     ShanghaiTech (mSTC) layout, or images with --masks / --labels.
 
@@ -452,65 +336,34 @@ def evaluate(
     streamad eval mvtec --categories bottle --categories cable -m 'models/{category}.zarr';
     streamad eval --predictions other-method/scores.zarr --ground-truth data/hazelnut
     """
-    setup(threads, verbose)
-    from pathlib import Path
+    setup(kw["threads"], kw["verbose"])
+    from streamad.pipelines.evaluate import evaluate as run_evaluate
 
-    from pipelines import evaluate as ev
-    from pipelines.score import ScoreOptions
-    from streamad.ground_truth import load_ground_truth
-    from streamad.runtime import pick_device
-
-    if (model_path is None) == (predictions is None):
-        raise click.UsageError("expected exactly one of --model (run a model) or --predictions (evaluate a score store)")
     if (testset is None) == (ground_truth is None):
         raise click.UsageError("expected the labelled test set once: as TESTSET or as --ground-truth DIR")
-    testset = testset or ground_truth
-    assert testset is not None
-    if categories and predictions:
-        raise click.UsageError("expected --categories with --model 'models/{category}.zarr', got --predictions")
-    options = ScoreOptions(
-        every=every,
-        start=start,
-        stop=stop,
-        batch_size=batch_size,
-        frame_score=frame_score_config(raw, topk, window),
-        device=str(pick_device(device)),
-        workers=workers,
+    progress = ClickProgress(not kw["quiet"])
+    names = ("out_dir", "report_dir", "categories", "masks", "labels", "max_fpr", "weights")
+    run = run_evaluate(
+        testset or ground_truth or "",
+        model=kw["model_path"],
+        predictions=kw["predictions"],
+        options=score_options(kw),
+        progress=progress,
+        **{n: kw[n] for n in names},
     )
-    progress = ClickProgress(not quiet)
-    runs = [(name, Path(testset) / name) for name in categories] or [("", Path(testset))]
-    results = {}
-    for name, root in runs:
-        truth = load_ground_truth(root, masks=masks, labels=labels)
-        if predictions is not None:
-            evaluation = ev.evaluate_predictions(predictions, truth, max_fpr=max_fpr, progress=progress)
-        else:
-            assert model_path is not None
-            model = ev.model_for(model_path, name) if name else model_path
-            out = Path(out_dir) / name if name else Path(out_dir)
-            evaluation = ev.evaluate_model(truth, model, out, options=options, weights=weights, max_fpr=max_fpr, progress=progress)
-        progress.finish()
-        results[name] = evaluation.metrics
-        if name:
-            click.echo(f"\n## {name}\n")
-        click.echo(ev.markdown(evaluation.metrics))
-        if report_dir is not None:
-            written = ev.write_report(evaluation, Path(report_dir) / name if name else report_dir)
-            click.echo("report: " + ", ".join(written))
-    if categories:
-        table = ev.summary_markdown(results)
-        click.echo("\n" + table)
-        if report_dir is not None:
-            Path(report_dir).mkdir(parents=True, exist_ok=True)
-            (Path(report_dir) / "metrics.md").write_text(table)
-            mean = ev.mean_row({k: v["overall"] for k, v in results.items()})
-            (Path(report_dir) / "metrics.json").write_text(json.dumps({"categories": results, "mean": mean}, indent=2))
+    progress.finish()
+    for name, table in run.tables.items():
+        click.echo((f"\n## {name}\n\n" if name else "") + table)
+    if run.summary:
+        click.echo("\n" + run.summary)
+    if run.reports:
+        click.echo("report: " + ", ".join(run.reports))
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, help="Store to write.")
-@click.option("--calibrate-on", multiple=True, help="Normal SOURCE to calibrate the merged model on (repeatable).")
+@click.option("--calibrate-on", multiple=True, help="Normal SOURCE to normalise the merged model on (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
@@ -518,13 +371,10 @@ def evaluate(
 def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], overwrite: bool, device: str, quiet: bool) -> None:
     """Merge partial fits of the same model exactly: streamad merge a.zarr b.zarr -o c.zarr"""
     setup(None, False, flat_memory=True)
-    from pipelines.merge import merge as run_merge
-    from streamad.runtime import pick_device
+    from streamad.pipelines.merge import merge as run_merge
 
-    summary = run_merge(
-        list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=str(pick_device(device)), progress=ClickProgress(not quiet)
-    )
-    note = f"calibrated on {summary.calibrated_on} frames" if summary.calibrated_on else "not calibrated: score it with --raw, or pass --calibrate-on SOURCE"
+    summary = run_merge(list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=device, progress=ClickProgress(not quiet))
+    note = f"normalised on {summary.calibrated_on} frames" if summary.calibrated_on else "not normalised: score it with --raw, or pass --calibrate-on SOURCE"
     click.echo(f"merged {summary.inputs} stores into {summary.output}: {summary.frames_seen} frames; {note}")
 
 
@@ -534,18 +384,10 @@ def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], o
 @friendly_errors
 def info(store: str, as_json: bool) -> None:
     """Print a model or score store's metadata."""
-    from streamad.store import ZarrStore
+    from streamad.pipelines.info import describe_store
 
-    attrs = ZarrStore(store, mode="r").attrs()
-    if attrs.get("kind") not in ("streamad-model", "streamad-scores"):
-        raise click.ClickException(f"expected a streamad store at {store}, got a zarr store without streamad metadata")
-    if as_json:
-        click.echo(json.dumps(attrs, indent=2))
-        return
-    for key, value in attrs.items():
-        if key == "sources" and isinstance(value, dict) and len(value) > 8:
-            value = f"{len(value)} sources: {', '.join(list(value)[:8])}, ..."
-        click.echo(f"{key:>18}: {value}")
+    for line in describe_store(store, as_json=as_json):
+        click.echo(line)
 
 
 @main.command()
@@ -557,10 +399,9 @@ def info(store: str, as_json: bool) -> None:
 def demo(out_dir: str, video: str | None, device: str, quiet: bool) -> None:
     """Fit on the first 60% of a clip, score the rest, write scores, maps, overlay and plot."""
     setup(None, False)
-    from pipelines.demo import demo as run_demo
-    from streamad.runtime import pick_device
+    from streamad.pipelines.demo import demo as run_demo
 
-    summary = run_demo(out_dir, video=video, device=str(pick_device(device)), progress=ClickProgress(not quiet))
+    summary = run_demo(out_dir, video=video, device=device, progress=ClickProgress(not quiet))
     click.echo(f"clip:     {summary.clip} (fit on frames 0-{summary.split - 1}, scored from {summary.split})")
     if summary.anomaly_frames:
         click.echo(f"anomaly:  a red cart crosses in frames {summary.anomaly_frames[0]}-{summary.anomaly_frames[1] - 1}")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_clip(path: Path, frames: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from pipelines.demo import make_clip as synth
+    from streamad.pipelines.demo import make_clip as synth
 
     synth(path, frames=frames, anomaly_frames=(frames, frames))  # normal only
 

@@ -59,10 +59,10 @@ def backbone_fps(model, batch_size: int, seconds: float, *, workers: int, thread
         torch.set_num_threads(threads)
         with torch.inference_mode():
             for _ in range(3):
-                model.backbone(x)
+                model.extractor(x)
             ready.wait()
             while time.perf_counter() < stop[0]:
-                model.backbone(x)
+                model.extractor(x)
                 counts[i] += batch_size
 
     pool = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
@@ -89,9 +89,9 @@ def main() -> None:
 
     import torch
 
-    from pipelines.fit import FitOptions, fit
-    from pipelines.score import ScoreOptions, score
-    from streamad.model_store import load_model, open_store
+    from streamad.model_store import load, open_store
+    from streamad.pipelines.fit import FitOptions, fit
+    from streamad.pipelines.score import ScoreOptions, score
     from streamad.runtime import set_threads, thread_plan, tune_allocator
 
     tune_allocator()
@@ -107,7 +107,7 @@ def main() -> None:
     summary = score([args.video], model_path, args.work / "scores", options=ScoreOptions(batch_size=args.batch_size, device=args.device), progress=clock)
     wall = time.perf_counter() - start
     steady = (clock.frames - 1) / (clock.last - clock.first)
-    model, _ = load_model(open_store(model_path), device=args.device)
+    model = load(open_store(model_path), device=args.device)
     plan = thread_plan(model.device)
     raw = backbone_fps(model, args.batch_size, seconds=20, workers=1, threads=threads)
     print(f"device {args.device}, torch threads {threads}, input {model.input_hw[0]}x{model.input_hw[1]}, batch {args.batch_size}")

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import Progress, no_progress
-from pipelines.evaluate import evaluate_model, evaluate_predictions
-from pipelines.score import ScoreOptions, score
+from streamad.calibration import DEFAULT_QUANTILE, Threshold
+from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError
 from streamad.ground_truth import GroundTruth
 from streamad.metrics import f1_threshold
-from streamad.model_store import Threshold, load_model, open_store, write_threshold
+from streamad.model_store import load, open_store, write_threshold
+from streamad.pipelines.common import Progress, no_progress
+from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions
+from streamad.pipelines.score import ScoreOptions, score
 from streamad.score_store import open_scores, read_source
-from streamad.stages import FrameScoreConfig
 
 
 def calibrate(
@@ -48,12 +49,12 @@ def calibrate(
         raise ConfigError("expected one way to set the threshold, got --f1 with --quantile or --on")
     frame_score = options.frame_score.attrs()
     store = open_store(model_path, mode="a")
+    work = Path(work_dir) if work_dir else None
     if fixed is not None:
         threshold = Threshold(float(fixed), "fixed", {}, frame_score)
     elif labelled is not None:
         if predictions is None:
-            work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="streamad-calibrate-"))
-            evaluation = evaluate_model(labelled, model_path, work, options=replace(options, write_maps=False), progress=progress)
+            evaluation = evaluate_model(labelled, model_path, work or _scratch(), options=replace(options, write_maps=False), progress=progress)
         else:
             evaluation = evaluate_predictions(predictions, labelled, pixels=False, progress=progress)
             stored = evaluation.metrics.get("frame_score")
@@ -63,10 +64,10 @@ def calibrate(
         value, f1 = f1_threshold(scores, labels)
         threshold = Threshold(value, "f1", {"f1": round(f1, 6), "frames": int(labels.size), "anomalous": int(labels.sum())}, frame_score)
     else:
-        q = 0.99 if quantile is None else quantile
+        q = DEFAULT_QUANTILE if quantile is None else quantile
         if not 0 < q <= 1:
             raise ConfigError(f"expected a quantile in (0, 1], got {q}")
-        scores = _normal_scores(model_path, normal, options, work_dir, progress)
+        scores = _normal_scores(model_path, normal, options, work, progress)
         threshold = Threshold(
             float(np.quantile(scores, q)), "quantile", {"quantile": q, "frames": int(scores.size), "on": list(normal) or "held-out fit frames"}, frame_score
         )
@@ -74,15 +75,18 @@ def calibrate(
     return threshold
 
 
-def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work_dir: str | Path | None, progress: Progress) -> np.ndarray:
+def _scratch() -> Path:
+    return Path(tempfile.mkdtemp(prefix="streamad-calibrate-"))
+
+
+def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work: Path | None, progress: Progress) -> np.ndarray:
     if not normal:
         if options.frame_score.attrs() != FrameScoreConfig().attrs():
             raise ConfigError("expected the default frame scores to use the held-out fit frames, got other settings; hint: pass normal frames with --on SOURCE")
-        _, calibration = load_model(open_store(model_path, mode="r"), where=str(model_path), need_factors=True)
-        if calibration is None or not len(calibration.normal_scores):
+        normalisation = load(open_store(model_path, mode="r"), where=str(model_path)).normalisation
+        if normalisation is None or not len(normalisation.normal_scores):
             raise ConfigError(f"expected held-out normal frames in {model_path}, got none; hint: pass normal frames with --on SOURCE")
-        return np.asarray(calibration.normal_scores, np.float64)
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="streamad-calibrate-"))
-    summary = score(list(normal), model_path, work, options=replace(options, write_maps=False, threshold=None), progress=progress)
+        return np.asarray(normalisation.normal_scores, np.float64)
+    summary = score(list(normal), model_path, work or _scratch(), options=replace(options, write_maps=False, threshold=None), progress=progress)
     store, _ = open_scores(summary.store)
     return np.concatenate([read_source(store, sid).score for sid in summary.frames]).astype(np.float64)

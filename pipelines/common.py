@@ -1,20 +1,22 @@
-"""Pieces every job shares: progress hooks, Ctrl-C handling, frame streams over sources."""
+"""Pieces every job shares: progress hooks, Ctrl-C handling, the normalisation pass."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Protocol
 
-from streamad import stages
-from streamad.frames import FeatureBatch, Frame, TensorBatch
-from streamad.model import AnomalyModel
-from streamad.runner import DropLog, Runner
-from streamad.runtime import ThreadPlan
+import torch
+
+from streamad.calibration import Normalisation, measure_normalisation
+from streamad.config import FrameScoreConfig
+from streamad.engine import Engine, Reading
+from streamad.frames import FrameRef
+from streamad.model import Model
+from streamad.runner import Runner
 from streamad.sources import Source
 
 
@@ -69,46 +71,29 @@ def graceful_interrupt(runner: Runner) -> Iterator[list[bool]]:
             signal.signal(sig, handler)
 
 
-def embed_stage(runner: Runner, tensors: Iterator[TensorBatch], model: AnomalyModel, plan: ThreadPlan) -> Iterator[FeatureBatch]:
-    """The backbone stage: ``plan.workers`` threads embed batches, results in input order."""
-    return runner.parallel(functools.partial(stages.embed_batch, model=model), tensors, workers=plan.workers, name="backbone", setup=plan.worker_setup())
-
-
-def frames_of(
+def normalise_on(
+    model: Model,
     sources: Sequence[Source],
+    reading: Reading,
     *,
-    every: int,
-    start: dict[str, int] | None,
-    drops: DropLog,
-    should_stop: Callable[[], bool],
-    frame_range: tuple[int, int | None] = (0, None),
-    keep: Callable[[int], bool] | None = None,
-) -> Iterator[Frame]:
-    """The frames of every source, one source after the other.
+    batch_size: int,
+    workers: int | None = None,
+    progress: Progress = no_progress,
+) -> Normalisation:
+    """Distances on normal frames through the engine: per-position mean/std, then the default
+    frame scores they give (:func:`streamad.calibration.measure_normalisation`)."""
+    runner = Runner()
+    engine = Engine(runner, model.device, batch_size=batch_size, workers=workers)
+    kept: list[tuple[tuple[FrameRef, ...], torch.Tensor]] = []
+    progress.start("normalising", reading.expected(sources))
+    features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare)
+    for batch in engine.consume(features):
+        kept.append((batch.refs, model.scorer.distances(batch.features).cpu()))  # (B, P) float32: 25 KB a frame at 64x96
+        progress.advance(len(batch.refs))
+    progress.finish()
+    config = FrameScoreConfig()
 
-    Each source starts at ``max(start[source], frame_range[0])`` and stops before
-    ``frame_range[1]``; ``keep(index)``, when given, selects frames by index.
-    """
-    for source in sources:
-        begin = max((start or {}).get(source.source_id, 0), frame_range[0])
-        for frame in source.frames(every=every, start_index=begin, stop_index=frame_range[1], on_drop=drops, should_stop=should_stop):
-            if keep is None or keep(frame.index):
-                yield frame
+    def frame_scores(refs: Sequence[FrameRef], distances: torch.Tensor, normalisation: Normalisation) -> list[float]:
+        return [r.score for r in model.results(refs, distances.to(model.device), frame_score=config, normalisation=normalisation)]
 
-
-def expected_frames(
-    sources: Sequence[Source],
-    *,
-    every: int,
-    start: dict[str, int] | None = None,
-    frame_range: tuple[int, int | None] = (0, None),
-    keep: Callable[[int], bool] | None = None,
-) -> int:
-    """How many frames the sources will yield (from container metadata for videos)."""
-    total = 0
-    for source in sources:
-        begin = max((start or {}).get(source.source_id, 0), frame_range[0])
-        end = len(source) if frame_range[1] is None else min(len(source), frame_range[1])
-        indices = range(begin + (-begin) % every, end, every) if end > begin else range(0)
-        total += len(indices) if keep is None else sum(1 for i in indices if keep(i))
-    return total
+    return measure_normalisation(kept, frame_scores)

@@ -9,12 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipelines.common import Progress, no_progress
-from pipelines.fit import FitOptions, FitSummary, fit
-from pipelines.score import ScoreOptions, ScoreSummary, score
+from streamad.config import ModelConfig
 from streamad.decode import VideoWriter, probe
 from streamad.errors import ConfigError
-from streamad.model import ModelConfig
+from streamad.pipelines.common import Progress, no_progress
+from streamad.pipelines.fit import FitOptions, FitSummary, fit
+from streamad.pipelines.score import ScoreOptions, ScoreSummary, score
 from streamad.sources import resolve_sources
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipelines.common import Progress, no_progress
-from pipelines.score import ScoreOptions, score
 from streamad import pictures
-from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw
+from streamad.errors import ConfigError
+from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth
 from streamad.metrics import PixelMetrics, auroc, roc_curve
+from streamad.pipelines.common import Progress, no_progress
+from streamad.pipelines.score import ScoreOptions, score
 from streamad.score_store import open_scores, read_source
 from streamad.sources import read_image
 
@@ -198,6 +200,64 @@ def evaluate_model(
         options = replace(options, write_maps=False)
     score([s.source for s in truth.sources], model_path, out_dir, options=options, weights=weights, progress=progress)
     return evaluate_predictions(Path(out_dir) / "scores.zarr", truth, max_fpr=max_fpr, pixels=options.write_maps, progress=progress)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalRun:
+    """What ``streamad eval`` prints: one Markdown table per category (or one), the summary
+    table over categories, and the report files written."""
+
+    tables: dict[str, str]
+    summary: str | None
+    reports: list[str]
+    metrics: dict[str, dict[str, Any]]
+
+
+def evaluate(
+    testset: str | Path,
+    *,
+    model: str | Path | None = None,
+    predictions: str | Path | None = None,
+    out_dir: str | Path = "eval",
+    report_dir: str | Path | None = None,
+    categories: Sequence[str] = (),
+    masks: str | Path | None = None,
+    labels: str | Path | None = None,
+    max_fpr: float = 0.3,
+    options: ScoreOptions = ScoreOptions(),
+    weights: str | None = None,
+    progress: Progress = no_progress,
+) -> EvalRun:
+    """Evaluate ``model`` (a store, or with ``categories`` a template such as
+    ``models/{category}.zarr``), or saved ``predictions``, on a labelled test set; each category
+    is a subfolder of ``testset``. Writes reports (``report_dir``) per category and a summary."""
+    if (model is None) == (predictions is None):
+        raise ConfigError("expected exactly one of --model (run a model) or --predictions (evaluate a score store)")
+    if categories and predictions is not None:
+        raise ConfigError("expected --categories with --model 'models/{category}.zarr', got --predictions")
+    results: dict[str, dict[str, Any]] = {}
+    tables: dict[str, str] = {}
+    reports: list[str] = []
+    for name in categories or [""]:
+        truth = load_ground_truth(Path(testset) / name, masks=masks, labels=labels)
+        if predictions is not None:
+            evaluation = evaluate_predictions(predictions, truth, max_fpr=max_fpr, progress=progress)
+        else:
+            assert model is not None
+            target = model_for(str(model), name) if name else model
+            evaluation = evaluate_model(truth, target, Path(out_dir) / name, options=options, weights=weights, max_fpr=max_fpr, progress=progress)
+        results[name], tables[name] = evaluation.metrics, markdown(evaluation.metrics)
+        if report_dir is not None:
+            reports += write_report(evaluation, Path(report_dir) / name)
+    summary = None
+    if categories:
+        summary = summary_markdown(results)
+        if report_dir is not None:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            (Path(report_dir) / "metrics.md").write_text(summary)
+            mean = mean_row({k: v["overall"] for k, v in results.items()})
+            (Path(report_dir) / "metrics.json").write_text(json.dumps({"categories": results, "mean": mean}, indent=2))
+    return EvalRun(tables, summary, reports, results)
 
 
 def mean_row(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``streamad merge``: combine partial fits of the same model exactly (Chan's pairwise merge)."""
+"""``streamad merge``: combine partial fits of the same model exactly (mergeable scorers only)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.common import Progress, no_progress
-from pipelines.fit import calibrate
-from streamad import stages
+from streamad.engine import Reading
 from streamad.errors import ConfigError, StoreError
-from streamad.model_store import (
-    FitState,
-    base_attrs,
-    check_compatible,
-    load_model,
-    open_store,
-    read_state,
-    write_checkpoint,
-    write_factors,
-)
+from streamad.model_store import check_compatible, commit, create, load, open_store, read_progress
+from streamad.pipelines.common import Progress, no_progress, normalise_on
+from streamad.runtime import pick_device
 from streamad.sources import resolve_sources
 
 
@@ -41,40 +32,39 @@ def merge(
     batch_size: int = 8,
     progress: Progress = no_progress,
 ) -> MergeSummary:
-    """Merge the statistics of ``inputs`` into a new store ``output``.
+    """Merge the partial fits in ``inputs`` into a new store ``output``.
 
-    The factors are rebuilt from the merged statistics. Calibration (per-position distance
-    statistics) depends on those factors, so it is measured again on ``calibrate_on`` sources
-    when given; otherwise the merged store scores only with ``--raw`` frame scores.
+    The scorer is finalised again from the merged state. The normalisation depends on it, so it
+    is measured again on ``calibrate_on`` sources when given; otherwise the merged store scores
+    only with ``--raw`` frame scores.
     """
     if len(inputs) < 2:
         raise ConfigError(f"expected at least two stores to merge, got {len(inputs)}")
     out = Path(output)
     if (out / "zarr.json").exists() and not overwrite:
         raise StoreError(f"expected a new output path, got an existing store {out}; hint: pass --overwrite")
+    torch_device = str(pick_device(device))
     first = open_store(inputs[0], mode="r")
-    model, _ = load_model(first, where=str(inputs[0]), device=device, need_factors=False)
-    state = read_state(first)
+    model = load(first, where=str(inputs[0]), device=torch_device, fitted=False)
+    if not model.scorer.mergeable:
+        method = model.config.method
+        raise ConfigError(f"expected stores of a mergeable method, got {method!r} in {inputs[0]}, which cannot merge; hint: fit one store on all sources")
+    state = read_progress(first)
     for path in inputs[1:]:
         store = open_store(path, mode="r")
-        attrs = store.attrs()
-        check_compatible(attrs, model.config, model.weights_sha256, str(path))
-        other, _ = load_model(store, where=str(path), device=device, need_factors=False)
-        model.gaussian.merge(other.gaussian)
-        part = read_state(store)
+        check_compatible(store.attrs(), model, str(path))
+        other = load(store, where=str(path), device=torch_device, extractor=model.extractor, fitted=False)
+        model.scorer.merge(other.scorer)
+        part = read_progress(store)
         for sid, n in part.next_index.items():
-            key = sid if sid not in state.next_index else f"{sid}@{Path(path).name}"
-            state.next_index[key] = n
+            state.next_index[sid if sid not in state.next_index else f"{sid}@{Path(path).name}"] = n
         state.frames_seen += part.frames_seen
     target = open_store(out, mode="w")
-    target.set_attrs(base_attrs(model) | {"merged_from": [str(Path(p)) for p in inputs]})
-    write_checkpoint(target, model, FitState(state.next_index, state.frames_seen))
-    model.finalise()
-    calibration = None
+    create(target, model, merged_from=[str(Path(p)) for p in inputs])
+    commit(target, model, state)
+    model.scorer.finalise()
+    normalisation = None
     if calibrate_on:
-        calibration = calibrate(model, resolve_sources(calibrate_on), every=1, frame_config=stages.FrameScoreConfig(), batch_size=batch_size, progress=progress)
-    write_factors(target, model, calibration)
-    return MergeSummary(str(out), len(inputs), state.frames_seen, calibration.frames if calibration else 0)
-
-
-__all__ = ["merge"]
+        normalisation = normalise_on(model, resolve_sources(calibrate_on), Reading(), batch_size=batch_size, progress=progress)
+    commit(target, model, state, normalisation=normalisation)
+    return MergeSummary(str(out), len(inputs), state.frames_seen, normalisation.frames if normalisation else 0)

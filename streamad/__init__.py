@@ -1,7 +1,46 @@
-"""streamad: unsupervised anomaly detection and localisation for video and image streams."""
+"""streamad: unsupervised anomaly detection and localisation for video and image streams.
+
+``import streamad`` is light: torch, zarr and PyAV load when a name that needs them is first
+used (``streamad.Detector``, ``streamad.fit``, ...).
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "Detector": "streamad.api",
+    "Result": "streamad.api",
+    "fit": "streamad.api",
+    "score": "streamad.api",
+    "evaluate": "streamad.api",
+    "load": "streamad.api",
+    "ModelConfig": "streamad.config",
+    "FrameScoreConfig": "streamad.config",
+    "FitOptions": "streamad.pipelines.fit",
+    "ScoreOptions": "streamad.pipelines.score",
+    "register_scorer": "streamad.scorers",
+    "scorer_names": "streamad.scorers",
+    "StreamadError": "streamad.errors",
+    "ConfigError": "streamad.errors",
+    "StoreError": "streamad.errors",
+    "DecodeError": "streamad.errors",
+    "SourceNotFoundError": "streamad.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'streamad' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -50,10 +50,11 @@ class TensorBatch:
 
 @dataclass(frozen=True, slots=True)
 class FeatureBatch:
-    """Projected patch embeddings: ``embeddings`` (B, P, k) for the frames in ``refs``."""
+    """Features of the frames in ``refs``: named tensors with the batch on axis 0 (the
+    extractor's maps, or a scorer's prepared features)."""
 
     refs: tuple[FrameRef, ...]
-    embeddings: Tensor
+    features: dict[str, Tensor]
     originals: tuple[np.ndarray, ...] = ()
 
 

@@ -1,23 +1,25 @@
-"""Reading and writing fitted models in an :class:`~streamad.store.ArrayStore` (``model.zarr``).
+"""Reading and writing models in an :class:`~streamad.store.ArrayStore` (``model.zarr``).
 
-Layout (see README, "Store format")::
+Any scorer is persisted the same way, through its protocol (:meth:`Scorer.state` /
+:meth:`Scorer.load_state`); nothing here knows a method. Layout (see README, "Store format")::
 
-    attrs            format_version, streamad_version, method, backbone, weights_sha256, layers,
-                     input_hw, feature_hw, k, seed, eps, sigma, frames_seen, sources, stats_path,
-                     factors_path, calibration
-    projection       (k,) int64 channel indices (padim) or (C, k) float32 (soe)
-    stats/gN/count   ()  int64        } one generation per checkpoint; the attrs name the
-    stats/gN/mean    (P, k) float64   } committed one, so a crash mid-write leaves the
-    stats/gN/m2      (P, k, k) float64} previous generation readable
-    factors/gN/mean  (P, k) float32, factors/gN/chol (P, k, k) float32 (derived from stats/gN)
-    calibration/gN/position_mean, position_std (P,) float32: distances on held-out normal frames
-    calibration/gN/normal_scores (n,) float32: frame scores of those frames
+    attrs                     kind, format_version, streamad_version, method, backbone,
+                              weights_sha256, layers, input_hw, feature_hw, sigma, scorer (its
+                              settings), frames_seen, sources, every, generation,
+                              state {arrays: name -> path, revisions, attrs, revision},
+                              normalisation {path, frames, of}, threshold {..., of}
+    scorer/gN/<name>          the scorer's arrays, one generation per checkpoint (an array whose
+                              revision is unchanged is not written again: the attrs point at
+                              the generation that holds it)
+    normalisation/gN/position_mean, position_std (P,) float32, normal_scores (n,) float32
 
-Committing is one atomic write of the root attributes, after every array it names is written.
+Committing is one atomic write of the root attributes, after every array it names is written;
+a crash at any moment leaves the previous generation readable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,28 +29,25 @@ import numpy as np
 import torch
 
 import streamad
+from streamad.calibration import Normalisation, Threshold
+from streamad.config import ModelConfig
 from streamad.errors import StoreError
-from streamad.model import AnomalyModel, ModelConfig
+from streamad.features import FeatureExtractor
+from streamad.model import Model
+from streamad.scorers.base import ScorerState
 from streamad.store import ArrayStore, ZarrStore
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    """Per-position distance statistics and frame scores measured on normal frames."""
-
-    position_mean: np.ndarray
-    position_std: np.ndarray
-    normal_scores: np.ndarray
-    frames: int
+FORMAT_VERSION = 2
+KIND = "streamad-model"
+CHUNK_BYTES = 4 << 20
+_KEEP: Any = object()  # commit(): leave the stored normalisation / threshold as they are
 
 
 @dataclass(slots=True)
-class FitState:
-    """Progress of a fit: how many frames of each source were consumed, in order."""
+class Progress:
+    """How far a fit got: the next frame index of each source, and the frames taken."""
 
     next_index: dict[str, int] = field(default_factory=dict)
     frames_seen: int = 0
@@ -64,7 +63,7 @@ def open_store(path: str | Path, *, mode: str = "r") -> ZarrStore:
 
 def check_format(store: ArrayStore, where: str) -> dict[str, Any]:
     attrs = store.attrs()
-    if attrs.get("kind") != "streamad-model":
+    if attrs.get("kind") != KIND:
         raise StoreError(f"expected a streamad model store at {where}, got a zarr store without streamad metadata; hint: create one with `streamad fit`")
     if attrs.get("format_version") != FORMAT_VERSION:
         raise StoreError(
@@ -75,213 +74,195 @@ def check_format(store: ArrayStore, where: str) -> dict[str, Any]:
 
 
 def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None) -> ModelConfig:
+    """The stored model's config: its method, backbone, sizes and the scorer's recorded settings."""
+    recorded = attrs.get("scorer") or {}
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"method", "backbone", "input_hw", "sigma", "weights"}
     return ModelConfig(
         method=attrs["method"],
         backbone=attrs["backbone"],
         input_hw=(int(attrs["input_hw"][0]), int(attrs["input_hw"][1])),
-        k=int(attrs["k"]),
-        seed=int(attrs["seed"]),
-        eps=float(attrs["eps"]),
         sigma=float(attrs["sigma"]),
         weights=weights,
+        **{name: recorded[name] for name in names if name in recorded},
     )
 
 
-def check_compatible(attrs: dict[str, Any], config: ModelConfig, weights_sha256: str, where: str) -> None:
+def check_compatible(attrs: dict[str, Any], model: Model, where: str) -> None:
     """Refuse to continue or merge a store fitted with another model definition."""
-    stored = config_from_attrs(attrs, weights=config.weights)
-    for name in ("method", "backbone", "input_hw", "k", "seed"):
-        if getattr(stored, name) != getattr(config, name):
-            raise StoreError(
-                f"expected a store fitted with {name}={getattr(config, name)!r}, got {name}="
-                f"{getattr(stored, name)!r} in {where}; hint: drop the option to use the store's, or fit a new store"
-            )
-    if attrs.get("weights_sha256") != weights_sha256:
+    described = model.describe()
+    stored = {key: attrs.get(key) for key in described}
+    for key in ("method", "backbone", "input_hw", "sigma"):
+        if stored[key] != described[key]:
+            raise StoreError(f"expected a store fitted with {key}={described[key]!r}, got {key}={stored[key]!r} in {where}; hint: fit a new store")
+    for key, value in described["scorer"].items():
+        if (stored["scorer"] or {}).get(key) != value:
+            raise StoreError(f"expected a store fitted with {key}={value!r}, got {key}={(stored['scorer'] or {}).get(key)!r} in {where}; hint: fit a new store")
+    if stored["weights_sha256"] != described["weights_sha256"]:
         raise StoreError(
-            f"expected a store fitted with backbone weights sha256 {weights_sha256[:12]}..., got "
-            f"{str(attrs.get('weights_sha256'))[:12]}... in {where}; hint: pass the same --weights file"
+            f"expected a store fitted with backbone weights sha256 {described['weights_sha256'][:12]}..., got "
+            f"{str(stored['weights_sha256'])[:12]}... in {where}; hint: pass the same --weights file"
         )
 
 
-def base_attrs(model: AnomalyModel) -> dict[str, Any]:
-    config = model.config
-    return {
-        "kind": "streamad-model",
-        "format_version": FORMAT_VERSION,
-        "streamad_version": streamad.__version__,
-        "method": config.method,
-        "backbone": config.backbone,
-        "weights_sha256": model.weights_sha256,
-        "layers": list(model.spec.layers),
-        "input_hw": list(config.input_hw),
-        "feature_hw": list(model.feature_hw),
-        "k": config.k,
-        "seed": config.seed,
-        "eps": config.eps,
-        "sigma": config.sigma,
-        "frames_seen": 0,
-        "sources": {},
-        "every": 1,
-        "stats_path": None,
-        "factors_path": None,
-        "calibration": None,
-        "threshold": None,
-    }
+def create(store: ArrayStore, model: Model, **extra: Any) -> None:
+    """Start an empty model store for ``model`` (no state committed yet)."""
+    store.set_attrs(
+        {
+            "kind": KIND,
+            "format_version": FORMAT_VERSION,
+            "streamad_version": streamad.__version__,
+            **model.describe(),
+            "frames_seen": 0,
+            "sources": {},
+            "every": 1,
+            "generation": 0,
+            "state": None,
+            "normalisation": None,
+            "threshold": None,
+            **extra,
+        }
+    )
 
 
-def _next_generation(attrs: dict[str, Any]) -> int:
-    return int(attrs.get("generation", 0)) + 1
+def _chunks(array: np.ndarray) -> tuple[int, ...] | None:
+    if array.ndim < 2:
+        return None
+    row = max(1, array[0].nbytes)
+    return (max(1, min(array.shape[0], CHUNK_BYTES // row)), *array.shape[1:])
 
 
-def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
-    """Delete generations no longer named by the committed attributes."""
-    keep = {attrs.get("stats_path"), attrs.get("factors_path"), (attrs.get("calibration") or {}).get("path")}
-    for group in ("stats", "factors", "calibration"):
-        for name in store.arrays(group):
-            prefix = "/".join(name.split("/")[:2])
-            if prefix not in keep:
-                store.delete(prefix)
-
-
-def write_checkpoint(store: ArrayStore, model: AnomalyModel, state: FitState, *, extra_attrs: dict[str, Any] | None = None) -> None:
-    """Write the running statistics as a new generation, then commit it atomically."""
-    attrs = store.attrs() or base_attrs(model)
-    if not store.exists("projection"):
-        store.write("projection", model.projection.weight.cpu().numpy())
-    gen = _next_generation(attrs)
-    path = f"stats/g{gen}"
-    gaussian = model.gaussian
-    store.write(f"{path}/mean", gaussian.mean.cpu().numpy())
-    store.write(f"{path}/m2", gaussian.m2.cpu().numpy(), chunks=(max(1, 4096 // max(1, gaussian.k)), gaussian.k, gaussian.k))
-    store.write(f"{path}/count", np.asarray(gaussian.n, dtype=np.int64))
-    attrs.update(extra_attrs or {})
+def commit(
+    store: ArrayStore,
+    model: Model,
+    progress: Progress,
+    *,
+    normalisation: Normalisation | None = _KEEP,
+    threshold: Threshold | None = _KEEP,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the scorer's state (and a normalisation / threshold when given) as a new
+    generation, then commit it atomically. A normalisation or threshold left out stays as it
+    is, and is used only while it was measured on the same scorer revision."""
+    attrs = check_format(store, "store")
+    gen = int(attrs.get("generation", 0)) + 1
+    state = model.scorer.state()
+    previous = attrs.get("state") or {}
+    paths: dict[str, str] = {}
+    for name, array in state.arrays.items():
+        tag = state.revisions.get(name)
+        if tag is not None and name in previous.get("arrays", {}) and previous.get("revisions", {}).get(name) == tag:
+            paths[name] = previous["arrays"][name]
+            continue
+        paths[name] = f"scorer/g{gen}/{name}"
+        store.write(paths[name], array, chunks=_chunks(array))
+    attrs["state"] = {"arrays": paths, "revisions": state.revisions, "attrs": state.attrs, "revision": state.revision}
+    if normalisation is not _KEEP:
+        attrs["normalisation"] = None
+        if normalisation is not None:
+            path = f"normalisation/g{gen}"
+            store.write(f"{path}/position_mean", normalisation.position_mean.astype(np.float32))
+            store.write(f"{path}/position_std", normalisation.position_std.astype(np.float32))
+            store.write(f"{path}/normal_scores", normalisation.normal_scores.astype(np.float32))
+            attrs["normalisation"] = {"path": path, "frames": normalisation.frames, "of": state.revision}
+    if threshold is not _KEEP:
+        attrs["threshold"] = None if threshold is None else {**dataclasses.asdict(threshold), "of": state.revision}
+    attrs.update(extra or {})
     attrs.update(
         generation=gen,
-        stats_path=path,
-        frames_seen=state.frames_seen,
-        sources={sid: {"next_index": n} for sid, n in state.next_index.items()},
+        frames_seen=progress.frames_seen,
+        sources={sid: {"next_index": n} for sid, n in progress.next_index.items()},
         streamad_version=streamad.__version__,
     )
     store.set_attrs(attrs)  # the commit
     _collect_garbage(store, attrs)
 
 
-def write_factors(store: ArrayStore, model: AnomalyModel, calibration: Calibration | None = None) -> None:
-    """Store the factors (and calibration) derived from the committed statistics."""
-    if model.scorer is None:
-        raise RuntimeError("model has no factors to write; call finalise() first")
-    attrs = check_format(store, "store")
-    gen = _next_generation(attrs)
-    store.write(f"factors/g{gen}/mean", model.scorer.mean.cpu().numpy())
-    store.write(f"factors/g{gen}/chol", model.chol.cpu().numpy(), chunks=(max(1, 4096 // model.config.k), model.config.k, model.config.k))
-    attrs.update(generation=gen, factors_path=f"factors/g{gen}", factors_of=attrs["stats_path"])
-    if calibration is not None:
-        cpath = f"calibration/g{gen}"
-        store.write(f"{cpath}/position_mean", calibration.position_mean.astype(np.float32))
-        store.write(f"{cpath}/position_std", calibration.position_std.astype(np.float32))
-        store.write(f"{cpath}/normal_scores", calibration.normal_scores.astype(np.float32))
-        attrs["calibration"] = {"path": cpath, "frames": calibration.frames, "of": attrs["stats_path"]}
-    store.set_attrs(attrs)
-    _collect_garbage(store, attrs)
+def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
+    """Delete arrays and generations no longer named by the committed attributes."""
+    keep = set((attrs.get("state") or {}).get("arrays", {}).values())
+    cal = attrs.get("normalisation")
+    if cal:
+        keep |= {f"{cal['path']}/{name}" for name in ("position_mean", "position_std", "normal_scores")}
+    prefixes = {"/".join(path.split("/")[:2]) for path in keep}
+    for group in ("scorer", "normalisation"):
+        for name in store.arrays(group):
+            prefix = "/".join(name.split("/")[:2])
+            if prefix not in prefixes:
+                store.delete(prefix)
+            elif name not in keep:
+                store.delete(name)
 
 
-def read_state(store: ArrayStore) -> FitState:
+def read_progress(store: ArrayStore) -> Progress:
     attrs = store.attrs()
-    return FitState(
+    return Progress(
         next_index={sid: int(v["next_index"]) for sid, v in (attrs.get("sources") or {}).items()},
         frames_seen=int(attrs.get("frames_seen", 0)),
     )
 
 
-def load_stats(store: ArrayStore, model: AnomalyModel) -> None:
-    """Fill the model's running statistics from the committed generation."""
-    attrs = store.attrs()
-    path = attrs.get("stats_path")
-    if path is None:
-        return
-    gaussian = model.gaussian
-    mean, m2 = store.read(f"{path}/mean"), store.read(f"{path}/m2")
-    if mean.shape != tuple(gaussian.mean.shape):
-        raise StoreError(f"expected statistics of shape {tuple(gaussian.mean.shape)}, got {mean.shape}")
-    gaussian.count.fill_(int(store.read(f"{path}/count")))
-    gaussian.mean.copy_(torch.from_numpy(mean))
-    gaussian.m2.copy_(torch.from_numpy(m2))
+def read_state(store: ArrayStore) -> ScorerState | None:
+    """The committed scorer state, or None before the first commit."""
+    stored = store.attrs().get("state")
+    if not stored:
+        return None
+    arrays = {name: store.read(path) for name, path in stored["arrays"].items()}
+    return ScorerState(arrays, dict(stored.get("attrs", {})), str(stored.get("revision", "")), dict(stored.get("revisions", {})))
 
 
-def load_model(
-    store: ArrayStore, *, where: str = "store", device: torch.device | str = "cpu", weights: str | None = None, need_factors: bool = True
-) -> tuple[AnomalyModel, Calibration | None]:
-    """Rebuild a model from a store: statistics, factors (rebuilt when stale) and calibration."""
+def load(
+    store: ArrayStore,
+    *,
+    where: str = "store",
+    device: torch.device | str = "cpu",
+    weights: str | None = None,
+    extractor: FeatureExtractor | None = None,
+    fitted: bool = True,
+) -> Model:
+    """Rebuild a model from a store: the scorer's state, and (``fitted``) a finalised scorer with
+    the normalisation and threshold that belong to its revision.
+
+    Args:
+        extractor: share this feature extractor (it must match the store's backbone).
+        fitted: the model will score (finalise it when the store holds only running state).
+    """
     attrs = check_format(store, where)
     config = config_from_attrs(attrs, weights=weights)
-    model = AnomalyModel(config, device=device)
-    if model.weights_sha256 != attrs["weights_sha256"]:
+    model = Model(config, device=device, extractor=extractor)
+    if model.extractor.weights_sha256 != attrs["weights_sha256"]:
         raise StoreError(
             f"expected backbone weights with sha256 {attrs['weights_sha256'][:12]}... for {where}, got "
-            f"{model.weights_sha256[:12]}...; hint: pass the --weights file the model was fitted with"
+            f"{model.extractor.weights_sha256[:12]}...; hint: pass the --weights file the model was fitted with"
         )
-    projection = torch.from_numpy(store.read("projection"))
-    if not torch.equal(projection.to(model.projection.weight.device), model.projection.weight):
-        raise StoreError(f"expected the projection stored in {where} to match its seed {config.seed}, got a different one")
-    load_stats(store, model)
-    calibration = None
-    if need_factors:
-        if model.gaussian.n < 2:
-            raise StoreError(f"expected a fitted model in {where}, got {model.gaussian.n} frames seen; hint: run `streamad fit`")
-        fpath = attrs.get("factors_path")
-        if fpath is not None and attrs.get("factors_of") == attrs.get("stats_path"):
-            model.set_factors(torch.from_numpy(store.read(f"{fpath}/mean")), torch.from_numpy(store.read(f"{fpath}/chol")))
-        else:
-            model.finalise()
-        cal = attrs.get("calibration")
-        if cal and cal.get("of") == attrs.get("stats_path"):
-            calibration = Calibration(
-                position_mean=store.read(f"{cal['path']}/position_mean"),
-                position_std=store.read(f"{cal['path']}/position_std"),
-                normal_scores=store.read(f"{cal['path']}/normal_scores"),
-                frames=int(cal["frames"]),
-            )
-    return model, calibration
-
-
-@dataclass(frozen=True, slots=True)
-class Threshold:
-    """A decision threshold on frame scores (and on map pixels, which share their units).
-
-    Attributes:
-        value: frames scoring above it are anomalous.
-        method: ``quantile`` (of scores on normal frames), ``f1`` (F1-optimal on labelled
-            frames) or ``fixed``.
-        detail: how it was found (quantile, frames, F1, ...).
-        frame_score: the frame-score settings it applies to.
-    """
-
-    value: float
-    method: str
-    detail: dict[str, Any]
-    frame_score: dict[str, Any]
+    check_compatible(attrs, model, where)
+    state = read_state(store)
+    if state is not None:
+        model.scorer.load_state(state)
+    if not fitted:
+        return model
+    if model.scorer.frames_seen == 0:
+        raise StoreError(f"expected a fitted model in {where}, got 0 frames seen; hint: run `streamad fit`")
+    if not model.scorer.finalised:
+        model.scorer.finalise()
+    revision = state.revision if state is not None else ""
+    cal = attrs.get("normalisation")
+    if cal and cal.get("of") == revision:
+        model.normalisation = Normalisation(
+            position_mean=store.read(f"{cal['path']}/position_mean"),
+            position_std=store.read(f"{cal['path']}/position_std"),
+            normal_scores=store.read(f"{cal['path']}/normal_scores"),
+            frames=int(cal["frames"]),
+        )
+    stored = attrs.get("threshold")
+    if stored and stored.get("of") != revision:
+        logger.warning("ignoring the stored threshold: it was set before the model was refitted; run `streamad calibrate` again")
+    elif stored:
+        model.threshold = Threshold(float(stored["value"]), stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))
+    return model
 
 
 def write_threshold(store: ArrayStore, threshold: Threshold) -> None:
-    """Record a threshold for the store's current statistics (a refit makes it stale)."""
+    """Record a threshold for the store's committed scorer state (a refit makes it stale)."""
     attrs = check_format(store, "store")
-    attrs["threshold"] = {
-        "value": threshold.value,
-        "method": threshold.method,
-        "detail": threshold.detail,
-        "frame_score": threshold.frame_score,
-        "of": attrs.get("stats_path"),
-    }
+    attrs["threshold"] = {**dataclasses.asdict(threshold), "of": (attrs.get("state") or {}).get("revision")}
     store.set_attrs(attrs)
-
-
-def read_threshold(store: ArrayStore) -> Threshold | None:
-    """The stored threshold, or None when there is none or it predates the statistics."""
-    attrs = store.attrs()
-    stored = attrs.get("threshold")
-    if not stored:
-        return None
-    if stored.get("of") != attrs.get("stats_path"):
-        logger.warning("ignoring the stored threshold: it was set before the model was refitted; run `streamad calibrate` again")
-        return None
-    return Threshold(float(stored["value"]), stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))

@@ -154,6 +154,20 @@ class Runner:
         """Ask sources to stop reading; what was read still flows to the end."""
         self.stopping.set()
 
+    def stop_when(self, condition: Callable[[], bool], *, poll_s: float = 0.05) -> None:
+        """Call :meth:`stop` once ``condition()`` turns true (polled in a thread until the end)."""
+
+        def watch() -> None:
+            while not self.abort.is_set() and not self.stopping.is_set():
+                if condition():
+                    self.stop()
+                    return
+                time.sleep(poll_s)
+
+        thread = threading.Thread(target=watch, name="streamad-stop-when", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
     def source(
         self,
         make: Callable[[], Iterable[Out]],

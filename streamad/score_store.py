@@ -1,9 +1,9 @@
-"""Writing and reading per-frame results: ``scores.csv`` and ``scores.zarr``.
+"""The score store format (``scores.zarr``) and reading it back; :mod:`streamad.sinks.score_store` writes it.
 
 ``scores.zarr`` layout (an :class:`~streamad.store.ArrayStore`)::
 
     attrs                 kind="streamad-scores", format_version, model (its attrs subset),
-                          input_hw, frame_score (calibrated, topk_fraction, window), sources
+                          input_hw, frame_score (normalised, topk_fraction, window), sources
     <source>/index        (T,) int64    0-based frame index within the source
     <source>/pts_s        (T,) float64  presentation time in seconds
     <source>/score        (T,) float32  the frame score used for decisions
@@ -17,110 +17,18 @@ Anyone can write this layout (zarr v3) to have their predictions evaluated by st
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from streamad.errors import StoreError
-from streamad.frames import ScoreMap
 from streamad.store import ArrayStore, ZarrStore
 
+KIND = "streamad-scores"
 FORMAT_VERSION = 1
-CSV_COLUMNS = ("source", "index", "pts_s", "score")
 MAP_CHUNK_FRAMES = 16  # a chunk per frame costs zarr ~1 ms of overhead each; 16 frames is ~0.1 ms
-
-
-@dataclass(slots=True)
-class _Pending:
-    index: list[int]
-    pts_s: list[float]
-    score: list[float]
-    map_max: list[float]
-    maps: list[np.ndarray]
-    decision: list[bool] = field(default_factory=list)
-
-
-class ScoreWriter:
-    """Append results to a CSV file and a score store, buffering ``flush_every`` frames.
-
-    With a ``threshold``, the CSV gains a ``decision`` column (1 = anomalous frame) and the store
-    ``decision`` and ``mask`` arrays. Use as a context manager; the buffered tail is written on
-    exit, also after an error.
-    """
-
-    def __init__(
-        self,
-        csv_path: str | Path,
-        store: ArrayStore,
-        *,
-        attrs: dict[str, Any],
-        write_maps: bool = True,
-        flush_every: int = 64,
-        threshold: float | None = None,
-    ) -> None:
-        self._csv_file = open(csv_path, "w", newline="")
-        self._csv = csv.writer(self._csv_file)
-        self._threshold = threshold
-        self._csv.writerow(CSV_COLUMNS + (("decision",) if threshold is not None else ()))
-        self._store = store
-        self._write_maps = write_maps
-        self._flush_every = flush_every
-        self._pending: dict[str, _Pending] = {}
-        self._counts: dict[str, int] = {}
-        self._attrs = {"kind": "streamad-scores", "format_version": FORMAT_VERSION, **attrs, "sources": {}}
-        store.set_attrs(self._attrs)
-
-    def __enter__(self) -> ScoreWriter:
-        return self
-
-    def write(self, result: ScoreMap) -> None:
-        ref = result.ref
-        row: tuple[object, ...] = (ref.source_id, ref.index, f"{ref.pts_s:.6f}", f"{result.score:.6g}")
-        pending = self._pending.setdefault(ref.source_id, _Pending([], [], [], [], []))
-        if self._threshold is not None:
-            pending.decision.append(result.score > self._threshold)
-            row += (int(result.score > self._threshold),)
-        self._csv.writerow(row)
-        pending.index.append(ref.index)
-        pending.pts_s.append(ref.pts_s)
-        pending.score.append(result.score)
-        pending.map_max.append(result.map_max)
-        if self._write_maps:
-            pending.maps.append(result.anomaly_map.astype(np.float16))
-        if len(pending.index) >= self._flush_every:
-            self._flush(ref.source_id)
-
-    def _flush(self, source_id: str) -> None:
-        pending = self._pending.pop(source_id, None)
-        if pending is None or not pending.index:
-            return
-        prefix = source_id
-        self._store.append(f"{prefix}/index", np.asarray(pending.index, np.int64))
-        self._store.append(f"{prefix}/pts_s", np.asarray(pending.pts_s, np.float64))
-        self._store.append(f"{prefix}/score", np.asarray(pending.score, np.float32))
-        self._store.append(f"{prefix}/map_max", np.asarray(pending.map_max, np.float32))
-        if pending.decision:
-            self._store.append(f"{prefix}/decision", np.asarray(pending.decision, bool))
-        if pending.maps:
-            maps = np.stack(pending.maps)
-            self._store.append(f"{prefix}/map", maps, chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
-            if self._threshold is not None:
-                self._store.append(f"{prefix}/mask", maps > np.float32(self._threshold), chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
-        self._counts[source_id] = self._counts.get(source_id, 0) + len(pending.index)
-
-    def close(self) -> None:
-        for source_id in list(self._pending):
-            self._flush(source_id)
-        self._csv_file.close()
-        self._attrs["sources"] = dict(self._counts)
-        self._store.set_attrs(self._attrs)
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +67,7 @@ def open_scores(path: str | Path) -> tuple[ZarrStore, dict[str, Any]]:
     """Open a score store and check its format."""
     store = ZarrStore(path, mode="r")
     attrs = store.attrs()
-    if attrs.get("kind") != "streamad-scores" or attrs.get("format_version") != FORMAT_VERSION:
+    if attrs.get("kind") != KIND or attrs.get("format_version") != FORMAT_VERSION:
         raise StoreError(
             f"expected a streamad score store (format {FORMAT_VERSION}) at {path}, got kind={attrs.get('kind')!r} format={attrs.get('format_version')!r}"
         )

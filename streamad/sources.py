@@ -14,6 +14,7 @@ Files and folders use the ``block`` overflow policy: nothing is ever dropped to 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import re
@@ -98,6 +99,10 @@ class VideoFile:
     def __len__(self) -> int:
         return decode.probe(self.path).frames
 
+    @property
+    def fps(self) -> float:
+        return decode.probe(self.path).fps or 25.0
+
     def frames(
         self,
         *,
@@ -119,7 +124,43 @@ class VideoFile:
         )
 
 
-Source = ImageSequence | VideoFile
+@dataclass(frozen=True, slots=True)
+class FrameArrays:
+    """Frames already in memory: RGB uint8 arrays (H, W, 3), indexed from 0, ``index / fps`` s."""
+
+    source_id: str
+    images: Sequence[np.ndarray]
+    fps: float = 25.0
+    policy: str = "block"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def frames(
+        self,
+        *,
+        every: int = 1,
+        start_index: int = 0,
+        stop_index: int | None = None,
+        on_drop: DropCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Frame]:
+        """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``."""
+        stop = len(self.images) if stop_index is None else min(stop_index, len(self.images))
+        for index in range(start_index, stop):
+            if index % every:
+                continue
+            if should_stop is not None and should_stop():
+                return
+            image = np.asarray(self.images[index])
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise UnsupportedSourceError(
+                    f"expected RGB uint8 frames of shape (H, W, 3), got {image.dtype} {image.shape} at frame {index} of {self.source_id}"
+                )
+            yield Frame(self.source_id, index, index / self.fps, image, "", time.monotonic())
+
+
+Source = ImageSequence | VideoFile | FrameArrays
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -191,17 +232,18 @@ def resolve_sources(specs: Sequence[str | Path | Source]) -> list[Source]:
     sources: list[Source] = []
     seen: dict[str, int] = {}
     for spec in specs:
-        for source in [spec] if isinstance(spec, ImageSequence | VideoFile) else _resolve_one(str(spec)):
+        for source in [spec] if isinstance(spec, ImageSequence | VideoFile | FrameArrays) else _resolve_one(str(spec)):
             count = seen.get(source.source_id, 0)
             seen[source.source_id] = count + 1
             if count:
                 new_id = f"{source.source_id}-{count + 1}"
-                source = ImageSequence(new_id, source.paths, source.fps) if isinstance(source, ImageSequence) else VideoFile(new_id, source.path)
+                source = dataclasses.replace(source, source_id=new_id)
             sources.append(source)
     return sources
 
 
 __all__ = [
+    "FrameArrays",
     "ImageSequence",
     "Source",
     "UnsupportedSourceError",

@@ -1,20 +1,21 @@
-"""The pipeline's stages, as plain iterator transforms (no threads here; see :mod:`runner`)."""
+"""The pipeline's stages, as plain iterator transforms (no threads here; see :mod:`runner`).
+
+frames -> batch_frames -> preprocess -> extract (backbone, + the scorer's prepare)
+       -> rebatch -> score (distances, maps, frame scores) -> smooth -> sinks
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch import Tensor
 
-from streamad.anomaly_map import TemporalMean, topk_mean
+from streamad.anomaly_map import TemporalMean
 from streamad.errors import ConfigError
+from streamad.features import FeatureExtractor, Features
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap, TensorBatch
-from streamad.gaussian import batch_moments, chan_merge
-from streamad.model import AnomalyModel
-from streamad.model_store import Calibration
+
+Prepare = Callable[[Features], Features]
 
 
 def ref_of(frame: Frame) -> FrameRef:
@@ -46,89 +47,78 @@ def batch_frames(frames: Iterable[Frame], *, max_batch: int, stopped: Callable[[
         yield batch
 
 
-def preprocess(batches: Iterable[Sequence[Frame]], model: AnomalyModel, *, keep_originals: bool = False) -> Iterator[TensorBatch]:
-    """Frames to normalised tensors at the model's input size, on its device."""
+def preprocess(batches: Iterable[Sequence[Frame]], extractor: FeatureExtractor, *, keep_originals: bool = False) -> Iterator[TensorBatch]:
+    """Frames to normalised tensors at the extractor's input size, on its device."""
     for batch in batches:
-        images = model.preprocess([f.image for f in batch], model.device)
+        images = extractor.preprocess([f.image for f in batch])
         originals = tuple(f.image for f in batch) if keep_originals else ()
         yield TensorBatch(tuple(ref_of(f) for f in batch), images, originals)
 
 
-def embed_batch(batch: TensorBatch, model: AnomalyModel) -> FeatureBatch:
-    """Backbone forward and projection of one batch: tensors to embeddings (B, P, k)."""
-    return FeatureBatch(batch.refs, model.embed_images(batch.images), batch.originals)
+def extract(batch: TensorBatch, extractor: FeatureExtractor, prepare: Prepare | None = None) -> FeatureBatch:
+    """Backbone forward of one batch, then ``prepare`` (a scorer's projection) when given."""
+    features = extractor(batch.images)
+    if prepare is not None:
+        features = prepare(features)
+    return FeatureBatch(batch.refs, features, batch.originals)
 
 
-def embed(batches: Iterable[TensorBatch], model: AnomalyModel) -> Iterator[FeatureBatch]:
-    """:func:`embed_batch` over a stream of batches."""
-    for batch in batches:
-        yield embed_batch(batch, model)
+def concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
+    """One batch of several (features concatenated on axis 0)."""
+    if len(batches) == 1:
+        return batches[0]
+    names = batches[0].features
+    return FeatureBatch(
+        tuple(r for b in batches for r in b.refs),
+        {name: torch.cat([b.features[name] for b in batches]) for name in names},
+        tuple(o for b in batches for o in b.originals),
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class FrameScoreConfig:
-    """How a frame's score is derived from its anomaly map, causally.
+def select(batch: FeatureBatch, rows: Sequence[int]) -> FeatureBatch:
+    """The frames ``rows`` of a batch."""
+    if len(rows) == len(batch.refs):
+        return batch
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    features = {name: f.index_select(0, index.to(f.device)) for name, f in batch.features.items()}
+    return FeatureBatch(tuple(batch.refs[i] for i in rows), features, tuple(batch.originals[i] for i in rows) if batch.originals else ())
 
-    Attributes:
-        calibrated: divide each position's distance by its mean on normal frames (``d / mean_p``),
-            so maps read "times the normal distance here"; needs the calibration stored by ``fit``.
-        topk_fraction: frame score = mean of the top fraction of map pixels (0 = the maximum).
-        window: causal moving average over the last ``window`` frames of the same source.
+
+def rebatch(batches: Iterable[FeatureBatch], *, min_frames: int) -> Iterator[FeatureBatch]:
+    """Concatenate consecutive feature batches until each holds at least ``min_frames`` frames.
+
+    The running Gaussian's update and the Mahalanobis distances each read (P, k, k) float
+    matrices once per batch whatever its size, so larger batches are cheaper per frame.
     """
-
-    calibrated: bool = True
-    topk_fraction: float = 0.01
-    window: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.topk_fraction <= 1:
-            raise ConfigError(f"expected a top-k fraction in [0, 1], got {self.topk_fraction}")
-        if self.window < 1:
-            raise ConfigError(f"expected a temporal window >= 1, got {self.window}")
-
-    def attrs(self) -> dict[str, object]:
-        """As stored with scores and thresholds (a threshold holds only for the same settings)."""
-        return {"calibrated": self.calibrated, "topk_fraction": self.topk_fraction, "window": self.window}
-
-
-def calibrate_distances(distances: Tensor, calibration: Calibration) -> Tensor:
-    """Distances (B, P) relative to each position's mean distance on normal frames."""
-    mean = torch.as_tensor(calibration.position_mean, device=distances.device)
-    return distances / mean.clamp_min(1e-6)
-
-
-def score(
-    batches: Iterable[FeatureBatch],
-    model: AnomalyModel,
-    *,
-    calibration: Calibration | None,
-    config: FrameScoreConfig,
-) -> Iterator[ScoreMap]:
-    """Embeddings to anomaly maps and pooled (not yet temporally smoothed) frame scores."""
-    if config.calibrated and calibration is None:
-        raise ConfigError("expected a calibrated model for calibrated frame scores, got a store without calibration; hint: refit, or score with --raw")
+    pending: list[FeatureBatch] = []
+    count = 0
     for batch in batches:
-        yield from score_distances(batch.refs, model.distances(batch.embeddings), model, calibration=calibration, config=config, originals=batch.originals)
+        pending.append(batch)
+        count += len(batch.refs)
+        if count >= min_frames:
+            yield concat(pending)
+            pending, count = [], 0
+    if pending:
+        yield concat(pending)
 
 
-def score_distances(
-    refs: Sequence[FrameRef],
-    distances: Tensor,
-    model: AnomalyModel,
-    *,
-    calibration: Calibration | None,
-    config: FrameScoreConfig,
-    originals: Sequence[np.ndarray] = (),
-) -> Iterator[ScoreMap]:
-    """Distances (B, P) to anomaly maps and pooled frame scores."""
-    if config.calibrated and calibration is not None:
-        distances = calibrate_distances(distances, calibration)
-    maps = model.maps(distances)
-    pooled = topk_mean(maps, fraction=config.topk_fraction).cpu().numpy()
-    peak = maps.flatten(1).amax(1).cpu().numpy()
-    maps_np = maps.cpu().numpy()
-    for i, ref in enumerate(refs):
-        yield ScoreMap(ref, float(pooled[i]), float(peak[i]), maps_np[i], originals[i] if originals else None)
+def by_source(batch: FeatureBatch) -> Iterator[tuple[str, FeatureBatch]]:
+    """A batch split into one batch per source, in order of first appearance."""
+    rows: dict[str, list[int]] = {}
+    for i, ref in enumerate(batch.refs):
+        rows.setdefault(ref.source_id, []).append(i)
+    for source_id, picked in rows.items():
+        yield source_id, select(batch, picked)
+
+
+Route = Callable[[FeatureBatch], Sequence[ScoreMap]]
+
+
+def score(batches: Iterable[FeatureBatch], route: Callable[[str], Route]) -> Iterator[ScoreMap]:
+    """Each source's frames through its route (a model's scoring, or a camera's learning)."""
+    for batch in batches:
+        for source_id, part in by_source(batch):
+            yield from route(source_id)(part)
 
 
 def smooth(results: Iterable[ScoreMap], *, window: int) -> Iterator[ScoreMap]:
@@ -139,41 +129,3 @@ def smooth(results: Iterable[ScoreMap], *, window: int) -> Iterator[ScoreMap]:
     mean = TemporalMean(window)
     for result in results:
         yield ScoreMap(result.ref, mean(result.ref.source_id, result.score), result.map_max, result.anomaly_map, result.original)
-
-
-def rebatch(batches: Iterable[FeatureBatch], *, min_frames: int) -> Iterator[FeatureBatch]:
-    """Concatenate consecutive feature batches until each holds at least ``min_frames`` frames.
-
-    The running Gaussian's update and the Mahalanobis distances each read (P, k, k) float
-    matrices once per batch whatever its size, so larger batches are cheaper per frame.
-    """
-    refs: list[FrameRef] = []
-    parts: list[Tensor] = []
-    originals: list[np.ndarray] = []
-    for batch in batches:
-        refs.extend(batch.refs)
-        parts.append(batch.embeddings)
-        originals.extend(batch.originals)
-        if len(refs) >= min_frames:
-            yield FeatureBatch(tuple(refs), torch.cat(parts), tuple(originals))
-            refs, parts, originals = [], [], []
-    if refs:
-        yield FeatureBatch(tuple(refs), torch.cat(parts), tuple(originals))
-
-
-def position_statistics(distances: Iterable[Tensor]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean and standard deviation per position of distance batches (B, P).
-
-    Uses the same float64 pairwise (Chan) update as the embeddings' statistics.
-    """
-    count, mean, m2 = 0, None, None
-    for batch in distances:
-        n_b, mean_b, m2_b = batch_moments(batch.unsqueeze(-1))
-        if mean is None or m2 is None:
-            count, mean, m2 = n_b, mean_b, m2_b
-        else:
-            count, mean, m2 = chan_merge(count, mean, m2, n_b, mean_b, m2_b)
-    if mean is None or m2 is None or count < 2:
-        raise ConfigError(f"expected at least 2 calibration frames, got {count}")
-    std = (m2[:, 0, 0] / (count - 1)).clamp_min(1e-12).sqrt()
-    return mean[:, 0].cpu().numpy(), std.cpu().numpy(), count

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from pipelines.evaluate import evaluate_model, evaluate_predictions, markdown, write_report
-from pipelines.fit import FitOptions, fit
-from pipelines.score import ScoreOptions
+from streamad.cli import main
+from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.ground_truth import GroundTruthError, load_ground_truth
-from streamad.model import ModelConfig
-from streamad.stages import FrameScoreConfig
+from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions, markdown, write_report
+from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.score import ScoreOptions
 from tests.conftest import scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=16)
@@ -211,9 +210,9 @@ class TestThresholds:
     def test_quantile_f1_and_fixed_thresholds_drive_decisions(self, category: tuple[Path, Path], tmp_path: Path) -> None:
         import csv
 
-        from pipelines.calibrate import calibrate
-        from pipelines.score import score
-        from streamad.model_store import open_store, read_threshold
+        from streamad.model_store import load, open_store
+        from streamad.pipelines.calibrate import calibrate
+        from streamad.pipelines.score import score
 
         root, fitted = category
         model = tmp_path / "m.zarr"
@@ -222,7 +221,7 @@ class TestThresholds:
         assert stored.method == "quantile" and stored.detail["quantile"] == 0.99 and stored.detail["frames"] == 6
         best = calibrate(model, labelled=load_ground_truth(root), work_dir=tmp_path / "w")
         assert best.method == "f1" and best.detail["f1"] == 1.0
-        assert read_threshold(open_store(model, mode="r")) == best
+        assert load(open_store(model, mode="r")).threshold == best
         summary = score([str(root / "test" / "good"), str(root / "test" / "red")], model, tmp_path / "out")
         assert summary.decisions and summary.anomalous == {"red": 6}
         rows = list(csv.DictReader(open(summary.csv)))
@@ -238,18 +237,18 @@ class TestThresholds:
         assert score([str(root / "test" / "red")], model, tmp_path / "fixed").anomalous == {}
 
     def test_refit_makes_the_threshold_stale(self, tmp_path: Path, frame_folder: Path) -> None:
-        from pipelines.calibrate import calibrate
-        from streamad.model_store import open_store, read_threshold
+        from streamad.model_store import load, open_store
+        from streamad.pipelines.calibrate import calibrate
 
         fit([str(frame_folder)], tmp_path / "m.zarr", SMALL, options=FitOptions(holdout_every=4, stop=20))
         calibrate(tmp_path / "m.zarr", fixed=3.0)
-        assert read_threshold(open_store(tmp_path / "m.zarr", mode="r")) is not None
+        assert load(open_store(tmp_path / "m.zarr", mode="r")).threshold is not None
         fit([str(frame_folder)], tmp_path / "m.zarr", None, options=FitOptions(holdout_every=4), resume=True)
-        assert read_threshold(open_store(tmp_path / "m.zarr", mode="r")) is None
+        assert load(open_store(tmp_path / "m.zarr", mode="r")).threshold is None
 
     def test_conflicting_ways_refused(self, category: tuple[Path, Path]) -> None:
-        from pipelines.calibrate import calibrate
         from streamad.errors import ConfigError
+        from streamad.pipelines.calibrate import calibrate
 
         with pytest.raises(ConfigError, match="one way"):
             calibrate(category[1], fixed=1.0, quantile=0.9)

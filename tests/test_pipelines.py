@@ -15,13 +15,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from pipelines.fit import FitOptions, fit
-from pipelines.merge import merge
-from pipelines.score import ScoreOptions, score
+from streamad.cli import main
+from streamad.config import ModelConfig
 from streamad.decode import VideoWriter
-from streamad.model import ModelConfig
-from streamad.model_store import load_model, open_store
+from streamad.model_store import open_store, read_state
+from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.merge import merge
+from streamad.pipelines.score import ScoreOptions, score
 from streamad.score_store import open_scores, read_source
 from tests.conftest import scene
 
@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stats(path: Path) -> tuple[int, torch.Tensor, torch.Tensor]:
-    model, _ = load_model(open_store(path), need_factors=False)
-    return model.gaussian.n, model.gaussian.mean, model.gaussian.m2
+    """A Gaussian scorer's running statistics, as committed in its store."""
+    state = read_state(open_store(path))
+    assert state is not None
+    return int(state.arrays["count"]), torch.from_numpy(state.arrays["mean"]), torch.from_numpy(state.arrays["m2"])
 
 
 def assert_same_stats(a: Path, b: Path) -> None:
@@ -107,10 +109,15 @@ def test_sigint_during_fit_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     args = ["fit", str(clip), "--input-size", "128x160", "-k", "16", "--checkpoint-every", "16", "-q"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", *args, "-m", str(tmp_path / "cut.zarr")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "streamad", *args, "-m", str(tmp_path / "cut.zarr")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "cut.zarr" / "stats").exists():
+    while time.time() < deadline and not (tmp_path / "cut.zarr" / "scorer").exists():
         time.sleep(0.1)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -93,31 +93,35 @@ class TestZarrStore:
 
 class TestModelStore:
     def test_round_trip_exact(self, tmp_path: Path) -> None:
-        from streamad.model import AnomalyModel, ModelConfig
-        from streamad.model_store import FitState, base_attrs, load_model, open_store, write_checkpoint, write_factors
+        from streamad.config import ModelConfig
+        from streamad.model import Model
+        from streamad.model_store import Progress, commit, create, load, open_store, read_progress, read_state
 
-        model = AnomalyModel(ModelConfig(method="soe", input_hw=(32, 48), k=8))
-        model.gaussian.update(torch.randn(20, model.positions, 8))
+        model = Model(ModelConfig(method="soe", input_hw=(32, 48), k=8))
+        positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
+        model.scorer.update({"embedding": torch.randn(20, positions, 8)})
         store = open_store(tmp_path / "m.zarr", mode="w")
-        store.set_attrs(base_attrs(model))
-        write_checkpoint(store, model, FitState({"a": 20}, 20))
-        model.finalise()
-        write_factors(store, model)
-        loaded, calibration = load_model(open_store(tmp_path / "m.zarr"))
-        assert calibration is None
-        assert torch.equal(loaded.gaussian.m2, model.gaussian.m2) and torch.equal(loaded.gaussian.mean, model.gaussian.mean)
-        assert loaded.gaussian.n == 20
-        assert torch.equal(loaded.projection.weight, model.projection.weight)
-        assert torch.equal(loaded.chol, model.chol)
-        x = torch.randn(2, model.positions, 8)
-        assert torch.equal(loaded.distances(x), model.distances(x))
+        create(store, model)
+        commit(store, model, Progress({"a": 20}, 20))
+        written = set(store.arrays("scorer"))
+        model.scorer.finalise()
+        commit(store, model, Progress({"a": 20}, 20))
+        assert written < set(store.arrays("scorer"))  # unchanged statistics are not written again
+        loaded = load(open_store(tmp_path / "m.zarr"))
+        assert loaded.normalisation is None and read_progress(store).next_index == {"a": 20}
+        before, after = model.scorer.state(), read_state(store)
+        assert after is not None and before.revision == after.revision and before.attrs == after.attrs
+        for name, array in before.arrays.items():
+            np.testing.assert_array_equal(after.arrays[name], array)
+        x = {"embedding": torch.randn(2, positions, 8)}
+        assert torch.equal(loaded.scorer.distances(x), model.scorer.distances(x))
 
     def test_refuses_other_format(self, tmp_path: Path) -> None:
         from streamad.model_store import open_store
 
         store = ZarrStore(tmp_path / "o.zarr", mode="w")
         store.set_attrs({"kind": "streamad-model", "format_version": 999, "streamad_version": "9"})
-        with pytest.raises(StoreError, match="format 1 .* got 999"):
+        with pytest.raises(StoreError, match="format 2 .* got 999"):
             open_store(tmp_path / "o.zarr")
         ZarrStore(tmp_path / "plain.zarr", mode="w").set_attrs({"x": 1})
         with pytest.raises(StoreError, match="without streamad metadata"):

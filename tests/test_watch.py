@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.fit import FitOptions, fit
-from pipelines.score import ScoreOptions, score
-from pipelines.watch import Camera, WatchOptions, WatchSummary, cameras_from, watch
 from streamad import live as live_module
+from streamad.cameras import Camera, cameras_from
+from streamad.config import ModelConfig
 from streamad.decode import VideoWriter
 from streamad.errors import ConfigError
 from streamad.frames import Frame
 from streamad.live import LiveOptions, LiveStream
-from streamad.model import ModelConfig
+from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.watch import WatchOptions, WatchSummary, watch
 from tests.conftest import scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=16)
@@ -252,21 +253,21 @@ def test_camera_and_model_pairing_errors() -> None:
 def test_adapt_folds_normal_frames_in_and_a_restart_resumes(model: Path, tmp_path: Path) -> None:
     import shutil
 
-    from pipelines.calibrate import calibrate
-    from streamad.model_store import load_model, open_store, read_state, read_threshold
+    from streamad.model_store import load, open_store, read_progress
+    from streamad.pipelines.calibrate import calibrate
 
     store = tmp_path / "m.zarr"
     shutil.copytree(model, store)
     calibrate(store, fixed=1e9)  # every frame counts as normal
-    before = read_state(open_store(store, mode="r")).frames_seen
+    before = read_progress(open_store(store, mode="r")).frames_seen
     video = clip(tmp_path / "more.mp4", 30)
     for run in (1, 2):
         watch([Camera("cam", str(video), str(store))], tmp_path / f"w{run}", options=WatchOptions(adapt=True, refresh_every=10), print_stats=lambda line: None)
         reopened = open_store(store, mode="r")
-        assert read_state(reopened).frames_seen == before + 30 * run
-        threshold = read_threshold(reopened)  # carried over to the adapted statistics, as is the calibration
-        assert threshold is not None and threshold.value == 1e9
-        assert load_model(reopened)[1] is not None
+        assert read_progress(reopened).frames_seen == before + 30 * run
+        adapted = load(reopened)  # the threshold and the normalisation carried over to the adapted state
+        assert adapted.threshold is not None and adapted.threshold.value == 1e9
+        assert adapted.normalisation is not None and adapted.scorer.frames_seen == before + 30 * run
 
 
 def test_scoring_without_adapt_leaves_the_store_alone(model: Path, tmp_path: Path) -> None:

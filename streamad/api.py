@@ -1,0 +1,141 @@
+"""The Python API: the jobs as functions, and an in-memory :class:`Detector`.
+
+Example (frames are RGB uint8 arrays, shape (H, W, 3))::
+
+    import streamad
+
+    detector = streamad.Detector(streamad.ModelConfig(input_hw=(64, 96), k=16))
+    detector.fit(normal_frames)
+    for result in detector.score(new_frames):
+        print(result.index, result.score, result.anomalous, result.anomaly_map.shape)
+    detector.save("model.zarr")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.errors import ConfigError
+from streamad.frames import ScoreMap
+from streamad.model import Model
+from streamad.model_store import commit, create, open_store, read_progress
+from streamad.model_store import load as load_store
+from streamad.pipelines.evaluate import EvalRun
+from streamad.pipelines.evaluate import evaluate as evaluate_job
+from streamad.pipelines.fit import FitOptions, FitSummary
+from streamad.pipelines.fit import fit as fit_job
+from streamad.pipelines.score import ScoreOptions, ScoreSummary
+from streamad.pipelines.score import score as score_job
+from streamad.sources import FrameArrays
+from streamad.store import MemoryStore
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One frame's result.
+
+    Attributes:
+        index: the frame's position in the scored sequence (0-based).
+        score: the frame score (normalised top-1 % mean of the map by default).
+        anomalous: score above the model's threshold (None without a threshold).
+        anomaly_map: float32 (H, W) at the model's input size.
+        map_max: the map's maximum.
+    """
+
+    index: int
+    score: float
+    anomalous: bool | None
+    anomaly_map: np.ndarray
+    map_max: float
+
+
+class _Collect:
+    """A sink that keeps every result (in order)."""
+
+    def __init__(self) -> None:
+        self.results: list[ScoreMap] = []
+
+    def write(self, result: ScoreMap) -> None:
+        self.results.append(result)
+
+    def close(self) -> None:
+        return None
+
+
+class Detector:
+    """An anomaly detector on frames in memory: fit on normal frames, score new ones, save.
+
+    Args:
+        config: the model (method, backbone, input size, ...); ``input_hw`` None picks it from
+            the first frame.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        options: how the fit batches, holds out and normalises (as ``streamad fit``).
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig(), *, device: str = "cpu", options: FitOptions | None = None) -> None:
+        self.config, self.device = config, device
+        self.options = options or FitOptions(device=device)
+        self._store = MemoryStore()
+        self.model: Model | None = None
+
+    def fit(self, frames: Iterable[np.ndarray], *, fps: float = 25.0) -> FitSummary:
+        """Fit on normal frames (held in memory: every 10th frame is kept out to normalise on)."""
+        images = frames if isinstance(frames, Sequence) else list(frames)
+        self._store = MemoryStore()
+        summary = fit_job([FrameArrays("frames", images, fps)], self._store, self.config, options=self.options)
+        self.model = load_store(self._store, where="the detector", device=self.options.device)
+        return summary
+
+    def score(self, frames: Iterable[np.ndarray], *, frame_score: FrameScoreConfig = FrameScoreConfig(), fps: float = 25.0) -> list[Result]:
+        """Maps, frame scores and decisions for ``frames`` (in order)."""
+        if self.model is None:
+            raise ConfigError("expected a fitted detector, got one without a model; hint: call fit() or streamad.load() first")
+        images = frames if isinstance(frames, Sequence) else list(frames)
+        collect = _Collect()
+        score_job([FrameArrays("frames", images, fps)], self.model, None, options=ScoreOptions(frame_score=frame_score, device=self.device), sinks=[collect])
+        threshold = self.model.threshold.value if self.model.threshold is not None else None
+        return [Result(r.ref.index, r.score, None if threshold is None else r.score > threshold, r.anomaly_map, r.map_max) for r in collect.results]
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the fitted model as a model store (as ``streamad fit`` does)."""
+        if self.model is None:
+            raise ConfigError("expected a fitted detector to save, got none; hint: call fit() first")
+        target = open_store(path, mode="w" if overwrite or not Path(path).exists() else "a")
+        if target.attrs():
+            raise ConfigError(f"expected a new path to save to, got an existing store {path}; hint: pass overwrite=True")
+        create(target, self.model)
+        commit(target, self.model, read_progress(self._store), normalisation=self.model.normalisation, threshold=self.model.threshold)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:
+        """A detector from a fitted model store."""
+        model = load_store(open_store(path, mode="r"), where=str(path), device=device, weights=weights)
+        detector = cls(model.config, device=device)
+        detector.model = model
+        return detector
+
+
+def load(path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:
+    """Load a fitted model store as a :class:`Detector`."""
+    return Detector.load(path, device=device, weights=weights)
+
+
+def fit(sources: Sequence[str | Path], model: str | Path, config: ModelConfig | None = None, **kwargs: Any) -> FitSummary:
+    """``streamad fit``: see :func:`streamad.pipelines.fit.fit`."""
+    return fit_job(list(sources), model, config, **kwargs)
+
+
+def score(sources: Sequence[str | Path], model: str | Path, out_dir: str | Path, **kwargs: Any) -> ScoreSummary:
+    """``streamad score``: see :func:`streamad.pipelines.score.score`."""
+    return score_job(list(sources), model, out_dir, **kwargs)
+
+
+def evaluate(testset: str | Path, **kwargs: Any) -> EvalRun:
+    """``streamad eval``: see :func:`streamad.pipelines.evaluate.evaluate`."""
+    return evaluate_job(testset, **kwargs)

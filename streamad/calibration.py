@@ -1,0 +1,162 @@
+"""Calibration, in its two meanings, kept apart by name:
+
+- **normalisation**: per-position statistics of distances on held-out normal frames (maps then
+  read "times the normal distance here"), plus the frame scores those frames get;
+- **threshold**: the decision threshold on frame scores (a quantile of normal scores,
+  F1-optimal on labelled frames, or fixed), stored with the frame-score settings it holds for.
+
+The held-out rule (which frames a fit keeps out to normalise on) lives here too, so fit, watch's
+online learning and merge agree on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamad.errors import ConfigError
+from streamad.frames import FrameRef
+from streamad.gaussian import batch_moments, chan_merge
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOut:
+    """Which frames a fit keeps out: every ``every_nth`` used frame (frames used are those with
+    ``index % stride == 0``), at most ``limit`` of them spread evenly over ``total`` candidates.
+
+    Example:
+        >>> rule = HoldOut(every_nth=10, stride=1)
+        >>> [i for i in range(30) if rule.held_out(i)]
+        [9, 19, 29]
+    """
+
+    every_nth: int = 10
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.every_nth < 2:
+            raise ConfigError(f"expected --holdout-every >= 2, got {self.every_nth}")
+
+    @property
+    def period(self) -> int:
+        return self.every_nth * self.stride
+
+    def held_out(self, index: int) -> bool:
+        return index % self.period == self.period - self.stride
+
+    def fitted(self, index: int) -> bool:
+        return not self.held_out(index)
+
+    def sampler(self, total: int, limit: int) -> NormalisationSample:
+        """Which held-out frames to normalise on: at most ``limit`` of ``total``, evenly spread."""
+        return NormalisationSample(self, max(1, math.ceil(total / max(1, limit))))
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisationSample:
+    rule: HoldOut
+    step: int
+
+    def __call__(self, index: int) -> bool:
+        return self.rule.held_out(index) and (index // self.rule.period) % self.step == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Normalisation:
+    """Per-position distance statistics and frame scores measured on normal frames."""
+
+    position_mean: np.ndarray
+    position_std: np.ndarray
+    normal_scores: np.ndarray
+    frames: int
+
+    def with_scores(self, scores: Iterable[float]) -> Normalisation:
+        return Normalisation(self.position_mean, self.position_std, np.asarray(list(scores), np.float32), self.frames)
+
+
+def normalise(distances: Tensor, normalisation: Normalisation) -> Tensor:
+    """Distances (B, P) relative to each position's mean distance on normal frames."""
+    mean = torch.as_tensor(normalisation.position_mean, device=distances.device)
+    return distances / mean.clamp_min(1e-6)
+
+
+def position_statistics(distances: Iterable[Tensor]) -> Normalisation:
+    """Mean and standard deviation per position of distance batches (B, P), without scores.
+
+    Uses the same float64 pairwise (Chan) update as the embeddings' statistics.
+    """
+    count, mean, m2 = 0, None, None
+    for batch in distances:
+        n_b, mean_b, m2_b = batch_moments(batch.unsqueeze(-1))
+        if mean is None or m2 is None:
+            count, mean, m2 = n_b, mean_b, m2_b
+        else:
+            count, mean, m2 = chan_merge(count, mean, m2, n_b, mean_b, m2_b)
+    if mean is None or m2 is None or count < 2:
+        raise ConfigError(f"expected at least 2 normal frames to normalise on, got {count}")
+    std = (m2[:, 0, 0] / (count - 1)).clamp_min(1e-12).sqrt()
+    return Normalisation(mean[:, 0].cpu().numpy(), std.cpu().numpy(), np.zeros(0, np.float32), count)
+
+
+def measure_normalisation(
+    batches: Sequence[tuple[Sequence[FrameRef], Tensor]], frame_scores: Callable[[Sequence[FrameRef], Tensor, Normalisation], Sequence[float]]
+) -> Normalisation:
+    """The normalisation of distances (B, P) measured on normal frames, with the frame scores
+    those frames get once normalised by it (``frame_scores(refs, distances, normalisation)``)."""
+    partial = position_statistics(d for _, d in batches)
+    return partial.with_scores(s for refs, d in batches for s in frame_scores(refs, d, partial))
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A decision threshold on frame scores (and on map pixels, which share their units).
+
+    Attributes:
+        value: frames scoring above it are anomalous.
+        method: ``quantile`` (of scores on normal frames), ``f1`` (F1-optimal on labelled
+            frames) or ``fixed``.
+        detail: how it was found (quantile, frames, F1, ...).
+        frame_score: the frame-score settings it applies to.
+    """
+
+    value: float
+    method: str
+    detail: dict[str, Any]
+    frame_score: dict[str, Any]
+
+
+DEFAULT_QUANTILE = 0.99
+
+
+def quantile_threshold(normalisation: Normalisation | None, frame_score: dict[str, Any], *, quantile: float = DEFAULT_QUANTILE, on: str) -> Threshold | None:
+    """The ``quantile`` of the normal frames' scores as a threshold (None without scores)."""
+    if normalisation is None or not len(normalisation.normal_scores):
+        return None
+    scores = normalisation.normal_scores
+    return Threshold(float(np.quantile(scores, quantile)), "quantile", {"quantile": quantile, "frames": int(scores.size), "on": on}, frame_score)
+
+
+def decision_threshold(stored: Threshold | None, given: float | None, frame_score: dict[str, Any]) -> float | None:
+    """``given`` (``--threshold``), else the stored threshold when it was set for these
+    frame-score settings; None means no decisions."""
+    if given is not None:
+        return given
+    if stored is None:
+        return None
+    if stored.frame_score != frame_score:
+        logger.warning(
+            "the stored threshold was set for frame scores %s, not %s: no decisions written; hint: run `streamad calibrate` with these settings",
+            stored.frame_score,
+            frame_score,
+        )
+        return None
+    return stored.value

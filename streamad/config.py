@@ -1,0 +1,75 @@
+"""Configuration values of models and frame scores (plain frozen dataclasses, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamad.errors import ConfigError
+
+MAX_INPUT_SIDE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Everything that defines a model before it has seen data.
+
+    Attributes:
+        method: a registered scorer (:func:`streamad.scorers.scorer_names`): ``padim`` (random
+            channel subset) or ``soe`` (semi-orthogonal projection) built in.
+        backbone: a name from :data:`streamad.backbones.SPECS`.
+        input_hw: network input (height, width), multiples of 16; None picks it from the first
+            frame (aspect ratio kept, short side near 256).
+        k: projected dimension (Gaussian scorers).
+        seed: seeds the scorer's random parts (the projection).
+        eps: ridge added to every covariance (Gaussian scorers).
+        sigma: Gaussian blur of the anomaly map, in input pixels.
+        weights: weights file (required for torchvision backbones).
+    """
+
+    method: str = "padim"
+    backbone: str = "lite0"
+    input_hw: tuple[int, int] | None = None
+    k: int = 100
+    seed: int = 0
+    eps: float = 0.01
+    sigma: float = 4.0
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_hw is not None and any(v < 32 or v % 16 for v in self.input_hw):
+            raise ConfigError(f"expected an input size whose sides are multiples of 16 and >= 32, got {self.input_hw}")
+        if self.input_hw is not None and max(self.input_hw) > MAX_INPUT_SIDE:
+            raise ConfigError(f"expected an input size of at most {MAX_INPUT_SIDE} per side, got {self.input_hw}; hint: a side near 256 is usual")
+        if self.k < 1:
+            raise ConfigError(f"expected k >= 1, got {self.k}")
+        if self.eps <= 0:
+            raise ConfigError(f"expected eps > 0, got {self.eps}")
+        if self.sigma < 0:
+            raise ConfigError(f"expected sigma >= 0, got {self.sigma}")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScoreConfig:
+    """How a frame's score is derived from its anomaly map, causally.
+
+    Attributes:
+        normalised: divide each position's distance by its mean on held-out normal frames
+            (``d / mean_p``), so maps read "times the normal distance here"; needs the
+            normalisation stored by ``fit``. ``--raw`` turns it off.
+        topk_fraction: frame score = mean of the top fraction of map pixels (0 = the maximum).
+        window: causal moving average over the last ``window`` frames of the same source.
+    """
+
+    normalised: bool = True
+    topk_fraction: float = 0.01
+    window: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.topk_fraction <= 1:
+            raise ConfigError(f"expected a top-k fraction in [0, 1], got {self.topk_fraction}")
+        if self.window < 1:
+            raise ConfigError(f"expected a temporal window >= 1, got {self.window}")
+
+    def attrs(self) -> dict[str, object]:
+        """As stored with scores and thresholds (a threshold holds only for the same settings)."""
+        return {"normalised": self.normalised, "topk_fraction": self.topk_fraction, "window": self.window}

@@ -1,0 +1,164 @@
+"""The engine: the one assembly of stages on a :class:`~streamad.runner.Runner` that every job
+runs (fit, its normalisation pass, score, eval, calibrate, watch)::
+
+    sources -> decode -> preprocess -> backbone workers (+ prepare) -> scorer routes -> consumer
+    (thread)  (thread)   (thread)      (``plan.workers`` threads)      (thread)
+
+Files and folders block (lossless); watch adds live sources, drop-oldest queues and gathering
+across cameras in front of the same preprocess, backbone and scorer stages.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from streamad import stages
+from streamad.anomaly_map import TemporalMean
+from streamad.config import FrameScoreConfig
+from streamad.features import FeatureExtractor
+from streamad.frames import FeatureBatch, Frame, ScoreMap, TensorBatch
+from streamad.model import Model
+from streamad.runner import DropLog, Runner
+from streamad.runtime import thread_plan
+from streamad.sources import Source
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """Which frames of the sources a job reads.
+
+    Attributes:
+        every: every N-th frame (by index).
+        frame_range: ``[start, stop)`` of indices in each source.
+        start: per source, the first index still to read (a resumed fit).
+        keep: selects frames by index (the fit's held-out rule).
+    """
+
+    every: int = 1
+    frame_range: tuple[int, int | None] = (0, None)
+    start: dict[str, int] | None = None
+    keep: Callable[[int], bool] | None = None
+
+    def begin(self, source: Source) -> int:
+        return max((self.start or {}).get(source.source_id, 0), self.frame_range[0])
+
+    def frames(self, sources: Sequence[Source], *, drops: DropLog, should_stop: Callable[[], bool]) -> Iterator[Frame]:
+        """The frames of every source, one source after the other."""
+        for source in sources:
+            for frame in source.frames(
+                every=self.every, start_index=self.begin(source), stop_index=self.frame_range[1], on_drop=drops, should_stop=should_stop
+            ):
+                if self.keep is None or self.keep(frame.index):
+                    yield frame
+
+    def expected(self, sources: Sequence[Source]) -> int:
+        """How many frames :meth:`frames` will yield (from container metadata for videos)."""
+        total = 0
+        for source in sources:
+            begin = self.begin(source)
+            end = len(source) if self.frame_range[1] is None else min(len(source), self.frame_range[1])
+            indices = range(begin + (-begin) % self.every, end, self.every) if end > begin else range(0)
+            total += len(indices) if self.keep is None else sum(1 for i in indices if self.keep(i))
+        return total
+
+
+class Scoring:
+    """A model's route for one or more sources: distances, maps, frame scores, then a causal
+    moving average per source. ``prepared``: the batches already went through the scorer's
+    :meth:`prepare` in the backbone workers (one model), else it is done here (shared
+    extractors, as in watch)."""
+
+    def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool) -> None:
+        self.model, self.frame_score, self.prepared = model, frame_score, prepared
+        self.smoother = TemporalMean(frame_score.window) if frame_score.window > 1 else None
+
+    def __call__(self, batch: FeatureBatch) -> list[ScoreMap]:
+        features = batch.features if self.prepared else self.model.prepare(batch.features)
+        results = self.model.results(batch.refs, self.model.scorer.distances(features), frame_score=self.frame_score, originals=batch.originals)
+        if self.smoother is None:
+            return results
+        return [ScoreMap(r.ref, self.smoother(r.ref.source_id, r.score), r.map_max, r.anomaly_map, r.original) for r in results]
+
+
+class Engine:
+    """Builds the stages of a job on one runner.
+
+    Args:
+        runner: threads, queues, stop and errors.
+        device: where the backbone runs (chooses the thread plan).
+        batch_size: frames per backbone pass.
+        workers: concurrent backbone passes (None: 2 on a multi-core CPU, 1 on CUDA).
+        live: latency first: after the gathered batch, preprocess, backbone and scorer run one
+            batch at a time in the consuming thread, so an overloaded pipeline holds no queue of
+            its own and drops at the (drop-oldest) sources instead.
+    """
+
+    def __init__(self, runner: Runner, device: torch.device, *, batch_size: int = 8, workers: int | None = None, live: bool = False) -> None:
+        self.runner, self.batch_size = runner, batch_size
+        self.live = live
+        self.plan = thread_plan(device, workers=workers)
+        self.drops = DropLog()
+
+    def read(self, sources: Sequence[Source], reading: Reading) -> Iterator[Frame]:
+        """Decode ``sources`` in a thread (blocking queue: files lose nothing)."""
+        return self.runner.source(lambda: reading.frames(sources, drops=self.drops, should_stop=self.runner.stopping.is_set), maxsize=32, name="decode")
+
+    def features(
+        self,
+        frames: Iterator[Frame],
+        extractor: FeatureExtractor,
+        *,
+        prepare: stages.Prepare | None = None,
+        keep_originals: bool = False,
+        whole_batches: bool = False,
+    ) -> Iterator[FeatureBatch]:
+        """Preprocess in a thread, then the backbone (and ``prepare``) in the worker threads.
+
+        ``whole_batches``: after a stop, a trailing partial batch is dropped (fits count whole
+        batches only, so a resumed fit sees the same batches as an uninterrupted one).
+        """
+        stopped = self.runner.stopping.is_set if whole_batches else None
+        tensors = self.runner.stage(
+            lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=self.batch_size, stopped=stopped), extractor, keep_originals=keep_originals),
+            frames,
+            name="preprocess",
+            setup=self.plan.side_setup(),
+        )
+        work = functools.partial(stages.extract, extractor=extractor, prepare=prepare)
+        return self.runner.parallel(work, tensors, workers=self.plan.workers, name="backbone", setup=self.plan.worker_setup())
+
+    def gathered_features(
+        self, batches: Iterator[list[Frame]], extractor_of: Callable[[Frame], FeatureExtractor], *, keep_originals: bool = False
+    ) -> Iterator[FeatureBatch]:
+        """Batches mixing sources (cameras): one backbone pass per extractor in each batch."""
+
+        def preprocess(items: Iterator[list[Frame]]) -> Iterator[tuple[FeatureExtractor, TensorBatch]]:
+            for batch in items:
+                groups: dict[tuple[object, ...], tuple[FeatureExtractor, list[Frame]]] = {}
+                for frame in batch:
+                    extractor = extractor_of(frame)
+                    groups.setdefault(extractor.key, (extractor, []))[1].append(frame)
+                for extractor, frames in groups.values():
+                    yield extractor, next(stages.preprocess([frames], extractor, keep_originals=keep_originals))
+
+        if self.live:
+            return (stages.extract(tensors, extractor) for extractor, tensors in preprocess(batches))
+        tensors = self.runner.stage(preprocess, batches, name="preprocess", setup=self.plan.side_setup())
+        work = lambda item: stages.extract(item[1], item[0])  # noqa: E731
+        return self.runner.parallel(work, tensors, workers=self.plan.workers, name="backbone", setup=self.plan.worker_setup())
+
+    def scores(self, features: Iterator[FeatureBatch], route: Callable[[str], stages.Route], *, min_frames: int = 32) -> Iterator[ScoreMap]:
+        """The scorer stage: each source's frames through its route (in a thread, unless live)."""
+        if self.live:
+            return stages.score(stages.rebatch(features, min_frames=min_frames), route)
+        return self.runner.stage(
+            lambda fs: stages.score(stages.rebatch(fs, min_frames=min_frames), route), features, maxsize=64, name="scorer", setup=self.plan.side_setup()
+        )
+
+    def consume(self, items: Iterator[ScoreMap] | Iterator[FeatureBatch]) -> Iterator:  # type: ignore[type-arg]
+        """Iterate the last stage; on exit every worker is stopped."""
+        return self.runner.consume(items)

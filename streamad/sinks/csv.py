@@ -1,0 +1,31 @@
+"""``scores.csv``: one row per frame (source, index, pts_s, score[, decision])."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from streamad.frames import ScoreMap
+
+CSV_COLUMNS = ("source", "index", "pts_s", "score")
+
+
+class CsvSink:
+    """Rows of frame scores; with a ``threshold`` a ``decision`` column (1 = anomalous)."""
+
+    def __init__(self, path: str | Path, *, threshold: float | None = None) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "w", newline="")
+        self._csv = csv.writer(self._file)
+        self._threshold = threshold
+        self._csv.writerow(CSV_COLUMNS + (("decision",) if threshold is not None else ()))
+
+    def write(self, result: ScoreMap) -> None:
+        ref = result.ref
+        row: tuple[object, ...] = (ref.source_id, ref.index, f"{ref.pts_s:.6f}", f"{result.score:.6g}")
+        if self._threshold is not None:
+            row += (int(result.score > self._threshold),)
+        self._csv.writerow(row)
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,52 @@
+"""Overlay videos: each frame with its anomaly map as a heatmap, one video per source."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from streamad import pictures
+from streamad.decode import VideoWriter
+from streamad.frames import ScoreMap
+
+
+def display_range(threshold: float | None) -> tuple[float, float]:
+    """The heatmap's colour range around a threshold (maps share the frame scores' units)."""
+    thr = threshold if threshold is not None and threshold > 0 else 1.0
+    return 0.5 * thr, 1.5 * thr
+
+
+class OverlaySink:
+    """Writes ``path`` (or ``<stem>-<source><suffix>`` per source when there are several).
+
+    Results need their ``original`` frame (the job keeps originals when this sink is used).
+
+    Args:
+        path: the video to write.
+        fps: each source's frame rate.
+        threshold: frames above it get a red border; it also centres the colour range.
+    """
+
+    def __init__(self, path: str | Path, *, fps: Mapping[str, float], threshold: float | None) -> None:
+        self.path, self.fps, self.threshold = Path(path), dict(fps), threshold
+        self.many = len(self.fps) > 1
+        self.writers: dict[str, VideoWriter] = {}
+        self.paths: list[str] = []
+        self._stack = contextlib.ExitStack()
+        self.vmin, self.vmax = display_range(threshold)
+
+    def write(self, result: ScoreMap) -> None:
+        if result.original is None:
+            return
+        sid = result.ref.source_id
+        if sid not in self.writers:
+            target = self.path.with_name(f"{self.path.stem}-{sid}{self.path.suffix}") if self.many else self.path
+            self.writers[sid] = self._stack.enter_context(VideoWriter(target, fps=self.fps.get(sid, 25.0)))
+            self.paths.append(str(target))
+        alert = self.threshold is not None and result.score > self.threshold
+        frame = pictures.overlay(result.original, result.anomaly_map, vmin=self.vmin, vmax=self.vmax, score=result.score, alert=alert)
+        self.writers[sid].write(frame)
+
+    def close(self) -> None:
+        self._stack.close()

@@ -1,0 +1,86 @@
+"""``scores.zarr``: results in the score store format (:mod:`streamad.score_store`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamad.frames import ScoreMap
+from streamad.score_store import FORMAT_VERSION, KIND, MAP_CHUNK_FRAMES
+from streamad.store import ArrayStore
+
+
+@dataclass(slots=True)
+class _Pending:
+    index: list[int]
+    pts_s: list[float]
+    score: list[float]
+    map_max: list[float]
+    maps: list[np.ndarray]
+    decision: list[bool] = field(default_factory=list)
+
+
+class ScoreStoreSink:
+    """Append results to a score store, buffering ``flush_every`` frames per source.
+
+    With a ``threshold``, the store gains ``decision`` and ``mask`` arrays. ``close()`` writes
+    the buffered tail and the per-source counts.
+    """
+
+    def __init__(
+        self,
+        store: ArrayStore,
+        *,
+        attrs: dict[str, Any],
+        write_maps: bool = True,
+        flush_every: int = 64,
+        threshold: float | None = None,
+    ) -> None:
+        self._threshold = threshold
+        self._store = store
+        self._write_maps = write_maps
+        self._flush_every = flush_every
+        self._pending: dict[str, _Pending] = {}
+        self._counts: dict[str, int] = {}
+        self._attrs = {"kind": KIND, "format_version": FORMAT_VERSION, **attrs, "sources": {}}
+        store.set_attrs(self._attrs)
+
+    def write(self, result: ScoreMap) -> None:
+        ref = result.ref
+        pending = self._pending.setdefault(ref.source_id, _Pending([], [], [], [], []))
+        if self._threshold is not None:
+            pending.decision.append(result.score > self._threshold)
+        pending.index.append(ref.index)
+        pending.pts_s.append(ref.pts_s)
+        pending.score.append(result.score)
+        pending.map_max.append(result.map_max)
+        if self._write_maps:
+            pending.maps.append(result.anomaly_map.astype(np.float16))
+        if len(pending.index) >= self._flush_every:
+            self._flush(ref.source_id)
+
+    def _flush(self, source_id: str) -> None:
+        pending = self._pending.pop(source_id, None)
+        if pending is None or not pending.index:
+            return
+        prefix = source_id
+        self._store.append(f"{prefix}/index", np.asarray(pending.index, np.int64))
+        self._store.append(f"{prefix}/pts_s", np.asarray(pending.pts_s, np.float64))
+        self._store.append(f"{prefix}/score", np.asarray(pending.score, np.float32))
+        self._store.append(f"{prefix}/map_max", np.asarray(pending.map_max, np.float32))
+        if pending.decision:
+            self._store.append(f"{prefix}/decision", np.asarray(pending.decision, bool))
+        if pending.maps:
+            maps = np.stack(pending.maps)
+            self._store.append(f"{prefix}/map", maps, chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
+            if self._threshold is not None:
+                self._store.append(f"{prefix}/mask", maps > np.float32(self._threshold), chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
+        self._counts[source_id] = self._counts.get(source_id, 0) + len(pending.index)
+
+    def close(self) -> None:
+        for source_id in list(self._pending):
+            self._flush(source_id)
+        self._attrs["sources"] = dict(self._counts)
+        self._store.set_attrs(self._attrs)
