@@ -88,7 +88,7 @@ def normalise_on(
     progress.start("normalising", reading.expected(sources))
     features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare)
     for batch in engine.consume(features):
-        kept.append((batch.refs, model.scorer.distances(batch.features).cpu()))  # (B, P) float32: 25 KB a frame at 64x96
+        kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, P) float32: 25 KB a frame at 64x96
         progress.advance(len(batch.refs))
     progress.finish()
     config = FrameScoreConfig()

@@ -111,30 +111,8 @@ def evaluate_predictions(
     pixel_level = pixels and truth.has_masks
     groups: dict[str, _Group] = {}
     overall = _Group(pixels=PixelMetrics() if pixel_level else None)
-    frames: list[Case] = []
     progress.start("evaluating", sum(len(s.labels) for s in truth.sources))
-    for labelled in truth.sources:
-        sid = labelled.source_id
-        if not store.exists(f"{sid}/score"):
-            there = sorted(attrs.get("sources", {}))
-            raise GroundTruthError(f"expected predictions for source {sid!r} in {store_path}, got none; hint: score the same test set (the store has {there})")
-        pred = read_source(store, sid, with_maps=pixel_level)
-        if pred.index.size and (pred.index.min() < 0 or pred.index.max() >= len(labelled.labels)):
-            raise GroundTruthError(
-                f"expected frame indices below {len(labelled.labels)} for source {sid!r} (its labelled frames), got {int(pred.index.max())} in {store_path}"
-            )
-        if pixel_level and pred.maps is None:
-            raise GroundTruthError(f"expected anomaly maps for source {sid!r} in {store_path}, got none; hint: score without --no-maps")
-        labels = labelled.labels[pred.index]
-        group = groups.setdefault(labelled.group, _Group(pixels=PixelMetrics() if pixel_level else None))
-        for target in (group, overall):
-            target.scores.append(pred.score.astype(np.float64))
-            target.labels.append(labels)
-        frames += [Case(sid, int(i), float(s), bool(y), str(labelled.source.paths[i])) for i, s, y in zip(pred.index, pred.score, labels, strict=True)]
-        if pixel_level:
-            _add_pixels(labelled, pred.index, pred.maps, (group.pixels, overall.pixels), progress)
-        else:
-            progress.advance(len(pred.index))
+    frames = [case for labelled in truth.sources for case in _add_source(store, attrs, store_path, labelled, groups, overall, pixel_level, progress)]
     progress.finish()
     all_scores, all_labels = overall.arrays()
     normal_pool = all_scores[~all_labels]
@@ -166,6 +144,40 @@ def evaluate_predictions(
     normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
     missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
     return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path))
+
+
+def _add_source(
+    store: Any,
+    attrs: dict[str, Any],
+    store_path: str | Path,
+    labelled: LabelledSource,
+    groups: dict[str, _Group],
+    overall: _Group,
+    pixel_level: bool,
+    progress: Progress,
+) -> list[Case]:
+    """One labelled source's predictions into its group and the overall row; its frames as cases."""
+    sid = labelled.source_id
+    if not store.exists(f"{sid}/score"):
+        there = sorted(attrs.get("sources", {}))
+        raise GroundTruthError(f"expected predictions for source {sid!r} in {store_path}, got none; hint: score the same test set (the store has {there})")
+    pred = read_source(store, sid, with_maps=pixel_level)
+    if pred.index.size and (pred.index.min() < 0 or pred.index.max() >= len(labelled.labels)):
+        raise GroundTruthError(
+            f"expected frame indices below {len(labelled.labels)} for source {sid!r} (its labelled frames), got {int(pred.index.max())} in {store_path}"
+        )
+    if pixel_level and pred.maps is None:
+        raise GroundTruthError(f"expected anomaly maps for source {sid!r} in {store_path}, got none; hint: score without --no-maps")
+    labels = labelled.labels[pred.index]
+    group = groups.setdefault(labelled.group, _Group(pixels=PixelMetrics() if pixel_level else None))
+    for target in (group, overall):
+        target.scores.append(pred.score.astype(np.float64))
+        target.labels.append(labels)
+    if pixel_level:
+        _add_pixels(labelled, pred.index, pred.maps, (group.pixels, overall.pixels), progress)
+    else:
+        progress.advance(len(pred.index))
+    return [Case(sid, int(i), float(s), bool(y), str(labelled.source.paths[i])) for i, s, y in zip(pred.index, pred.score, labels, strict=True)]
 
 
 def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, targets: tuple[PixelMetrics | None, ...], progress: Progress) -> None:

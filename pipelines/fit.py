@@ -74,27 +74,27 @@ def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
 def _open(
     sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, device: str
 ) -> tuple[ArrayStore, Model, FitProgress]:
-    """The store to write and the model to fit: a resumed one, or a new one."""
-    if isinstance(target, str | Path):
-        path = Path(target)
-        exists = (path / "zarr.json").is_file()
-        if resume and not exists:
-            raise StoreError(f"expected a store to resume at {path}, got none; hint: drop --resume to start a new fit")
-        if exists and not resume and not overwrite:
-            raise StoreError(f"expected a new store path, got an existing store {path}; hint: pass --resume to continue it or --overwrite to replace it")
-        store: ArrayStore = open_store(path, mode="a" if resume else "w")
-    else:
-        store = target
+    """The store to write and the model to fit: a resumed one, or a new one (built before the
+    store is touched, so a bad option leaves no store behind)."""
+    path = Path(target) if isinstance(target, str | Path) else None
+    exists = path is not None and (path / "zarr.json").is_file()
+    if path is not None and resume and not exists:
+        raise StoreError(f"expected a store to resume at {path}, got none; hint: drop --resume to start a new fit")
+    if exists and not resume and not overwrite:
+        raise StoreError(f"expected a new store path, got an existing store {path}; hint: pass --resume to continue it or --overwrite to replace it")
     if resume:
+        store = open_store(path, mode="a") if path is not None else target
+        assert not isinstance(store, str | Path)
         stored = config_from_attrs(store.attrs(), weights=config.weights if config else None)
         if config is not None:
             _check_same(replace(config, input_hw=config.input_hw or stored.input_hw), stored, str(target))
-        model = load(store, where=str(target), device=device, weights=stored.weights, fitted=False)
-        return store, model, read_progress(store)
+        return store, load(store, where=str(target), device=device, weights=stored.weights, fitted=False), read_progress(store)
     config = config or ModelConfig()
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
     model = Model(config, device=device)
+    store = open_store(path, mode="w") if path is not None else target
+    assert not isinstance(store, str | Path)
     create(store, model)
     return store, model, FitProgress()
 
@@ -139,7 +139,7 @@ def fit(
     with graceful_interrupt(runner) as interrupted:
         features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True)
         for batch in engine.consume(stages.rebatch(features, min_frames=options.accumulate_frames)):
-            model.scorer.update(batch.features)
+            model.update(batch.features)
             for ref in batch.refs:
                 state.next_index[ref.source_id] = ref.index + 1
             state.frames_seen += len(batch.refs)
@@ -156,7 +156,7 @@ def fit(
     if summary.interrupted:
         logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
         return summary
-    model.scorer.finalise()
+    model.finalise()
     total = Reading(options.every, frame_range, keep=holdout.held_out).expected(sources)
     normalisation = None
     if total >= 2:

@@ -55,7 +55,7 @@ class CameraModel:
             stored = config_from_attrs(self.store.attrs())
             extractor = extractors.get(stored.backbone, input_hw=stored.input_hw or (0, 0), weights=stored.weights)
             self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
-            self.progress.frames_seen = self.model.scorer.frames_seen if self.model else 0
+            self.progress.frames_seen = self.model.frames_seen if self.model else 0
         elif options.learn_for_s is None:
             raise ConfigError(f"expected a fitted model at {path} for camera {camera.name}, got none; hint: fit one, or pass --learn-for DURATION")
 
@@ -117,7 +117,7 @@ class CameraModel:
         fitted = [i for i, ref in enumerate(batch.refs) if HOLDOUT.fitted(ref.index)]
         part = stages.select(FeatureBatch(batch.refs, prepared), fitted)
         if fitted:
-            self.model.scorer.update(part.features)
+            self.model.update(part.features)
         for i, ref in enumerate(batch.refs):
             if HOLDOUT.held_out(ref.index) and len(self.held_out) < MAX_HELD_OUT:
                 self.held_out.append((ref, {k: v[i : i + 1].clone() for k, v in prepared.items()}))
@@ -128,20 +128,20 @@ class CameraModel:
 
     def _advance(self, refs: Sequence[FrameRef]) -> None:
         assert self.model is not None
-        self.progress.frames_seen = self.model.scorer.frames_seen
+        self.progress.frames_seen = self.model.frames_seen
         for ref in refs:
             self.progress.next_index[ref.source_id] = ref.index + 1
 
     def _finish_learning(self) -> None:
         assert self.model is not None and self.store is not None
-        if self.model.scorer.frames_seen < 2:
-            logger.warning("%s: only %d frames learned; learning on", self.camera.name, self.model.scorer.frames_seen)
+        if self.model.frames_seen < 2:
+            logger.warning("%s: only %d frames learned; learning on", self.camera.name, self.model.frames_seen)
             return
-        self.model.scorer.finalise()
+        self.model.finalise()
         self.learning_until = None
         normalisation = None
         if len(self.held_out) >= 2:
-            batches = [((ref,), self.model.scorer.distances(f)) for ref, f in self.held_out]
+            batches = [((ref,), self.model.distances(f)) for ref, f in self.held_out]
             normalisation = measure_normalisation(batches, self._normal_scores)
         self.held_out = []
         self.model.normalisation = normalisation
@@ -151,7 +151,7 @@ class CameraModel:
         self.model.threshold = threshold
         commit(self.store, self.model, self.progress, normalisation=normalisation, threshold=threshold)
         self._ready(self.model)
-        logger.warning("%s: learned from %d frames; threshold %s", self.camera.name, self.model.scorer.frames_seen, self.threshold)
+        logger.warning("%s: learned from %d frames; threshold %s", self.camera.name, self.model.frames_seen, self.threshold)
 
     def _normal_scores(self, refs: Sequence[FrameRef], distances: torch.Tensor, normalisation: Normalisation) -> list[float]:
         assert self.model is not None
@@ -160,12 +160,12 @@ class CameraModel:
     def _adapt(self, batch: FeatureBatch) -> None:
         """Fold frames judged normal into the state; refinalise every ``refresh_every`` frames."""
         assert self.model is not None
-        self.model.scorer.update(self.model.prepare(batch.features))
+        self.model.update(self.model.prepare(batch.features))
         self.dirty = True
         self._advance(batch.refs)
         self.adapted_since_refresh += len(batch.refs)
         if self.adapted_since_refresh >= self.options.refresh_every:
-            self.model.scorer.finalise()
+            self.model.finalise()
             self.adapted_since_refresh = 0
         if self.clock() - self.last_checkpoint >= self.options.checkpoint_every_s:
             self.checkpoint()
@@ -175,8 +175,8 @@ class CameraModel:
         (they were measured on the same camera's normal frames)."""
         if self.model is None or self.store is None or self.learning or not self.dirty:
             return
-        if not self.model.scorer.finalised:
-            self.model.scorer.finalise()
+        if not self.model.finalised:
+            self.model.finalise()
         self.adapted_since_refresh = 0
         commit(self.store, self.model, self.progress, normalisation=self.model.normalisation, threshold=self.model.threshold)
         self.dirty = False

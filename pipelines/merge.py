@@ -46,7 +46,7 @@ def merge(
     torch_device = str(pick_device(device))
     first = open_store(inputs[0], mode="r")
     model = load(first, where=str(inputs[0]), device=torch_device, fitted=False)
-    if not model.scorer.mergeable:
+    if not model.mergeable:
         method = model.config.method
         raise ConfigError(f"expected stores of a mergeable method, got {method!r} in {inputs[0]}, which cannot merge; hint: fit one store on all sources")
     state = read_progress(first)
@@ -54,7 +54,7 @@ def merge(
         store = open_store(path, mode="r")
         check_compatible(store.attrs(), model, str(path))
         other = load(store, where=str(path), device=torch_device, extractor=model.extractor, fitted=False)
-        model.scorer.merge(other.scorer)
+        model.merge(other)
         part = read_progress(store)
         for sid, n in part.next_index.items():
             state.next_index[sid if sid not in state.next_index else f"{sid}@{Path(path).name}"] = n
@@ -62,7 +62,7 @@ def merge(
     target = open_store(out, mode="w")
     create(target, model, merged_from=[str(Path(p)) for p in inputs])
     commit(target, model, state)
-    model.scorer.finalise()
+    model.finalise()
     normalisation = None
     if calibrate_on:
         normalisation = normalise_on(model, resolve_sources(calibrate_on), Reading(), batch_size=batch_size, progress=progress)

@@ -71,6 +71,20 @@ def load_model(model: str | Path | Model, *, device: str, weights: str | None) -
     return load(open_store(model, mode="r"), where=str(model), device=str(pick_device(device)), weights=weights)
 
 
+def _store_attrs(loaded: Model, model: str | Path | Model, options: ScoreOptions, *, threshold: float | None, decision: float | None) -> dict[str, Any]:
+    """The score store's root attributes: the model's definition, the frame-score settings and
+    the thresholds."""
+    return {
+        "model": {**loaded.describe(), "frames_seen": loaded.frames_seen},
+        "model_path": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
+        "input_hw": list(loaded.input_hw),
+        "frame_score": options.frame_score.attrs(),
+        "every": options.every,
+        "threshold": threshold,
+        "decision_threshold": decision,
+    }
+
+
 def score(
     specs: Sequence[str | Path | Source],
     model: str | Path | Model,
@@ -92,22 +106,14 @@ def score(
     loaded = load_model(model, device=options.device, weights=weights)
     frame_score = options.frame_score
     out = Path(out_dir) if out_dir is not None else None
+    summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
     decision = decision_threshold(loaded.threshold, options.threshold, frame_score.attrs())
     normal = quantile_threshold(loaded.normalisation, frame_score.attrs(), on="held-out fit frames") if frame_score.normalised else None
     summary.decisions = decision is not None
     summary.threshold = decision if decision is not None else (normal.value if normal else None)
-    attrs: dict[str, Any] = {
-        "model": {**loaded.describe(), "frames_seen": loaded.scorer.frames_seen},
-        "model_path": str(Path(model).resolve()) if isinstance(model, str | Path) else None,
-        "input_hw": list(loaded.input_hw),
-        "frame_score": frame_score.attrs(),
-        "every": options.every,
-        "threshold": summary.threshold,
-        "decision_threshold": decision,
-    }
+    attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)
     overlays = OverlaySink(overlay, fps={s.source_id: s.fps for s in sources}, threshold=summary.threshold) if overlay else None
     outputs = Sinks(
         [

@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from streamad import stages
 from streamad.cameras import Camera
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.decode import redact
 from streamad.engine import Engine
 from streamad.errors import ConfigError
-from streamad.features import Extractors, FeatureExtractor
+from streamad.features import Extractors
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
 from streamad.live import LiveOptions, LiveStream, is_live
 from streamad.pipelines.common import graceful_interrupt
@@ -99,6 +101,42 @@ def _readers(
     return lives, [reader(c.name) for c in cameras]
 
 
+def _count_drop(streams: dict[str, StreamStats]) -> Callable[[object], None]:
+    """Counts a frame a full drop-oldest queue discarded."""
+
+    def on_drop(item: object) -> None:
+        if isinstance(item, Frame):
+            streams[item.source_id].count("dropped", reason="queue full (drop-oldest)")
+
+    return on_drop
+
+
+def _route(cam: CameraModel, stats: StreamStats, alerts: AlertSink, hook: Callable[[Sequence[FrameRef]], None] | None) -> stages.Route:
+    """A camera's frames to its model: learned (counted) or scored (no adapting during an event)."""
+
+    def run(batch: FeatureBatch) -> list[ScoreMap]:
+        learning = cam.learning
+        results = cam(batch, hook=hook, event_open=cam.camera.name in alerts.open_events())
+        if learning:
+            stats.count("learned", len(batch.refs))
+        return results
+
+    return run
+
+
+def _sinks(out: Path, cameras: Sequence[Camera], streams: dict[str, StreamStats], alerts: AlertSink, options: WatchOptions, **stats: Any) -> Sinks:
+    """CSV and score store (no maps), alerts, live stats."""
+    cameras_attrs = [{"name": c.name, "url": redact(c.url), "model": c.model} for c in cameras]
+    return Sinks(
+        [
+            CsvSink(out / "scores.csv"),
+            ScoreStoreSink(ZarrStore(out / "scores.zarr", mode="w"), attrs={"cameras": cameras_attrs}, write_maps=False),
+            alerts,
+            StatsSink(streams, every_s=options.stats_every_s, **stats),
+        ]
+    )
+
+
 def watch(
     cameras: Sequence[Camera],
     out_dir: str | Path,
@@ -110,41 +148,24 @@ def watch(
     should_stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> WatchSummary:
-    """Watch ``cameras`` until they all end, ``duration_s`` passes or SIGINT/SIGTERM.
-
-    Writes ``out_dir/scores.csv`` and ``scores.zarr`` (per frame), ``out_dir/events.jsonl`` and
-    snapshot PNGs. ``scorer_hook(refs)`` runs before every scored batch (tests use it to slow the
-    scorer down); ``should_stop()`` ends the watch as SIGINT does (drain, flush, checkpoint).
-    """
+    """Watch ``cameras`` until they all end, ``duration_s`` passes, SIGINT/SIGTERM or ``should_stop()``;
+    writes ``scores.csv``, ``scores.zarr``, ``events.jsonl`` and snapshots to ``out_dir``.
+    ``scorer_hook(refs)`` runs before every scored batch (tests slow the scorer down with it)."""
     names = [c.name for c in cameras]
     if not cameras or len(set(names)) != len(names):
         raise ConfigError(f"expected at least one camera, with distinct names, got {names}")
-    out = Path(out_dir)
+    out, extractors = Path(out_dir), Extractors(pick_device(options.device))
     out.mkdir(parents=True, exist_ok=True)
-    device = str(pick_device(options.device))
-    extractors = Extractors(device)
-    models = {c.name: CameraModel(c, options, extractors, device=device, clock=clock) for c in cameras}
+    models = {c.name: CameraModel(c, options, extractors, device=str(extractors.device), clock=clock) for c in cameras}
     streams = {c.name: StreamStats() for c in cameras}
     summary = WatchSummary(str(out), streams)
     runner = Runner()
     engine = Engine(runner, extractors.device, batch_size=options.max_batch, live=True)
     lives, readers = _readers(cameras, streams, options, runner.stopping.is_set)
     alerts = AlertSink(out, lambda sid: models[sid].threshold, min_frames=options.min_frames)
-    cameras_attrs = [{"name": c.name, "url": redact(c.url), "model": c.model} for c in cameras]
-    sinks = Sinks(
-        [
-            CsvSink(out / "scores.csv"),
-            ScoreStoreSink(ZarrStore(out / "scores.zarr", mode="w"), attrs={"cameras": cameras_attrs}, write_maps=False),
-            alerts,
-            StatsSink(streams, every_s=options.stats_every_s, show=print_stats, json_path=stats_json, clock=clock),
-        ]
-    )
+    sinks = _sinks(out, cameras, streams, alerts, options, show=print_stats, json_path=stats_json, clock=clock)
     live = any(is_live(c.url) or options.live.realtime for c in cameras)
     deadline = None if options.duration_s is None else clock() + options.duration_s
-
-    def on_drop(item: object) -> None:
-        if isinstance(item, Frame):
-            streams[item.source_id].count("dropped", reason="queue full (drop-oldest)")
 
     def gathered(_: Iterator[object]) -> Iterator[list[Frame]]:
         for batch in runner.gather(channels, max_batch=options.max_batch, max_wait_s=options.max_wait_s):
@@ -152,27 +173,14 @@ def watch(
             summary.mixed_batches += len({f.source_id for f in batch}) > 1
             yield batch
 
-    def route(source_id: str) -> Callable[[FeatureBatch], list[ScoreMap]]:
-        cam = models[source_id]
-
-        def run(batch: FeatureBatch) -> list[ScoreMap]:
-            learning = cam.learning
-            results = cam(batch, hook=scorer_hook, event_open=source_id in alerts.open_events())
-            if learning:
-                streams[source_id].count("learned", len(batch.refs))
-            return results
-
-        return run
-
-    def extractor_of(frame: Frame) -> FeatureExtractor:
-        return models[frame.source_id].extractor_for(frame)
-
     with graceful_interrupt(runner) as interrupted:
         try:
-            channels = runner.sources(readers, maxsize=options.queue_size, policy="drop-oldest" if live else "block", on_drop=on_drop, name="camera")
+            policy = "drop-oldest" if live else "block"
+            channels = runner.sources(readers, maxsize=options.queue_size, policy=policy, on_drop=_count_drop(streams), name="camera")
             batches = runner.stage(gathered, iter(()), maxsize=1, name="gather")
-            features = engine.gathered_features(batches, extractor_of, keep_originals=True)
+            features = engine.gathered_features(batches, lambda frame: models[frame.source_id].extractor_for(frame), keep_originals=True)
             runner.stop_when(lambda: (deadline is not None and clock() >= deadline) or (should_stop is not None and should_stop()))
+            route = lambda sid: _route(models[sid], streams[sid], alerts, scorer_hook)  # noqa: E731
             for result in engine.consume(engine.scores(features, route, min_frames=1)):
                 sinks.write(result)
                 for name, stream in lives.items():

@@ -18,6 +18,7 @@ _LAZY = {
     "score": "streamad.api",
     "evaluate": "streamad.api",
     "load": "streamad.api",
+    "read_frames": "streamad.api",
     "ModelConfig": "streamad.config",
     "FrameScoreConfig": "streamad.config",
     "FitOptions": "streamad.pipelines.fit",

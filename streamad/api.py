@@ -1,10 +1,10 @@
 """The Python API: the jobs as functions, and an in-memory :class:`Detector`.
 
-Example (frames are RGB uint8 arrays, shape (H, W, 3))::
+Example (frames are RGB uint8 arrays, shape (H, W, 3); README.md runs the same with a video)::
 
     import streamad
 
-    detector = streamad.Detector(streamad.ModelConfig(input_hw=(64, 96), k=16))
+    detector = streamad.Detector(streamad.ModelConfig(k=16))
     detector.fit(normal_frames)
     for result in detector.score(new_frames):
         print(result.index, result.score, result.anomalous, result.anomaly_map.shape)
@@ -13,7 +13,7 @@ Example (frames are RGB uint8 arrays, shape (H, W, 3))::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from streamad.pipelines.fit import FitOptions, FitSummary
 from streamad.pipelines.fit import fit as fit_job
 from streamad.pipelines.score import ScoreOptions, ScoreSummary
 from streamad.pipelines.score import score as score_job
-from streamad.sources import FrameArrays
+from streamad.sources import FrameArrays, resolve_sources
 from streamad.store import MemoryStore
 
 
@@ -119,6 +119,13 @@ class Detector:
         detector = cls(model.config, device=device)
         detector.model = model
         return detector
+
+
+def read_frames(source: str | Path, *, every: int = 1) -> Iterator[np.ndarray]:
+    """The RGB uint8 frames (H, W, 3) of a video, frame folder or image glob, in order."""
+    for item in resolve_sources([source]):
+        for frame in item.frames(every=every):
+            yield frame.image
 
 
 def load(path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:

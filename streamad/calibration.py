@@ -84,9 +84,15 @@ class Normalisation:
 
 
 def normalise(distances: Tensor, normalisation: Normalisation) -> Tensor:
-    """Distances (B, P) relative to each position's mean distance on normal frames."""
+    """Distances (B, P) relative to each position's mean distance on normal frames.
+
+    A position whose normal distances were (nearly) all zero, as a scorer without a ridge gives
+    where the scene never changes, is divided by a floor of 1e-3 times the average position's
+    mean instead, so its map stays finite.
+    """
     mean = torch.as_tensor(normalisation.position_mean, device=distances.device)
-    return distances / mean.clamp_min(1e-6)
+    floor = max(1e-6, 1e-3 * float(mean.mean()))
+    return distances / mean.clamp_min(floor)
 
 
 def position_statistics(distances: Iterable[Tensor]) -> Normalisation:

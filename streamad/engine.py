@@ -78,7 +78,7 @@ class Scoring:
 
     def __call__(self, batch: FeatureBatch) -> list[ScoreMap]:
         features = batch.features if self.prepared else self.model.prepare(batch.features)
-        results = self.model.results(batch.refs, self.model.scorer.distances(features), frame_score=self.frame_score, originals=batch.originals)
+        results = self.model.results(batch.refs, self.model.distances(features), frame_score=self.frame_score, originals=batch.originals)
         if self.smoother is None:
             return results
         return [ScoreMap(r.ref, self.smoother(r.ref.source_id, r.score), r.map_max, r.anomaly_map, r.original) for r in results]

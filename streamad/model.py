@@ -62,6 +62,37 @@ class Model:
         """The scorer's per-batch preparation of the extractor's maps."""
         return self.scorer.prepare(features)
 
+    # The scorer protocol, as jobs reach it (they never touch the scorer's internals).
+
+    @property
+    def frames_seen(self) -> int:
+        return self.scorer.frames_seen
+
+    @property
+    def finalised(self) -> bool:
+        return self.scorer.finalised
+
+    @property
+    def mergeable(self) -> bool:
+        return bool(self.scorer.mergeable)
+
+    def update(self, prepared: Features) -> None:
+        """One streaming fit step on prepared features."""
+        self.scorer.update(prepared)
+
+    def finalise(self) -> None:
+        self.scorer.finalise()
+
+    def distances(self, prepared: Features) -> Tensor:
+        """Per-position distances (B, P) of prepared features."""
+        return self.scorer.distances(prepared)
+
+    def merge(self, other: Model) -> None:
+        """Add another partial fit of the same model (mergeable scorers only)."""
+        if not self.mergeable:
+            raise ConfigError(f"expected a mergeable method, got {self.config.method!r}, which cannot merge partial fits")
+        self.scorer.merge(other.scorer)
+
     def embed(self, frames: Sequence[np.ndarray]) -> Features:
         """RGB uint8 frames to the scorer's prepared features (extractor, then prepare)."""
         return self.prepare(self.extractor.extract(frames))

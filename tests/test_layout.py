@@ -1,0 +1,52 @@
+"""The architecture, checked: jobs stay short and reach models only through the scorer
+protocol; one module imports each heavy library."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = sorted((ROOT / "pipelines").glob("*.py")) + [ROOT / "cli.py"]
+LIBRARY = [p for p in sorted((ROOT / "streamad").rglob("*.py")) if not p.is_symlink()]
+
+
+def functions(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text())
+    nodes = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+    return [(node.name, (node.end_lineno or node.lineno) - node.lineno + 1) for node in nodes]
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_no_job_function_longer_than_60_lines(path: Path) -> None:
+    long = [(name, n) for name, n in functions(path) if n > 60]
+    assert not long, f"{path.name}: {long}"
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_jobs_do_not_reach_into_scorers(path: Path) -> None:
+    hits = [line for line in path.read_text().splitlines() if re.search(r"\.gaussian\.|\.chol\b|\.scorer\.", line)]
+    assert not hits, hits
+
+
+def test_model_store_knows_no_method() -> None:
+    text = (ROOT / "streamad" / "model_store.py").read_text()
+    assert not re.search(r"padim|soe|gaussian|\bm2\b|chol|projection", text, re.I)
+
+
+def test_watch_is_short() -> None:
+    assert len((ROOT / "pipelines" / "watch.py").read_text().splitlines()) < 250
+
+
+@pytest.mark.parametrize(("library", "owner"), [("zarr", "store.py"), ("av", "decode.py"), ("click", "cli.py")])
+def test_one_importer_per_heavy_library(library: str, owner: str) -> None:
+    importers = []
+    for path in [*LIBRARY, *JOBS]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name == library or name.startswith(library + ".") for name in names):
+                importers.append(path.name)
+    assert len(set(importers)) <= 1 and (not owner or set(importers) == {owner}), importers
