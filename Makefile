@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/streamad demo --out demo-output
 
 test: $(STAMP)
+	$(BIN)/ruff check streamad pipelines tests benchmarks cli.py
 	$(BIN)/python -m pytest -q streamad pipelines tests
 
 lint: $(STAMP)

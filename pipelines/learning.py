@@ -20,7 +20,7 @@ from streamad.errors import ConfigError
 from streamad.features import Extractors, FeatureExtractor, Features
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
 from streamad.model import Model
-from streamad.model_store import Progress, commit, config_from_attrs, create, load, open_store
+from streamad.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
 from streamad.preprocess import default_input_hw
 from streamad.store import ArrayStore
 
@@ -55,7 +55,7 @@ class CameraModel:
             stored = config_from_attrs(self.store.attrs())
             extractor = extractors.get(stored.backbone, input_hw=stored.input_hw or (0, 0), weights=stored.weights)
             self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
-            self.progress.frames_seen = self.model.frames_seen if self.model else 0
+            self.progress = read_progress(self.store)  # adapting adds to it
         elif options.learn_for_s is None:
             raise ConfigError(f"expected a fitted model at {path} for camera {camera.name}, got none; hint: fit one, or pass --learn-for DURATION")
 

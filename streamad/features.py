@@ -92,6 +92,3 @@ class Extractors:
         if key not in self._built:
             self._built[key] = FeatureExtractor(backbone, input_hw=input_hw, weights=weights, device=self.device)
         return self._built[key]
-
-    def __len__(self) -> int:
-        return len(self._built)
