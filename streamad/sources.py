@@ -51,6 +51,21 @@ def read_image(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def selected(count: int, *, every: int, start_index: int, stop_index: int | None, should_stop: Callable[[], bool] | None) -> Iterator[int]:
+    """Indices ``start_index <= i < min(count, stop_index)`` with ``i % every == 0``, until
+    ``should_stop()`` (polled before each).
+
+    Example:
+        >>> list(selected(10, every=3, start_index=2, stop_index=None, should_stop=None))
+        [3, 6, 9]
+    """
+    stop = count if stop_index is None else min(stop_index, count)
+    for index in range(start_index + (-start_index) % every, stop, every):
+        if should_stop is not None and should_stop():
+            return
+        yield index
+
+
 @dataclass(frozen=True, slots=True)
 class ImageSequence:
     """Frames stored as image files, in order: a frame folder, an image set or a glob."""
@@ -73,13 +88,8 @@ class ImageSequence:
         should_stop: Callable[[], bool] | None = None,
     ) -> Iterator[Frame]:
         """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``."""
-        for index, path in enumerate(self.paths):
-            if stop_index is not None and index >= stop_index:
-                return
-            if index < start_index or index % every:
-                continue
-            if should_stop is not None and should_stop():
-                return
+        for index in selected(len(self.paths), every=every, start_index=start_index, stop_index=stop_index, should_stop=should_stop):
+            path = self.paths[index]
             image = read_image(path)
             if image is None:
                 if on_drop is not None:
@@ -146,12 +156,7 @@ class FrameArrays:
         should_stop: Callable[[], bool] | None = None,
     ) -> Iterator[Frame]:
         """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``."""
-        stop = len(self.images) if stop_index is None else min(stop_index, len(self.images))
-        for index in range(start_index, stop):
-            if index % every:
-                continue
-            if should_stop is not None and should_stop():
-                return
+        for index in selected(len(self.images), every=every, start_index=start_index, stop_index=stop_index, should_stop=should_stop):
             image = np.asarray(self.images[index])
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise UnsupportedSourceError(
