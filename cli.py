@@ -6,6 +6,7 @@ zarr nor PyAV.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -26,7 +27,7 @@ class ClickProgress:
     """Progress bars on stderr (a :class:`streamad.pipelines.common.Progress`)."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+        self.enabled = enabled and sys.stderr.isatty()  # bars in a log file are noise
         self._bar: Any = None
 
     def start(self, label: str, total: int | None) -> None:
@@ -45,15 +46,39 @@ class ClickProgress:
             self._bar = None
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the user: streamad's own message, or what happened to which
+    path (file system), memory, or an unexpected error with the hint to rerun with --debug."""
+    if isinstance(exc, StreamadError):
+        text = str(exc)
+    elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
+        text = "expected the work to fit in memory, got an allocation failure; hint: lower --input-size or --batch-size, or use a machine with more memory"
+    elif isinstance(exc, OSError):
+        where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+        hint = {errno.ENOSPC: "free space on that disk or write elsewhere", errno.EACCES: "check the permissions", errno.EROFS: "write elsewhere"}
+        reason = exc.strerror or str(exc)
+        text = f"could not use {where}: {reason}; hint: {hint.get(exc.errno or 0, 'check the path')}"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        text = f"unexpected {type(exc).__name__}: {first}; hint: rerun with --debug for the traceback and report it"
+    return " ".join(text.split())
+
+
 def friendly_errors(func: F) -> F:
-    """Turn streamad's errors into one-line messages and a non-zero exit, without a traceback."""
+    """Turn any error into a one-line message and exit status 1, without a traceback (the
+    top-level ``--debug`` shows it)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except StreamadError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            context = click.get_current_context(silent=True)
+            if context is not None and (context.find_root().obj or {}).get("debug"):
+                raise
+            raise click.ClickException(one_line(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -72,15 +97,17 @@ def setup(threads: int | None, verbose: bool, *, flat_memory: bool = False) -> N
     """Logging, glibc's allocator (``flat_memory`` for fits: see tune_allocator) and threads."""
     from streamad.runtime import set_threads, tune_allocator
 
+    if threads is not None and threads < 1:
+        raise click.BadParameter(f"expected a thread count >= 1, got {threads}; hint: leave it out for torch's choice", param_hint="--threads")
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tune_allocator(flat_memory=flat_memory)
     set_threads(threads)
 
 
-def report_drops(dropped: dict[str, dict[str, int]]) -> None:
-    for source, reasons in dropped.items():
-        for reason, count in reasons.items():
-            click.echo(f"warning: {source}: {count} frame(s) skipped: {reason}", err=True)
+def report_drops(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -130,8 +157,11 @@ def score_options(kw: dict[str, Any], **extra: Any) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamad")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+@click.pass_context
+def main(context: click.Context, debug: bool) -> None:
     """Find and localise anomalies in videos, frame folders and image sets, without labels."""
+    context.obj = {"debug": debug}
 
 
 @main.command()
@@ -173,7 +203,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
         list(sources), model_path, config, options=FitOptions(**{n: kw[n] for n in names}), resume=kw["resume"], overwrite=kw["overwrite"], progress=progress
     )
     progress.finish()
-    report_drops(summary.dropped)
+    report_drops(summary.drop_report)
     if summary.interrupted:
         click.echo(f"interrupted: {summary.frames_seen} frames are in {model_path}; continue with `streamad fit ... -m {model_path} --resume`")
         return
@@ -204,9 +234,11 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
     progress = ClickProgress(not kw["quiet"])
     summary = run_score(list(sources), model_path, out_dir, options=options, overlay=kw["overlay"], plot=kw["plot"], weights=kw["weights"], progress=progress)
     progress.finish()
-    report_drops(summary.dropped)
-    frames = sum(summary.frames.values())
-    click.echo(f"scored {frames} frames from {len(summary.frames)} source(s)" + (" (interrupted)" if summary.interrupted else ""))
+    report_drops(summary.drop_report)
+    frames, dropped = sum(summary.frames.values()), sum(sum(r.values()) for r in summary.dropped.values())
+    if frames == 0 and not summary.interrupted:
+        raise click.ClickException(f"expected frames to score, got none ({dropped} dropped); hint: check the sources and --start/--stop")
+    click.echo(f"scored {frames} frames from {len(summary.frames)} source(s), {dropped} dropped" + (" (interrupted)" if summary.interrupted else ""))
     if summary.decisions:
         click.echo(f"  {sum(summary.anomalous.values())} frame(s) above the threshold {summary.threshold:.4g} (CSV column decision, zarr decision/mask)")
     click.echo(f"  scores:  {summary.csv}\n  maps:    {summary.store}")
@@ -311,6 +343,8 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
     for line in summary.lines():
         click.echo("  " + line)
     click.echo(f"  {len(summary.events)} event(s) in {summary.out_dir}/events.jsonl; scores in {summary.out_dir}/scores.csv")
+    if summary.gave_up and len(summary.gave_up) == len(summary.streams):
+        raise click.ClickException(f"expected a camera to stream, got all {len(summary.gave_up)} giving up; hint: check the URLs, credentials and network")
 
 
 @main.command(name="eval")

@@ -47,6 +47,10 @@ class FitOptions:
             raise ConfigError(f"expected 0 <= --start < --stop, got start={self.start}, stop={self.stop}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"expected --checkpoint-every >= 1, got {self.checkpoint_every}")
+        if self.calibration_frames < 1:
+            raise ConfigError(f"expected --calibration-frames >= 1, got {self.calibration_frames}; hint: fit on fewer frames with --stop instead")
+        if self.batch_size < 1:
+            raise ConfigError(f"expected --batch-size >= 1, got {self.batch_size}")
         HoldOut(self.holdout_every, self.every)  # checks --holdout-every
 
     @property
@@ -62,6 +66,7 @@ class FitSummary:
     interrupted: bool = False
     calibrated_on: int = 0
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    drop_report: list[str] = field(default_factory=list)
 
 
 def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
@@ -72,7 +77,7 @@ def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
 
 
 def _open(
-    sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, device: str
+    sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, every: int, device: str
 ) -> tuple[ArrayStore, Model, FitProgress]:
     """The store to write and the model to fit: a resumed one, or a new one (built before the
     store is touched, so a bad option leaves no store behind)."""
@@ -85,7 +90,10 @@ def _open(
     if resume:
         store = open_store(path, mode="a") if path is not None else target
         assert not isinstance(store, str | Path)
-        stored = config_from_attrs(store.attrs(), weights=config.weights if config else None)
+        stored = config_from_attrs(store.attrs(), weights=config.weights if config else None, where=str(target))
+        stored_every = store.attrs().get("every", 1)
+        if stored_every != every and store.attrs().get("frames_seen"):
+            raise ConfigError(f"expected --every {stored_every} to resume {target} (as counted), got {every}; hint: pass --every {stored_every}")
         if config is not None:
             _check_same(replace(config, input_hw=config.input_hw or stored.input_hw), stored, str(target))
         return store, load(store, where=str(target), device=device, weights=stored.weights, fitted=False), read_progress(store)
@@ -123,16 +131,40 @@ def fit(
     Frames are counted per source in order; a checkpoint every ``options.checkpoint_every`` frames
     records how far each source got, so an interrupted fit resumes exactly where it stopped.
     Every ``holdout_every``-th frame is kept out of the fit; at most ``calibration_frames`` of
-    those then measure the normalisation of the distances.
+    those then measure the normalisation of the distances. The store is locked while the fit
+    writes it; a replaced store (``overwrite``) is swapped out only at the new one's first commit.
     """
     sources = resolve_sources(specs)
-    target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, device=str(pick_device(options.device)))
+    target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, every=options.every, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
+    try:
+        _fit_pass(sources, target, model, state, options, summary, progress)
+        if summary.interrupted:
+            logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
+            return summary
+        model.finalise()
+        total = Reading(options.every, (options.start, options.stop), keep=options.holdout.held_out).expected(sources)
+        normalisation = None
+        if total >= 2:
+            sample = Reading(options.every, (options.start, options.stop), keep=options.holdout.sampler(total, options.calibration_frames))
+            normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress)
+            summary.calibrated_on = normalisation.frames
+        else:
+            logger.warning("only %d held-out frame(s): the model is not normalised; score it with --raw or fit on more frames", total)
+        commit(target, model, state, normalisation=normalisation, extra={"every": options.every})
+        return summary
+    finally:
+        if target is not store:  # opened here: release the writer lock
+            target.close()
+
+
+def _fit_pass(
+    sources: Sequence[Source], target: ArrayStore, model: Model, state: FitProgress, options: FitOptions, summary: FitSummary, progress: Progress
+) -> None:
+    """The fitting pass: fitted frames into the scorer, a checkpoint every so often and at the end."""
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=options.batch_size, workers=options.workers)
-    holdout = options.holdout
-    frame_range = (options.start, options.stop)
-    reading = Reading(options.every, frame_range, start=dict(state.next_index), keep=holdout.fitted)
+    reading = Reading(options.every, (options.start, options.stop), start=dict(state.next_index), keep=options.holdout.fitted)
     extra = {"every": options.every}
     since_checkpoint = 0
     progress.start("fitting", reading.expected(sources))
@@ -152,18 +184,4 @@ def fit(
         summary.interrupted = interrupted[0]
     progress.finish()
     commit(target, model, state, extra=extra)
-    summary.frames_seen, summary.dropped = state.frames_seen, engine.drops.by_reason()
-    if summary.interrupted:
-        logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
-        return summary
-    model.finalise()
-    total = Reading(options.every, frame_range, keep=holdout.held_out).expected(sources)
-    normalisation = None
-    if total >= 2:
-        sample = Reading(options.every, frame_range, keep=holdout.sampler(total, options.calibration_frames))
-        normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress)
-        summary.calibrated_on = normalisation.frames
-    else:
-        logger.warning("only %d held-out frame(s): the model is not normalised; score it with --raw or fit on more frames", total)
-    commit(target, model, state, normalisation=normalisation, extra=extra)
-    return summary
+    summary.frames_seen, summary.dropped, summary.drop_report = state.frames_seen, engine.drops.by_reason(), engine.drops.lines()

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 HOLDOUT = HoldOut(every_nth=10)  # while learning, every 10th frame is kept out to normalise on
 MAX_HELD_OUT = 64  # held-out features kept while learning
+MIN_LEARNED = 20  # learning goes on past --learn-for until this many frames were fitted ...
+MIN_HELD_OUT = 2  # ... and this many held out (the alert threshold is measured on them)
+MAX_GAP_S = 5.0  # a longer gap between a camera's frames (an outage) counts as this much time
 
 
 class CameraModel:
@@ -41,8 +44,9 @@ class CameraModel:
         self.model: Model | None = None
         self.store: ArrayStore | None = None
         self.progress = Progress()
-        self.learning_until: float | None = None
-        self.learning_from_pts = 0.0
+        self.learning_left_s: float | None = None  # stream time still to learn
+        self.last_pts_s: float | None = None
+        self.learning_on = False  # learning past --learn-for for want of frames
         self.held_out: list[tuple[FrameRef, Features]] = []
         self.adapted_since_refresh = 0
         self.dirty = False  # adapted since the store was written
@@ -51,8 +55,8 @@ class CameraModel:
         self.threshold: float | None = None  # alerts; None while learning
         path = Path(camera.model)
         if (path / "zarr.json").is_file():
-            self.store = open_store(path, mode="a")
-            stored = config_from_attrs(self.store.attrs())
+            self.store = open_store(path, mode="a" if options.adapt else "r")  # only a writer takes the lock
+            stored = config_from_attrs(self.store.attrs(), where=str(path))
             extractor = extractors.get(stored.backbone, input_hw=stored.input_hw or (0, 0), weights=stored.weights)
             self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
             self.progress = read_progress(self.store)  # adapting adds to it
@@ -61,7 +65,7 @@ class CameraModel:
 
     @property
     def learning(self) -> bool:
-        return self.model is None or self.learning_until is not None
+        return self.model is None or self.learning_left_s is not None
 
     def _ready(self, model: Model) -> None:
         """Score from now on: the alert threshold is ``--threshold``, the stored one (for these
@@ -82,8 +86,10 @@ class CameraModel:
         return self.model.extractor
 
     def _start_learning(self, frame: Frame) -> None:
-        """A new model; learns for ``learn_for_s`` of wall time or of stream time (presentation
-        times), whichever passes first (a file decodes faster than real time)."""
+        """A new model, learning for ``learn_for_s`` of stream time: presentation times, which
+        advance with the camera (frames dropped under load still let time pass) and run ahead
+        of the wall clock for a file. The store is built beside its path and appears at the
+        first commit, so a crash while learning leaves no half-learned store."""
         config = self.options.learn_config
         if config.input_hw is None:
             config = replace(config, input_hw=default_input_hw(frame.image.shape[:2]))
@@ -91,8 +97,7 @@ class CameraModel:
         self.model = Model(config, device=self.device, extractor=extractor)
         self.store = open_store(self.camera.model, mode="w")
         create(self.store, self.model)
-        self.learning_until = self.clock() + float(self.options.learn_for_s or 0)
-        self.learning_from_pts = frame.pts_s
+        self.learning_left_s = float(self.options.learn_for_s or 0)
         logger.warning("%s: learning a model for %.0f s into %s", self.camera.name, self.options.learn_for_s, self.camera.model)
 
     def __call__(self, batch: FeatureBatch, *, hook: Callable[[Sequence[FrameRef]], None] | None = None, event_open: bool = False) -> list[ScoreMap]:
@@ -122,9 +127,12 @@ class CameraModel:
             if HOLDOUT.held_out(ref.index) and len(self.held_out) < MAX_HELD_OUT:
                 self.held_out.append((ref, {k: v[i : i + 1].clone() for k, v in prepared.items()}))
         self._advance(batch.refs)
-        stream_time = batch.refs[-1].pts_s - self.learning_from_pts
-        if self.learning_until is not None and (self.clock() >= self.learning_until or stream_time >= float(self.options.learn_for_s or 0)):
-            self._finish_learning()
+        for ref in batch.refs:
+            if self.last_pts_s is not None and self.learning_left_s is not None:
+                self.learning_left_s -= min(max(ref.pts_s - self.last_pts_s, 0.0), MAX_GAP_S)
+            self.last_pts_s = ref.pts_s
+        if self.learning_left_s is not None and self.learning_left_s <= 0:
+            self._finish_learning(final=False)
 
     def _advance(self, refs: Sequence[FrameRef]) -> None:
         assert self.model is not None
@@ -132,13 +140,18 @@ class CameraModel:
         for ref in refs:
             self.progress.next_index[ref.source_id] = ref.index + 1
 
-    def _finish_learning(self) -> None:
+    def _finish_learning(self, *, final: bool) -> None:
+        """Finalise what was learned, measure the normalisation and threshold on the held-out
+        frames and commit; too few frames: learn on (or, ``final``, leave no store)."""
         assert self.model is not None and self.store is not None
-        if self.model.frames_seen < 2:
-            logger.warning("%s: only %d frames learned; learning on", self.camera.name, self.model.frames_seen)
+        enough = (MIN_LEARNED, MIN_HELD_OUT) if not final else (2, 0)
+        if self.model.frames_seen < enough[0] or len(self.held_out) < enough[1]:
+            if not final and not self.learning_on:
+                logger.warning("%s: only %d frames learned (%d held out); learning on", self.camera.name, self.model.frames_seen, len(self.held_out))
+                self.learning_on = True
             return
         self.model.finalise()
-        self.learning_until = None
+        self.learning_left_s = None
         normalisation = None
         if len(self.held_out) >= 2:
             batches = [((ref,), self.model.distances(f)) for ref, f in self.held_out]
@@ -183,7 +196,12 @@ class CameraModel:
         self.last_checkpoint = self.clock()
 
     def close(self) -> None:
-        """At the end: finish learning (when enough was learned) and save adapted state."""
-        if self.model is not None and self.learning:
-            self._finish_learning()
-        self.checkpoint()
+        """At the end: finish learning (when enough was learned), save adapted state and
+        release the store (an unfinished learning leaves none)."""
+        try:
+            if self.model is not None and self.learning:
+                self._finish_learning(final=True)
+            self.checkpoint()
+        finally:
+            if self.store is not None:
+                self.store.close()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamad.engine import Reading
 from streamad.errors import ConfigError, StoreError
 from streamad.model_store import check_compatible, commit, create, load, open_store, read_progress
+from streamad.outputs import check_outputs
 from streamad.pipelines.common import Progress, no_progress, normalise_on
 from streamad.runtime import pick_device
 from streamad.sources import resolve_sources
@@ -43,6 +45,8 @@ def merge(
     out = Path(output)
     if (out / "zarr.json").exists() and not overwrite:
         raise StoreError(f"expected a new output path, got an existing store {out}; hint: pass --overwrite")
+    check_outputs({"the merged store": out}, inputs)
+    _check_distinct(inputs)
     torch_device = str(pick_device(device))
     first = open_store(inputs[0], mode="r")
     model = load(first, where=str(inputs[0]), device=torch_device, fitted=False)
@@ -52,19 +56,42 @@ def merge(
     state = read_progress(first)
     for path in inputs[1:]:
         store = open_store(path, mode="r")
-        check_compatible(store.attrs(), model, str(path))
+        check_compatible(store.attrs(), model, str(path), hint="merge only stores fitted with the same settings")
         other = load(store, where=str(path), device=torch_device, extractor=model.extractor, fitted=False)
         model.merge(other)
         part = read_progress(store)
         for sid, n in part.next_index.items():
             state.next_index[sid if sid not in state.next_index else f"{sid}@{Path(path).name}"] = n
         state.frames_seen += part.frames_seen
+    parts = sorted({part for path in inputs for part in _parts(open_store(path, mode="r").attrs(), path)})
     target = open_store(out, mode="w")
-    create(target, model, merged_from=[str(Path(p)) for p in inputs])
-    commit(target, model, state)
-    model.finalise()
-    normalisation = None
-    if calibrate_on:
-        normalisation = normalise_on(model, resolve_sources(calibrate_on), Reading(), batch_size=batch_size, progress=progress)
-    commit(target, model, state, normalisation=normalisation)
+    try:
+        create(target, model, merged_from=[str(Path(p)) for p in inputs], parts=parts)
+        commit(target, model, state)
+        model.finalise()
+        normalisation = None
+        if calibrate_on:
+            normalisation = normalise_on(model, resolve_sources(calibrate_on), Reading(), batch_size=batch_size, progress=progress)
+        commit(target, model, state, normalisation=normalisation)
+    finally:
+        target.close()
     return MergeSummary(str(out), len(inputs), state.frames_seen, normalisation.frames if normalisation else 0)
+
+
+def _parts(attrs: dict[str, Any], path: str | Path) -> list[str]:
+    """The fits a store's statistics came from: its own id, or its inputs' ids once merged."""
+    return list(attrs.get("parts") or [attrs.get("fit_id") or str(Path(path).resolve())])
+
+
+def _check_distinct(inputs: Sequence[str | Path]) -> None:
+    """Refuse a store given twice, under any spelling, a copy of one, or a merge holding one."""
+    seen: dict[str, str | Path] = {}
+    for path in inputs:
+        resolved = str(Path(path).resolve())
+        for part in {resolved, *_parts(open_store(path, mode="r").attrs(), path)}:
+            if part in seen:
+                raise ConfigError(
+                    f"expected distinct fits to merge, got {path} and {seen[part]} holding the same fit ({part[:12]}...); "
+                    "hint: its frames would count twice: give each fit once"
+                )
+            seen[part] = path

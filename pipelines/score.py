@@ -15,16 +15,17 @@ from streamad.engine import Engine, Reading, Scoring
 from streamad.errors import ConfigError
 from streamad.model import Model
 from streamad.model_store import load, open_store
+from streamad.outputs import check_outputs, input_paths
 from streamad.pipelines.common import Progress, graceful_interrupt, no_progress
 from streamad.runner import Runner
 from streamad.runtime import pick_device
+from streamad.score_store import create_scores
 from streamad.sinks import Sink, Sinks
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
 from streamad.sinks.score_store import ScoreStoreSink
 from streamad.sinks.timeline import TimelineSink
 from streamad.sources import Source, resolve_sources
-from streamad.store import ZarrStore
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class ScoreSummary:
     store: str
     frames: Counter[str] = field(default_factory=Counter)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    drop_report: list[str] = field(default_factory=list)
     overlays: list[str] = field(default_factory=list)
     plot: str | None = None
     interrupted: bool = False
@@ -102,10 +104,12 @@ def score(
     Writes ``out_dir/scores.csv`` and ``out_dir/scores.zarr`` (nothing when ``out_dir`` is
     None), optionally an overlay video and a timeline, and hands every result to ``sinks``.
     """
+    out = Path(out_dir) if out_dir is not None else None
+    written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
+    check_outputs(written, input_paths([*specs, model]))
     sources = resolve_sources(specs)
     loaded = load_model(model, device=options.device, weights=weights)
     frame_score = options.frame_score
-    out = Path(out_dir) if out_dir is not None else None
     summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,7 @@ def score(
     outputs = Sinks(
         [
             CsvSink(out / "scores.csv", threshold=decision) if out else None,
-            ScoreStoreSink(ZarrStore(out / "scores.zarr", mode="w"), attrs=attrs, write_maps=options.write_maps, threshold=decision) if out else None,
+            ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=attrs, write_maps=options.write_maps, threshold=decision) if out else None,
             overlays,
             TimelineSink(plot, threshold=summary.threshold) if plot else None,
             *sinks,
@@ -141,5 +145,5 @@ def score(
     progress.finish()
     summary.overlays = overlays.paths if overlays else []
     summary.plot = str(plot) if plot and summary.frames else None
-    summary.dropped = engine.drops.by_reason()
+    summary.dropped, summary.drop_report = engine.drops.by_reason(), engine.drops.lines()
     return summary

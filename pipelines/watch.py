@@ -8,6 +8,7 @@ for: received = scored + learned + dropped, by reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,22 +19,23 @@ from typing import Any
 from streamad import stages
 from streamad.cameras import Camera
 from streamad.config import FrameScoreConfig, ModelConfig
-from streamad.decode import redact
 from streamad.engine import Engine
 from streamad.errors import ConfigError
 from streamad.features import Extractors
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
 from streamad.live import LiveOptions, LiveStream, is_live
+from streamad.outputs import check_outputs, input_paths
 from streamad.pipelines.common import graceful_interrupt
 from streamad.pipelines.learning import CameraModel
 from streamad.runner import Runner
 from streamad.runtime import pick_device
+from streamad.score_store import create_scores
 from streamad.sinks import Sinks
 from streamad.sinks.alerts import AlertSink, Event
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.score_store import ScoreStoreSink
 from streamad.sinks.stats import StatsSink, StreamStats
-from streamad.store import ZarrStore
+from streamad.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,11 @@ class WatchSummary:
 
     def lines(self) -> list[str]:
         return [s.line(name) for name, s in self.streams.items()]
+
+    @property
+    def gave_up(self) -> list[str]:
+        """The cameras that gave up reconnecting (``--max-retries``)."""
+        return [name for name, s in self.streams.items() if s.gave_up]
 
 
 def _readers(
@@ -130,11 +137,32 @@ def _sinks(out: Path, cameras: Sequence[Camera], streams: dict[str, StreamStats]
     return Sinks(
         [
             CsvSink(out / "scores.csv"),
-            ScoreStoreSink(ZarrStore(out / "scores.zarr", mode="w"), attrs={"cameras": cameras_attrs}, write_maps=False),
+            ScoreStoreSink(create_scores(out / "scores.zarr"), attrs={"cameras": cameras_attrs}, write_maps=False),
             alerts,
             StatsSink(streams, every_s=options.stats_every_s, **stats),
         ]
     )
+
+
+def _sync_states(lives: dict[str, LiveStream], streams: dict[str, StreamStats]) -> None:
+    for name, stream in lives.items():
+        streams[name].reconnects, streams[name].state, streams[name].gave_up = stream.reconnects, stream.state, stream.gave_up
+
+
+def _check_cameras(cameras: Sequence[Camera], options: WatchOptions) -> None:
+    """Distinct names; and a store of its own for every camera whose model is written."""
+    names = [c.name for c in cameras]
+    if not cameras or len(set(names)) != len(names):
+        raise ConfigError(f"expected at least one camera, with distinct names, got {names}")
+    if options.adapt or options.learn_for_s is not None:
+        owners: dict[Path, str] = {}
+        for camera in cameras:
+            shared = owners.setdefault(Path(camera.model).resolve(), camera.name)
+            if shared != camera.name:
+                raise ConfigError(
+                    f"expected a model store per camera to learn or adapt, got {camera.model} for both {shared} and {camera.name}; "
+                    f"hint: --model {shared}=a.zarr --model {camera.name}=b.zarr"
+                )
 
 
 def watch(
@@ -151,19 +179,14 @@ def watch(
     """Watch ``cameras`` until they all end, ``duration_s`` passes, SIGINT/SIGTERM or ``should_stop()``;
     writes ``scores.csv``, ``scores.zarr``, ``events.jsonl`` and snapshots to ``out_dir``.
     ``scorer_hook(refs)`` runs before every scored batch (tests slow the scorer down with it)."""
-    names = [c.name for c in cameras]
-    if not cameras or len(set(names)) != len(names):
-        raise ConfigError(f"expected at least one camera, with distinct names, got {names}")
+    _check_cameras(cameras, options)
     out, extractors = Path(out_dir), Extractors(pick_device(options.device))
+    check_outputs({"the score store": out / "scores.zarr", "the CSV": out / "scores.csv"}, input_paths([c.url for c in cameras] + [c.model for c in cameras]))
     out.mkdir(parents=True, exist_ok=True)
-    models = {c.name: CameraModel(c, options, extractors, device=str(extractors.device), clock=clock) for c in cameras}
     streams = {c.name: StreamStats() for c in cameras}
     summary = WatchSummary(str(out), streams)
     runner = Runner()
     engine = Engine(runner, extractors.device, batch_size=options.max_batch, live=True)
-    lives, readers = _readers(cameras, streams, options, runner.stopping.is_set)
-    alerts = AlertSink(out, lambda sid: models[sid].threshold, min_frames=options.min_frames)
-    sinks = _sinks(out, cameras, streams, alerts, options, show=print_stats, json_path=stats_json, clock=clock)
     live = any(is_live(c.url) or options.live.realtime for c in cameras)
     deadline = None if options.duration_s is None else clock() + options.duration_s
 
@@ -173,24 +196,24 @@ def watch(
             summary.mixed_batches += len({f.source_id for f in batch}) > 1
             yield batch
 
-    with graceful_interrupt(runner) as interrupted:
-        try:
-            policy = "drop-oldest" if live else "block"
-            channels = runner.sources(readers, maxsize=options.queue_size, policy=policy, on_drop=_count_drop(streams), name="camera")
-            batches = runner.stage(gathered, iter(()), maxsize=1, name="gather")
-            features = engine.gathered_features(batches, lambda frame: models[frame.source_id].extractor_for(frame), keep_originals=True)
-            runner.stop_when(lambda: (deadline is not None and clock() >= deadline) or (should_stop is not None and should_stop()))
-            route = lambda sid: _route(models[sid], streams[sid], alerts, scorer_hook)  # noqa: E731
-            for result in engine.consume(engine.scores(features, route, min_frames=1)):
-                sinks.write(result)
-                for name, stream in lives.items():
-                    streams[name].reconnects = stream.reconnects
-            summary.interrupted = interrupted[0]
-        finally:
-            for cam in models.values():
-                cam.close()
-            for name, stream in lives.items():
-                streams[name].reconnects, streams[name].state = stream.reconnects, stream.state
-            sinks.close()
+    with graceful_interrupt(runner) as interrupted, contextlib.ExitStack() as closing:  # closes run on every path, last opened first
+        models: dict[str, CameraModel] = {}
+        for c in cameras:
+            models[c.name] = CameraModel(c, options, extractors, device=str(extractors.device), clock=clock)
+            closing.callback(models[c.name].close)  # finishes learning, checkpoints, releases the store
+        alerts = AlertSink(out, lambda sid: models[sid].threshold, min_frames=options.min_frames)
+        sinks = _sinks(out, cameras, streams, alerts, options, show=print_stats, json_path=stats_json, clock=clock)
+        closing.callback(sinks.close)
+        lives, readers = _readers(cameras, streams, options, runner.stopping.is_set)
+        closing.callback(_sync_states, lives, streams)
+        channels = runner.sources(readers, maxsize=options.queue_size, policy="drop-oldest" if live else "block", on_drop=_count_drop(streams), name="camera")
+        batches = runner.stage(gathered, iter(()), maxsize=1, name="gather")
+        features = engine.gathered_features(batches, lambda frame: models[frame.source_id].extractor_for(frame), keep_originals=True)
+        runner.stop_when(lambda: (deadline is not None and clock() >= deadline) or (should_stop is not None and should_stop()))
+        route = lambda sid: _route(models[sid], streams[sid], alerts, scorer_hook)  # noqa: E731
+        for result in engine.consume(engine.scores(features, route, min_frames=1)):
+            sinks.write(result)
+            _sync_states(lives, streams)
+        summary.interrupted = interrupted[0]
     summary.events = alerts.events
     return summary

@@ -10,6 +10,7 @@ user names.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,19 @@ def lite0_weights_path() -> Path:
 
 def _load_state_dict(path: Path, name: str) -> dict[str, Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise WeightsError(f"expected a weights file for {name}, got {path} (missing)") from exc
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise WeightsError(f"expected a PyTorch state dict for {name} in {path}, got an unreadable file ({exc})") from exc
+        # torch's message runs to several lines and advises weights_only=False: nothing was
+        # executed, and loading stays safe, so only its cause is shown
+        cause = next((line.strip() for line in str(exc).splitlines() if line.strip() and "weights_only" not in line), type(exc).__name__)
+        raise WeightsError(
+            f"expected a PyTorch state dict for {name} in {path}, got a file torch cannot load safely ({cause[:200]}); "
+            "hint: save the backbone with torch.save(model.state_dict(), path)"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -19,6 +19,7 @@ import numpy as np
 
 from streamad.errors import DecodeError, UnsupportedSourceError
 from streamad.frames import Frame
+from streamad.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class VideoInfo:
     width: int
     height: int
     codec: str
+    exact: bool = True  # ``frames`` is the container's count, not estimated from the duration
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -49,7 +51,7 @@ def probe(path: str | Path) -> VideoInfo:
                 raise UnsupportedSourceError(f"expected a video stream in {path}, got none; hint: pass a video file, a folder of images or an image glob")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.base_rate or Fraction(25)
-            frames = stream.frames
+            frames, exact = stream.frames, bool(stream.frames)
             if not frames and stream.duration and stream.time_base:
                 frames = int(round(float(stream.duration * stream.time_base) * float(rate)))
             return VideoInfo(
@@ -58,6 +60,7 @@ def probe(path: str | Path) -> VideoInfo:
                 width=int(stream.codec_context.width),
                 height=int(stream.codec_context.height),
                 codec=str(stream.codec_context.name),
+                exact=exact,
             )
     except av.FFmpegError as exc:
         raise UnsupportedSourceError(
@@ -65,12 +68,39 @@ def probe(path: str | Path) -> VideoInfo:
         ) from exc
 
 
+class _Timeline:
+    """Frame numbers from presentation times.
+
+    In a constant-rate stream a frame's number is ``round((pts - start) * time_base * rate)``,
+    so a frame lost to damage leaves a gap instead of shifting every later number. Where the
+    rate varies (or a stream gives no times) frames are numbered in decoding order.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream, *, by_pts: bool) -> None:
+        rate, average = stream.base_rate, stream.average_rate
+        constant = bool(rate and average and abs(float(rate / average) - 1) < 0.01 and stream.time_base)
+        self.by_pts = by_pts and constant
+        self.rate, self.time_base = rate, stream.time_base
+        self.start = stream.start_time
+
+    def number(self, vframe: av.VideoFrame, following: int) -> int | None:
+        """The frame's number, given that the next one in order would be ``following``; None
+        for a frame whose number has passed (damage can make a decoder repeat or reorder)."""
+        if not self.by_pts or vframe.pts is None:
+            return following
+        if self.start is None:
+            self.start = vframe.pts
+        number = int(round(float((vframe.pts - self.start) * self.time_base * self.rate)))
+        return number if number >= following else None
+
+
 class _Packets:
     """The decoded frames of a stream, as ``(index, frame)``, indices counted from ``index``.
 
-    A packet that fails to decode loses one frame: it is reported to ``on_drop`` and counted
-    under the index it would have had, so later indices stay true. ``self.index`` is the next
-    index once iteration ends.
+    With ``by_pts`` (files) a frame's index comes from its presentation time, and every index
+    skipped is reported to ``on_drop`` with the last decoding error as its reason. Otherwise
+    (live streams) a packet that fails to decode counts as one lost frame. ``self.index`` is the
+    next index once iteration ends; ``self.finished`` tells whether the stream ended by itself.
     """
 
     def __init__(
@@ -83,12 +113,24 @@ class _Packets:
         on_drop: DropCallback | None,
         should_stop: Callable[[], bool] | None,
         stop_index: int | None = None,
+        by_pts: bool = False,
     ) -> None:
         self.container, self.stream, self.source_id, self.index = container, stream, source_id, index
         self.on_drop, self.should_stop, self.stop_index = on_drop, should_stop, stop_index
+        self.timeline = _Timeline(stream, by_pts=by_pts)
+        self.first, self.finished, self.decoded = index, False, 0
+        self._error = ""
 
     def _stopped(self) -> bool:
         return self.stop_index is not None and self.index >= self.stop_index
+
+    def drop(self, upto: int, reason: str) -> None:
+        """Report indices ``self.index <= i < upto`` as lost, and move past them."""
+        stop = upto if self.stop_index is None else min(upto, self.stop_index)
+        for lost in range(self.index, stop):
+            if self.on_drop is not None:
+                self.on_drop(self.source_id, lost, reason)
+        self.index = max(self.index, upto)
 
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
         for packet in self.container.demux(self.stream):
@@ -97,16 +139,22 @@ class _Packets:
             try:
                 decoded = packet.decode()
             except av.FFmpegError as exc:
-                if packet.size:
-                    if self.on_drop is not None:
-                        self.on_drop(self.source_id, self.index, f"corrupt frame ({exc.strerror or exc})")
-                    self.index += 1
+                self._error = f"corrupt data ({exc.strerror or exc})"
+                if packet.size and not self.timeline.by_pts:
+                    self.drop(self.index + 1, self._error)
                 continue
             for vframe in decoded:
+                number = self.timeline.number(vframe, self.index - self.first)
+                if number is None:  # already yielded or reported lost: its number stays true
+                    continue
+                self.drop(self.first + number, self._error or "missing data")
+                self._error = ""
                 if self._stopped():
                     return
+                self.decoded += 1
                 yield self.index, vframe
                 self.index += 1
+        self.finished = True
 
 
 def decode_video(
@@ -121,21 +169,30 @@ def decode_video(
 ) -> Iterator[Frame]:
     """Decode a video file into frames, keeping presentation times.
 
+    A frame's ``index`` is its true position in the stream (from its presentation time where the
+    frame rate is constant), so frames lost to damage leave gaps: each lost frame the job would
+    have read is reported to ``on_drop`` with its reason (corrupt data, missing data, truncated
+    file), and later indices stay true.
+
     Args:
         path: the video file.
         source_id: name stamped on every frame.
         every: keep every ``every``-th frame (index 0, every, 2*every, ...).
         start_index: skip frames with an index below this (resuming a partial fit).
         stop_index: stop before this index (None: the end of the stream).
-        on_drop: told about every packet that failed to decode (a corrupt frame is skipped, not
-            fatal).
+        on_drop: told about every lost frame (damage is reported, not fatal).
         should_stop: polled between packets; decoding ends when it returns true.
 
     Yields:
-        Frames with ``index`` counted over every decoded frame of the stream, 0-based.
+        Frames with ``index`` their 0-based position in the stream.
     """
     info = probe(path)
     fps = info.fps or 25.0
+
+    def wanted(sid: str, index: int, reason: str) -> None:
+        if on_drop is not None and index >= start_index and index % every == 0:
+            on_drop(sid, index, reason)
+
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
@@ -143,7 +200,7 @@ def decode_video(
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=on_drop, should_stop=should_stop, stop_index=stop_index)
+        packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=wanted, should_stop=should_stop, stop_index=stop_index, by_pts=True)
         for index, vframe in packets:
             if index >= start_index and index % every == 0:
                 pts_s = float(vframe.time) if vframe.time is not None else index / fps
@@ -154,8 +211,13 @@ def decode_video(
                     image=vframe.to_ndarray(format="rgb24"),
                     t_decoded_s=time.monotonic(),
                 )
-    if packets.index == 0:
+    if not packets.finished:
+        return
+    if packets.decoded == 0:
         raise DecodeError(f"expected decodable frames in {path}, got none; hint: the file may be truncated or use a codec this FFmpeg build lacks")
+    if packets.index < info.frames and (info.exact or info.frames - packets.index > max(2, info.frames // 50)):
+        logger.warning("%s ends after frame %d of %d expected: the file is truncated", path, packets.index - 1, info.frames)
+        packets.drop(info.frames, f"truncated file (ends after frame {packets.index - 1} of {info.frames})")
 
 
 class VideoWriter:
@@ -248,18 +310,3 @@ def read_stream(
                 yield Frame(source_id, index, pts_s, vframe.to_ndarray(format="rgb24"), "", time.monotonic())
         except (av.FFmpegError, OSError) as exc:  # a network error mid-stream ends this connection
             logger.info("%s: stream error: %s", redact(url), getattr(exc, "strerror", None) or exc)
-
-
-def redact(url: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; anything else unchanged.
-
-    Example:
-        >>> redact("rtsp://admin:hunter2@10.0.0.5:554/stream1")
-        'rtsp://admin:***@10.0.0.5:554/stream1'
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, host = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url

@@ -49,6 +49,8 @@ class Reading:
     def frames(self, sources: Sequence[Source], *, drops: DropLog, should_stop: Callable[[], bool]) -> Iterator[Frame]:
         """The frames of every source, one source after the other."""
         for source in sources:
+            if should_stop():  # stopped: the next source is not started
+                return
             for frame in source.frames(
                 every=self.every, start_index=self.begin(source), stop_index=self.frame_range[1], on_drop=drops, should_stop=should_stop
             ):

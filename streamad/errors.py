@@ -51,3 +51,7 @@ def check_shape(name: str, shape: tuple[int, ...], expected: str, ok: bool) -> N
     """Raise :class:`ShapeError` naming the tensor when ``ok`` is false."""
     if not ok:
         raise ShapeError(f"expected {name} of shape {expected}, got {tuple(shape)}")
+
+
+class StoreLockedError(StreamadError, BlockingIOError):
+    """Another process is writing the store."""

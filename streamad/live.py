@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamad.decode import DropCallback, read_stream, redact
+from streamad.decode import DropCallback, read_stream
 from streamad.errors import ConfigError, DecodeError
 from streamad.frames import Frame
+from streamad.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,10 @@ class LiveStream:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not is_live(url) and not Path(url).exists():
-            raise ConfigError(f"expected a live URL (rtsp://, http://, /dev/videoN) or an existing file, got {url!r}")
+            raise ConfigError(f"expected a live URL (rtsp://, http://, /dev/videoN) or an existing file, got {redact(url)!r}")
         self.url, self.source_id, self.options = url, source_id, options
         self.state = ""
+        self.gave_up = False  # ended by --max-retries, not by the stream's end or a stop
         self.connections = 0
         self.reconnects = 0
         self._on_state = on_state
@@ -127,6 +129,7 @@ class LiveStream:
             if not got_frames:
                 failures += 1
             if self.options.max_retries is not None and failures > self.options.max_retries:
+                self.gave_up = True
                 self._set("ended", f"gave up after {self.options.max_retries} retries")
                 return
             self._set("reconnecting", f"in {backoff:.1f} s")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 import streamad
 from streamad.calibration import Normalisation, Threshold
 from streamad.config import ModelConfig
-from streamad.errors import StoreError
+from streamad.errors import ConfigError, StoreError
 from streamad.features import FeatureExtractor
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
@@ -73,30 +74,40 @@ def check_format(store: ArrayStore, where: str) -> dict[str, Any]:
     return attrs
 
 
-def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None) -> ModelConfig:
-    """The stored model's config: its method, backbone, sizes and the scorer's recorded settings."""
+def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, where: str = "store") -> ModelConfig:
+    """The stored model's config: its method, backbone, sizes and the scorer's recorded settings.
+
+    Raises:
+        StoreError: an attribute is missing or not of its type (the store was edited by hand).
+    """
     recorded = attrs.get("scorer") or {}
+    defaults = ModelConfig()
     names = {f.name for f in dataclasses.fields(ModelConfig)} - {"method", "backbone", "input_hw", "sigma", "weights"}
-    return ModelConfig(
-        method=attrs["method"],
-        backbone=attrs["backbone"],
-        input_hw=(int(attrs["input_hw"][0]), int(attrs["input_hw"][1])),
-        sigma=float(attrs["sigma"]),
-        weights=weights,
-        **{name: recorded[name] for name in names if name in recorded},
-    )
+    values: dict[str, Any] = {name: recorded[name] for name in names if name in recorded}
+    values.update(method=attrs.get("method"), backbone=attrs.get("backbone"), sigma=attrs.get("sigma"))
+    try:
+        typed = {name: type(getattr(defaults, name))(value) for name, value in values.items()}
+        if not isinstance(values["method"], str) or not isinstance(values["backbone"], str):
+            raise TypeError("method and backbone must be names")
+        height, width = attrs["input_hw"]
+        return ModelConfig(**typed, input_hw=(int(height), int(width)), weights=weights)
+    except (KeyError, TypeError, ValueError) as exc:
+        shown = {k: attrs.get(k) for k in ("method", "backbone", "input_hw", "sigma")} | {"scorer": recorded}
+        raise StoreError(
+            f"expected well-formed model attributes in {where}, got {shown} ({exc}); hint: the store's zarr.json was edited; refit, or restore it"
+        ) from None
 
 
-def check_compatible(attrs: dict[str, Any], model: Model, where: str) -> None:
+def check_compatible(attrs: dict[str, Any], model: Model, where: str, *, hint: str = "fit a new store") -> None:
     """Refuse to continue or merge a store fitted with another model definition."""
     described = model.describe()
     stored = {key: attrs.get(key) for key in described}
     for key in ("method", "backbone", "input_hw", "sigma"):
         if stored[key] != described[key]:
-            raise StoreError(f"expected a store fitted with {key}={described[key]!r}, got {key}={stored[key]!r} in {where}; hint: fit a new store")
+            raise StoreError(f"expected a store fitted with {key}={described[key]!r}, got {key}={stored[key]!r} in {where}; hint: {hint}")
     for key, value in described["scorer"].items():
         if (stored["scorer"] or {}).get(key) != value:
-            raise StoreError(f"expected a store fitted with {key}={value!r}, got {key}={(stored['scorer'] or {}).get(key)!r} in {where}; hint: fit a new store")
+            raise StoreError(f"expected a store fitted with {key}={value!r}, got {key}={(stored['scorer'] or {}).get(key)!r} in {where}; hint: {hint}")
     if stored["weights_sha256"] != described["weights_sha256"]:
         raise StoreError(
             f"expected a store fitted with backbone weights sha256 {described['weights_sha256'][:12]}..., got "
@@ -111,6 +122,7 @@ def create(store: ArrayStore, model: Model, **extra: Any) -> None:
             "kind": KIND,
             "format_version": FORMAT_VERSION,
             "streamad_version": streamad.__version__,
+            "fit_id": uuid.uuid4().hex,  # who fitted these statistics: merge refuses a fit twice
             **model.describe(),
             "frames_seen": 0,
             "sources": {},
@@ -174,7 +186,9 @@ def commit(
         streamad_version=streamad.__version__,
     )
     store.set_attrs(attrs)  # the commit
-    _collect_garbage(store, attrs)
+    store.publish()  # a new store (or a replacement) appears at its first commit
+    with store.reading(exclusive=True):  # no reader is loading a generation we delete
+        _collect_garbage(store, attrs)
 
 
 def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
@@ -226,9 +240,17 @@ def load(
         extractor: share this feature extractor (it must match the store's backbone).
         fitted: the model will score (finalise it when the store holds only running state).
     """
+    with store.reading():  # the generation read here is not collected meanwhile
+        return _load(store, where=where, device=device, weights=weights, extractor=extractor, fitted=fitted)
+
+
+def _load(store: ArrayStore, *, where: str, device: torch.device | str, weights: str | None, extractor: FeatureExtractor | None, fitted: bool) -> Model:
     attrs = check_format(store, where)
-    config = config_from_attrs(attrs, weights=weights)
-    model = Model(config, device=device, extractor=extractor)
+    config = config_from_attrs(attrs, weights=weights, where=where)
+    try:
+        model = Model(config, device=device, extractor=extractor)
+    except ConfigError as exc:
+        raise StoreError(f"model store {where}: {exc}") from None
     if model.extractor.weights_sha256 != attrs["weights_sha256"]:
         raise StoreError(
             f"expected backbone weights with sha256 {attrs['weights_sha256'][:12]}... for {where}, got "
@@ -237,7 +259,10 @@ def load(
     check_compatible(attrs, model, where)
     state = read_state(store)
     if state is not None:
-        model.scorer.load_state(state)
+        try:
+            model.scorer.load_state(state)
+        except StoreError as exc:
+            raise StoreError(f"model store {where}: {exc}; hint: its attributes and arrays disagree (edited or damaged): refit it") from None
     if not fitted:
         return model
     if model.scorer.frames_seen == 0:

@@ -13,20 +13,23 @@ from torch import Tensor, nn
 from streamad.errors import ConfigError, ShapeError
 
 
-def default_input_hw(frame_hw: tuple[int, int], *, short_side: int = 256, multiple: int = 16) -> tuple[int, int]:
-    """Input size that keeps a frame's aspect ratio with the short side near ``short_side``.
+def default_input_hw(frame_hw: tuple[int, int], *, short_side: int = 256, long_side: int = 1024, multiple: int = 16) -> tuple[int, int]:
+    """Input size that keeps a frame's aspect ratio with the short side near ``short_side``, and
+    the long side at most ``long_side`` (a strip-shaped image keeps a bounded size).
 
     Example:
         >>> default_input_hw((240, 360))
         (256, 384)
         >>> default_input_hw((576, 768))
         (256, 336)
+        >>> default_input_hw((1, 2000))
+        (32, 1024)
     """
     height, width = frame_hw
-    scale = short_side / min(height, width)
+    scale = min(short_side / min(height, width), long_side / max(height, width))
 
     def snap(value: float) -> int:
-        return max(multiple, int(round(value / multiple)) * multiple)
+        return max(2 * multiple, int(round(value / multiple)) * multiple)
 
     return snap(height * scale), snap(width * scale)
 

@@ -45,16 +45,27 @@ _END = _End()
 
 
 class DropLog:
-    """Thread-safe count of dropped items per source and reason."""
+    """Thread-safe count of dropped items per source and reason, with a few examples each.
+
+    A reason may carry a detail after ``": "`` (``"unreadable image: a/7.png"``): frames are
+    counted under the reason, and the first details (else indices) are kept as examples.
+    """
+
+    EXAMPLES = 3
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._examples: dict[tuple[str, str], list[str]] = {}
 
     def __call__(self, source_id: str, index: int, reason: str) -> None:
+        reason, _, detail = reason.partition(": ")
         with self._lock:
             self._counts[(source_id, reason)] += 1
-        logger.warning("dropped frame %d of %s: %s", index, source_id, reason)
+            examples = self._examples.setdefault((source_id, reason), [])
+            if len(examples) < self.EXAMPLES:
+                examples.append(detail or f"frame {index}")
+        logger.info("dropped frame %d of %s: %s%s", index, source_id, reason, f" ({detail})" if detail else "")
 
     def total(self, source_id: str | None = None) -> int:
         with self._lock:
@@ -67,6 +78,14 @@ class DropLog:
             for (sid, reason), n in sorted(self._counts.items()):
                 out.setdefault(sid, {})[reason] = n
         return out
+
+    def lines(self) -> list[str]:
+        """One line per source and reason: ``"cam: 12 frame(s) dropped: corrupt data (e.g. frame 3, ...)"``."""
+        with self._lock:
+            return [
+                f"{sid}: {n} frame(s) dropped: {reason} (e.g. {', '.join(self._examples[(sid, reason)])}{', ...' if n > self.EXAMPLES else ''})"
+                for (sid, reason), n in sorted(self._counts.items())
+            ]
 
 
 class _Channel(Generic[Out]):
@@ -90,7 +109,7 @@ class _Channel(Generic[Out]):
                 except queue.Full:
                     continue
             return False
-        while True:
+        while not self.abort.is_set():
             try:
                 self.queue.put_nowait(item)
                 return True
@@ -106,6 +125,7 @@ class _Channel(Generic[Out]):
                     self.queue.put(oldest)
                     return self.put(item, control=True)
                 self._dropped(oldest)
+        return False
 
     def _dropped(self, item: object) -> None:
         if self.on_drop is not None:
@@ -282,7 +302,7 @@ class Runner:
             def produce(make: Callable[[], Iterable[Out]] = make) -> Iterator[Out]:
                 for item in make():
                     yield item  # read, so it flows on (a live source counts what it reads)
-                    if self.stopping.is_set():
+                    if self.stopping.is_set() or self.abort.is_set():
                         return
 
             channels.append(self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=f"{name}-{i}"))
@@ -364,6 +384,8 @@ class Runner:
         try:
             yield from items
         finally:
+            self.stopping.set()  # sources that poll it (live cameras) stop connecting and reading
             self.abort.set()
+            deadline = time.monotonic() + 5.0  # for all threads together, not 5 s each
             for thread in self._threads:
-                thread.join(timeout=5)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -63,6 +63,16 @@ class MapRows:
         return self.store.read_rows(self.name, start, stop)
 
 
+def create_scores(path: str | Path) -> ZarrStore:
+    """A new score store at ``path`` (locked; published by its writer): it may replace a score
+    store, never another kind of store."""
+    if (Path(path) / "zarr.json").is_file():
+        kind = ZarrStore(path, mode="r").attrs().get("kind")
+        if kind != KIND:
+            raise StoreError(f"expected {path} to be a score store to replace, got a store of kind {kind!r}; hint: write the scores to another folder (-o)")
+    return ZarrStore(path, mode="w")
+
+
 def open_scores(path: str | Path) -> tuple[ZarrStore, dict[str, Any]]:
     """Open a score store and check its format."""
     store = ZarrStore(path, mode="r")
@@ -78,15 +88,18 @@ def read_source(store: ArrayStore, source_id: str, *, with_maps: bool = False) -
     """A source's results; its maps (``with_maps``) are read lazily, a slice at a time.
 
     ``index`` and ``score`` are required; ``pts_s`` and ``map_max`` read as NaN when a store
-    written by another tool lacks them.
+    written by another tool lacks them. Rows beyond the count in the ``sources`` attribute (a
+    writer that crashed between appends) are left out.
     """
-    index = store.read(f"{source_id}/index")
-    scores = store.read(f"{source_id}/score")
+    committed = (store.attrs().get("sources") or {}).get(source_id)  # rows a writer finished
+    rows = slice(None) if committed is None else slice(0, int(committed))
+    index = store.read(f"{source_id}/index")[rows]
+    scores = store.read(f"{source_id}/score")[rows]
     if scores.shape != index.shape:
         raise StoreError(f"expected one score per index for source {source_id!r}, got {scores.shape[0]} scores for {index.shape[0]} indices")
     maps = MapRows(store, f"{source_id}/map", len(index)) if with_maps and store.exists(f"{source_id}/map") else None
 
     def optional(name: str) -> np.ndarray:
-        return store.read(f"{source_id}/{name}") if store.exists(f"{source_id}/{name}") else np.full(index.shape, np.nan)
+        return store.read(f"{source_id}/{name}")[rows] if store.exists(f"{source_id}/{name}") else np.full(index.shape, np.nan)
 
     return SourceScores(index=index, pts_s=optional("pts_s"), score=scores, map_max=optional("map_max"), maps=maps)

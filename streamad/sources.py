@@ -93,7 +93,7 @@ class ImageSequence:
             image = read_image(path)
             if image is None:
                 if on_drop is not None:
-                    on_drop(self.source_id, index, f"unreadable image {path}")
+                    on_drop(self.source_id, index, f"unreadable image: {path.name}")
                 continue
             yield Frame(self.source_id, index, index / self.fps, image, path.name, time.monotonic())
 

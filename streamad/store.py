@@ -9,8 +9,12 @@ last (see :mod:`streamad.model_store`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +22,7 @@ import numpy as np
 import zarr
 
 from streamad.errors import StoreError, StoreNotFoundError
+from streamad.locking import WriterLock, lock_path, readers
 
 
 @runtime_checkable
@@ -56,6 +61,18 @@ class ArrayStore(Protocol):
 
     def delete(self, prefix: str) -> None:
         """Remove an array or a whole group; no error if absent."""
+        ...
+
+    def reading(self, *, exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
+        """Shared: files read inside are not deleted meanwhile; exclusive: a writer deleting."""
+        ...
+
+    def publish(self) -> None:
+        """Make a newly written store visible at its path (see :class:`ZarrStore`)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds (its writer lock)."""
         ...
 
 
@@ -107,17 +124,36 @@ class MemoryStore:
         for name in self.arrays(prefix):
             del self._arrays[name]
 
+    def reading(self, *, exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def publish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 class ZarrStore:
     """A zarr v3 group on the local file system as an :class:`ArrayStore`.
 
+    A store opened to write holds its writer lock (:class:`~streamad.locking.WriterLock`) until
+    :meth:`close`: a second writer gets :class:`~streamad.errors.StoreLockedError`.
+    A new store (mode ``"w"``) is built beside its path (``.NAME.new``) and appears there only
+    when :meth:`publish` swaps it in, so a crash before then leaves the old store (or none),
+    never a half-written one.
+
     Args:
         path: the ``.zarr`` folder.
-        mode: ``"r"`` (must exist), ``"a"`` (create if missing) or ``"w"`` (start empty).
+        mode: ``"r"`` (must exist), ``"a"`` (create if missing) or ``"w"`` (a new store,
+            replacing the one at ``path`` once published).
     """
 
     def __init__(self, path: str | Path, *, mode: str = "a") -> None:
         self.path = Path(path)
+        self.read_only = mode == "r"
+        self._lock: WriterLock | None = None
+        self._building: Path | None = None
         if mode == "r" and not (self.path / "zarr.json").is_file():
             if not self.path.exists():
                 raise StoreNotFoundError(f"expected a store at {self.path}, got no such path; hint: run `streamad fit` first")
@@ -127,15 +163,74 @@ class ZarrStore:
                 raise StoreError(f"expected a new or existing store at {self.path}, got a non-empty folder that is not a store; hint: choose another path")
             if self.path.is_file():
                 raise StoreError(f"expected a store folder at {self.path}, got a file")
-            shutil.rmtree(self.path)
+        if mode != "r":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = WriterLock(self.path)
+            _recover(self.path)
+        if mode == "w":
+            self._building = lock_path(self.path, "new")
+        self._group = self._open(self._building or self.path, "r" if mode == "r" else "a")
+
+    def _open(self, where: Path, mode: str) -> zarr.Group:
         try:
-            self._group = zarr.open_group(str(self.path), mode="r" if mode == "r" else "a")
+            return zarr.open_group(str(where), mode=mode)
         except (zarr.errors.ContainsArrayError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError, FileExistsError) as exc:
-            raise StoreError(f"expected a zarr group at {self.path}, got something else ({exc})") from exc
-        self.read_only = mode == "r"
+            raise StoreError(f"expected a zarr group at {self.path}, got something else ({exc}); hint: is this a streamad store?") from exc
+
+    def publish(self) -> None:
+        """Make a new store (mode ``"w"``) appear at its path, replacing what was there in one
+        step; a no-op once published and for stores opened otherwise."""
+        if self._building is None:
+            return
+        with readers(self.path, exclusive=True):
+            if not self.path.exists():
+                os.rename(self._building, self.path)
+            elif _exchange(self._building, self.path):
+                shutil.rmtree(self._building)  # now the replaced store
+            else:
+                old = lock_path(self.path, "old")
+                os.rename(self.path, old)
+                os.rename(self._building, self.path)
+                shutil.rmtree(old)
+        self._building = None
+        self._group = self._open(self.path, "a")
+
+    def close(self) -> None:
+        """Release the writer lock; a new store never published is discarded."""
+        if self._building is not None:
+            shutil.rmtree(self._building, ignore_errors=True)
+            self._building = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> ZarrStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.publish()
+        self.close()
+
+    def reading(self, *, exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
+        """Hold the readers lock: while it is held shared, no writer deletes or replaces files."""
+        return readers(self.path, exclusive=exclusive)
 
     def attrs(self) -> dict[str, Any]:
         return dict(self._group.attrs.asdict())
+
+    @contextlib.contextmanager
+    def _damage(self, name: str) -> Iterator[None]:
+        """A chunk that fails to decode (truncated, emptied) is a store error naming the array."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except (ValueError, RuntimeError, TypeError, OSError) as exc:
+            raise StoreError(
+                f"expected readable data in {self.path / name}, got a damaged chunk ({type(exc).__name__}: {exc}); "
+                "hint: the store was damaged outside streamad; refit it or restore it from a copy"
+            ) from exc
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         attrs = _check_json(attrs)
@@ -151,10 +246,12 @@ class ZarrStore:
         return node
 
     def read(self, name: str) -> np.ndarray:
-        return np.asarray(self._array(name)[...])
+        with self._damage(name):
+            return np.asarray(self._array(name)[...])
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._array(name)[start:stop])
+        with self._damage(name):
+            return np.asarray(self._array(name)[start:stop])
 
     def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
         array = np.asarray(array)
@@ -191,3 +288,24 @@ class ZarrStore:
             del self._group[prefix]
         except KeyError:
             pass
+
+
+def _recover(path: Path) -> None:
+    """With the writer lock held: finish a swap a crash interrupted, and drop a dead writer's
+    unpublished store."""
+    new, old = lock_path(path, "new"), lock_path(path, "old")
+    if old.exists() and not path.exists():
+        os.rename(new if new.exists() else old, path)
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

@@ -294,5 +294,7 @@ def test_predictions_written_by_another_tool(category: tuple[Path, Path], tmp_pa
         if labelled.labels.any():
             maps[:, 12:23, 16:27] += 1.0  # the square, at half the image's resolution
         store.write(f"{labelled.source_id}/map", maps)
+    store.publish()
+    store.close()
     overall = evaluate_predictions(tmp_path / "theirs.zarr", truth).metrics["overall"]
     assert overall["auroc"] == 1.0 and overall["pixel_auroc"] > 0.95

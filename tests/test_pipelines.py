@@ -153,7 +153,8 @@ class TestCli:
         (tmp_path / "empty").mkdir()
         from streamad.store import ZarrStore
 
-        ZarrStore(tmp_path / "plain.zarr", mode="w").set_attrs({"x": 1})
+        with ZarrStore(tmp_path / "plain.zarr", mode="w") as plain:
+            plain.set_attrs({"x": 1})
         args = [a.format(video=tiny_video, tmp=tmp_path) for a in args]
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0

@@ -75,6 +75,8 @@ class TestZarrStore:
         store = ZarrStore(tmp_path / "p.zarr", mode="w")
         store.write("x", np.arange(4))
         store.set_attrs({"kind": "k"})
+        assert not (tmp_path / "p.zarr").exists()  # a new store appears only when published
+        store.publish()
         again = ZarrStore(tmp_path / "p.zarr", mode="r")
         assert np.array_equal(again.read("x"), np.arange(4)) and again.attrs() == {"kind": "k"}
 
@@ -119,10 +121,11 @@ class TestModelStore:
     def test_refuses_other_format(self, tmp_path: Path) -> None:
         from streamad.model_store import open_store
 
-        store = ZarrStore(tmp_path / "o.zarr", mode="w")
-        store.set_attrs({"kind": "streamad-model", "format_version": 999, "streamad_version": "9"})
+        with ZarrStore(tmp_path / "o.zarr", mode="w") as store:
+            store.set_attrs({"kind": "streamad-model", "format_version": 999, "streamad_version": "9"})
         with pytest.raises(StoreError, match="format 2 .* got 999"):
             open_store(tmp_path / "o.zarr")
-        ZarrStore(tmp_path / "plain.zarr", mode="w").set_attrs({"x": 1})
+        with ZarrStore(tmp_path / "plain.zarr", mode="w") as plain:
+            plain.set_attrs({"x": 1})
         with pytest.raises(StoreError, match="without streamad metadata"):
             open_store(tmp_path / "plain.zarr")

@@ -137,8 +137,10 @@ class GaussianScorer(nn.Module):
     def load_state(self, state: ScorerState) -> None:
         arrays = state.arrays
         projection = torch.from_numpy(arrays["projection"]).to(self.projection.device)
+        if projection.shape != self.projection.shape:
+            raise StoreError(f"expected a stored projection of shape {tuple(self.projection.shape)} (k={self.k}), got {tuple(projection.shape)}")
         if not torch.equal(projection, self.projection):
-            raise StoreError(f"expected the stored projection to match method {self.method} with seed {self.seed}, got a different one")
+            raise StoreError(f"expected the stored projection of method {self.method} with seed {self.seed} and k={self.k}, got another one")
         mean = arrays["mean"]
         if mean.shape != tuple(self.gaussian.mean.shape):
             raise StoreError(f"expected statistics of shape {tuple(self.gaussian.mean.shape)}, got {mean.shape}")

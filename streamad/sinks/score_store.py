@@ -25,8 +25,10 @@ class _Pending:
 class ScoreStoreSink:
     """Append results to a score store, buffering ``flush_every`` frames per source.
 
-    With a ``threshold``, the store gains ``decision`` and ``mask`` arrays. ``close()`` writes
-    the buffered tail and the per-source counts.
+    With a ``threshold``, the store gains ``decision`` and ``mask`` arrays. Each flush ends by
+    recording the source's row count in the root attributes (one atomic write): a reader takes
+    only those rows, so a store left by a crash reads as the frames flushed before it.
+    ``close()`` writes the buffered tail and releases the store.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ScoreStoreSink:
         self._counts: dict[str, int] = {}
         self._attrs = {"kind": KIND, "format_version": FORMAT_VERSION, **attrs, "sources": {}}
         store.set_attrs(self._attrs)
+        store.publish()
 
     def write(self, result: ScoreMap) -> None:
         ref = result.ref
@@ -78,9 +81,10 @@ class ScoreStoreSink:
             if self._threshold is not None:
                 self._store.append(f"{prefix}/mask", maps > np.float32(self._threshold), chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
         self._counts[source_id] = self._counts.get(source_id, 0) + len(pending.index)
+        self._attrs["sources"] = dict(self._counts)
+        self._store.set_attrs(self._attrs)
 
     def close(self) -> None:
         for source_id in list(self._pending):
             self._flush(source_id)
-        self._attrs["sources"] = dict(self._counts)
-        self._store.set_attrs(self._attrs)
+        self._store.close()

@@ -27,6 +27,7 @@ class StreamStats:
     learned: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     state: str = ""
+    gave_up: bool = False
     reconnects: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     window: dict[str, float] = field(default_factory=dict)
