@@ -155,7 +155,30 @@ def score_options(kw: dict[str, Any], **extra: Any) -> Any:
     return ScoreOptions(frame_score=frame_score_config(kw), **picked, **extra)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """A usage error (a bad option value, an unknown command) is one line, with where to look,
+    instead of click's usage block."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise self.short(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise self.short(exc) from None
+
+    @staticmethod
+    def short(exc: click.UsageError) -> click.UsageError:
+        if exc.ctx is None:
+            return exc
+        return click.UsageError(f"{exc.format_message()} (see `{exc.ctx.command_path} --help`)")
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamad")
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 @click.pass_context

@@ -195,11 +195,15 @@ class CameraModel:
         self.dirty = False
         self.last_checkpoint = self.clock()
 
-    def close(self) -> None:
-        """At the end: finish learning (when enough was learned), save adapted state and
-        release the store (an unfinished learning leaves none)."""
+    def closer(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """:meth:`close` as an exit callback (``ExitStack.push``): told whether the watch failed."""
+        self.close(failed=exc_type is not None and not issubclass(exc_type, KeyboardInterrupt))
+
+    def close(self, *, failed: bool = False) -> None:
+        """At the end: finish learning (when enough was learned; not after a failure, which
+        leaves no half-learned store to restart from), save adapted state, release the store."""
         try:
-            if self.model is not None and self.learning:
+            if self.model is not None and self.learning and not failed:
                 self._finish_learning(final=True)
             self.checkpoint()
         finally:

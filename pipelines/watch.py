@@ -200,7 +200,7 @@ def watch(
         models: dict[str, CameraModel] = {}
         for c in cameras:
             models[c.name] = CameraModel(c, options, extractors, device=str(extractors.device), clock=clock)
-            closing.callback(models[c.name].close)  # finishes learning, checkpoints, releases the store
+            closing.push(models[c.name].closer)  # finishes learning, checkpoints, releases the store
         alerts = AlertSink(out, lambda sid: models[sid].threshold, min_frames=options.min_frames)
         sinks = _sinks(out, cameras, streams, alerts, options, show=print_stats, json_path=stats_json, clock=clock)
         closing.callback(sinks.close)

@@ -1,0 +1,593 @@
+"""Faults and bad input on purpose: one test (or more) per item of the reliability issue.
+
+1 two writers, 2 damaged videos, 3 errors streamad does not raise itself, 4 credentials,
+5 --overwrite, 6 outputs over inputs, 7 merge inputs, 8 exit codes, 9 stop and crash paths,
+10 small ones. Subprocesses are used where only a real process shows the behaviour (a kill,
+a lock held by another pid, what reaches stderr at exit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from streamad.cameras import Camera, cameras_from
+from streamad.config import ModelConfig
+from streamad.decode import VideoWriter, decode_video
+from streamad.engine import Reading
+from streamad.errors import ConfigError, StoreError, StoreLockedError
+from streamad.frames import Frame
+from streamad.locking import WriterLock, lock_path, readers
+from streamad.model_store import load, open_store, read_progress
+from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.merge import merge
+from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.watch import WatchOptions, watch
+from streamad.runner import DropLog, Runner
+from streamad.score_store import open_scores, read_source
+from streamad.sinks.stats import StreamStats
+from streamad.store import ZarrStore
+from streamad.urls import redact
+from tests.conftest import scene
+
+SMALL = ModelConfig(input_hw=(64, 96), k=8)
+CLI = [sys.executable, "-m", "streamad"]
+
+
+def clip(path: Path, frames: int, *, fps: int = 10) -> Path:
+    with VideoWriter(path, fps=fps) as writer:
+        for t in range(frames):
+            writer.write(scene(t))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with clip.mp4 (40 frames) and base.zarr fitted on it."""
+    folder = tmp_path_factory.mktemp("faults")
+    fit([str(clip(folder / "clip.mp4", 40))], folder / "base.zarr", SMALL, options=FitOptions(holdout_every=4))
+    return folder
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(__import__("streamad.cli", fromlist=["main"]).main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+# 1. one writer per store ---------------------------------------------------------------
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    with ZarrStore(tmp_path / "s.zarr", mode="w") as first:
+        first.set_attrs({"x": 1})
+        with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):
+            ZarrStore(tmp_path / "s.zarr", mode="a")
+    ZarrStore(tmp_path / "s.zarr", mode="a").close()  # released
+
+
+def test_lock_left_by_a_killed_process_is_recovered(tmp_path: Path) -> None:
+    code = f"from streamad.locking import WriterLock; import os, signal; lock = WriterLock({str(tmp_path / 's.zarr')!r}); os.kill(os.getpid(), signal.SIGKILL)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
+    assert lock_path(tmp_path / "s.zarr", "lock").read_text().startswith("pid ")  # left behind, but not held
+    WriterLock(tmp_path / "s.zarr").release()
+
+
+def test_two_fit_resume_processes_one_wins_the_other_names_the_lock(tmp_path: Path) -> None:
+    """Two rounds here (benchmarks/concurrent_fits.py runs ten): one finishes, the other
+    exits 1 with one line naming the holder, and frames_seen adds up."""
+    base = clip(tmp_path / "base.mp4", 20)
+    long = clip(tmp_path / "long.mp4", 2000)
+    store = tmp_path / "S.zarr"
+    args = ["--input-size", "64x96", "-k", "8", "-q", "--checkpoint-every", "32", "-m", str(store)]
+    assert run_cli("fit", str(base), *args).returncode == 0
+    for round_ in range(2):
+        names = [tmp_path / f"a{round_}.mp4", tmp_path / f"b{round_}.mp4"]
+        for name in names:
+            name.symlink_to(long)
+        before = read_progress(open_store(store)).frames_seen
+        procs = [subprocess.Popen([*CLI, "fit", str(n), *args, "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names]
+        outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        codes = sorted(code for code, _, _ in outs)
+        assert codes == [0, 1], outs
+        winner = next(out for code, out, _ in outs if code == 0)
+        loser = next(err for code, _, err in outs if code == 1)
+        assert len(loser.strip().splitlines()) == 1 and "pid " in loser and "Traceback" not in loser
+        added = int(winner.split(": ")[1].split(" new frames")[0])
+        model = load(open_store(store), where="S")  # loads: the store is whole
+        assert model.frames_seen == before + added == read_progress(open_store(store)).frames_seen
+
+
+def test_a_reader_keeps_its_generation_while_a_writer_collects(data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "m.zarr")
+    path = tmp_path / "m.zarr"
+    old = {p.split("/")[1] for p in open_store(path).arrays("scorer")}
+    generation = open_store(path).attrs()["generation"]
+    fitted = threading.Event()
+    more = clip(tmp_path / "more.mp4", 40)
+
+    def refit() -> None:
+        fit([str(more)], path, options=FitOptions(holdout_every=4), resume=True)
+        fitted.set()
+
+    with readers(path):  # a reader loading the current generation
+        writer = threading.Thread(target=refit)
+        writer.start()
+        while open_store(path).attrs()["generation"] == generation and writer.is_alive():
+            fitted.wait(0.05)
+        assert open_store(path).attrs()["generation"] > generation  # committed a new generation ...
+        assert {p.split("/")[1] for p in ZarrStore(path, mode="r").arrays("scorer")} >= old  # ... but deleted nothing we read
+    writer.join()
+    assert fitted.is_set() and old - {p.split("/")[1] for p in open_store(path).arrays("scorer")}  # collected once the reader left
+
+
+# 2. damaged videos: frame identity from presentation time -------------------------------
+
+
+def encode(path: Path, frames: int, *, container: str | None = None, options: dict[str, str] | None = None) -> Path:
+    """An H.264 clip with a keyframe every 10 frames, at 25 fps."""
+    with av.open(str(path), "w", format=container, options=options or {}) as out:
+        stream = out.add_stream("libx264", rate=Fraction(25), options={"g": "10", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for t in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def damaged(kind: str, tmp_path: Path) -> tuple[Path, Path]:
+    """(intact, damaged) pairs: truncated at half, bytes overwritten at three places, zeros in a .ts."""
+    rng = np.random.default_rng(1)
+    if kind == "truncated":
+        intact = encode(tmp_path / "fast.mp4", 60, options={"movflags": "faststart"})  # index first: a cut file still opens
+        data = bytearray(intact.read_bytes()[: intact.stat().st_size // 2])
+    elif kind == "overwritten":
+        intact = encode(tmp_path / "plain.mp4", 60)
+        data = bytearray(intact.read_bytes())
+        for at in (0.3, 0.5, 0.7):
+            start = int(len(data) * at)
+            data[start : start + 1000] = rng.integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    else:
+        intact = encode(tmp_path / "clip.ts", 60, container="mpegts")
+        data = bytearray(intact.read_bytes())
+        start, size = len(data) // 2, len(data) // 10
+        data[start : start + size] = bytes(size)
+    broken = tmp_path / f"{kind}{intact.suffix}"
+    broken.write_bytes(bytes(data))
+    return intact, broken
+
+
+@pytest.mark.parametrize("kind", ["truncated", "overwritten", "zeros"])
+def test_damaged_video_scored_plus_dropped_is_the_intact_count_with_true_indices(kind: str, data: Path, tmp_path: Path) -> None:
+    intact, broken = damaged(kind, tmp_path)
+    truth = {f.index: f.pts_s for f in decode_video(intact, source_id="x")}
+    summary = score([str(broken)], data / "base.zarr", tmp_path / "out", options=ScoreOptions(write_maps=False))
+    scored, dropped = sum(summary.frames.values()), sum(sum(r.values()) for r in summary.dropped.values())
+    assert dropped > 0 and scored + dropped == len(truth) == 60
+    store, _ = open_scores(summary.store)
+    result = read_source(store, broken.stem)
+    assert all(truth[int(i)] == pytest.approx(p) for i, p in zip(result.index, result.pts_s, strict=True))
+
+
+def test_truncated_file_warns_with_the_last_frame_and_the_expected_count(data: Path, tmp_path: Path) -> None:
+    _, broken = damaged("truncated", tmp_path)
+    code, _, err = cli("score", str(broken), "-m", str(data / "base.zarr"), "-o", str(tmp_path / "o"), "-q", "--every", "5")
+    assert code == 0 and "truncated file (ends after frame" in err and "of 60" in err
+
+
+def test_every_and_start_select_by_true_index_after_a_loss(tmp_path: Path) -> None:
+    _, broken = damaged("zeros", tmp_path)
+    drops: list[int] = []
+    frames = list(decode_video(broken, source_id="x", every=5, start_index=10, on_drop=lambda s, i, r: drops.append(i)))
+    assert all(f.index % 5 == 0 and f.index >= 10 for f in frames) and all(i % 5 == 0 and i >= 10 for i in drops)
+    assert sorted([f.index for f in frames] + drops) == list(range(10, 60, 5))
+
+
+# 3. errors streamad does not raise itself -> one line, exit 1 ---------------------------
+
+
+def test_disk_full_is_one_line(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "scores.zarr"))
+
+    monkeypatch.setattr(ZarrStore, "append", full)
+    code, _, err = cli("score", str(data / "clip.mp4"), "-m", str(data / "base.zarr"), "-o", str(tmp_path / "o"), "-q")
+    assert code == 1 and err.strip().splitlines() == [
+        f"Error: could not use {tmp_path / 'o' / 'scores.zarr'}: No space left on device; hint: free space on that disk or write elsewhere"
+    ]
+
+
+def test_allocation_failure_is_one_line(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamad.model import Model
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Model, "update", oom)
+    code, _, err = cli("fit", str(data / "clip.mp4"), "-m", str(tmp_path / "m.zarr"), "--input-size", "64x96", "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "allocation failure" in err
+
+
+def test_debug_shows_the_traceback(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamad.model import Model
+
+    monkeypatch.setattr(Model, "update", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    result = CliRunner().invoke(
+        __import__("streamad.cli", fromlist=["main"]).main, ["--debug", "fit", str(data / "clip.mp4"), "-m", str(tmp_path / "m.zarr"), "-q"]
+    )
+    assert isinstance(result.exception, MemoryError)
+
+
+@pytest.mark.parametrize("damage", ["empty", "half"])
+def test_damaged_chunk_in_a_store_is_one_line_naming_it(damage: str, data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "m.zarr")
+    chunk = max((p for p in (tmp_path / "m.zarr" / "scorer").rglob("c/*") if p.is_file()), key=lambda p: p.stat().st_size)
+    chunk.write_bytes(b"" if damage == "empty" else chunk.read_bytes()[: chunk.stat().st_size // 2])
+    result = run_cli("score", str(data / "clip.mp4"), "-m", str(tmp_path / "m.zarr"), "-o", str(tmp_path / "o"), "-q")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Task was destroyed" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "m.zarr/scorer" in result.stderr, result.stderr
+
+
+def test_malformed_attribute_is_one_line_naming_the_store(data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "m.zarr")
+    meta = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())
+    meta["attributes"]["scorer"]["seed"] = "x"
+    (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+    code, _, err = cli("score", str(data / "clip.mp4"), "-m", str(tmp_path / "m.zarr"), "-o", str(tmp_path / "o"), "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "m.zarr" in err and "seed" in err
+
+
+def test_default_input_size_is_bounded_for_a_strip_image(tmp_path: Path) -> None:
+    import cv2
+
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((1, 2000, 3), 40 * i, np.uint8))
+    fit([str(folder)], tmp_path / "m.zarr", ModelConfig(k=8), options=FitOptions(holdout_every=3))
+    assert open_store(tmp_path / "m.zarr").attrs()["input_hw"] == [32, 1024]
+
+
+# 4. credentials -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://user:se@cret@host/x", "rtsp://user:***@host/x"),
+        ("rtsp://admin:p%40ss/w@10.0.0.5:554/s", "rtsp://admin:***@10.0.0.5:554/s"),
+        ("http://cam/v?user=admin&password=secret&ch=1", "http://cam/v?user=admin&password=***&ch=1"),
+        ("https://cam/v?token=abc;api_key=def", "https://cam/v?token=***;api_key=***"),
+        ("/dev/video0", "/dev/video0"),
+    ],
+)
+def test_redaction_by_parsing(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+def test_no_credential_reaches_logs_or_the_score_store(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = "rtsp://user:se@cret@127.0.0.1:9/x?password=hunter2"
+    options = WatchOptions(live=__import__("streamad.live", fromlist=["LiveOptions"]).LiveOptions(open_timeout_s=1, max_retries=0, backoff_s=0.01))
+    summary = watch([Camera("door", url, str(data / "base.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    assert summary.gave_up == ["door"]
+    stored = json.dumps(open_scores(tmp_path / "w" / "scores.zarr")[1])
+    assert "cret" not in stored and "hunter2" not in stored and "***" in stored
+    assert "cret" not in caplog.text and "hunter2" not in caplog.text
+
+
+# 5. --overwrite builds beside and swaps at the first commit ------------------------------
+
+
+def test_overwrite_killed_before_its_first_commit_keeps_the_old_model(data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "m.zarr")
+    before = read_progress(open_store(tmp_path / "m.zarr")).frames_seen
+    long = clip(tmp_path / "long.mp4", 3000)
+    args = ["fit", str(long), "-m", str(tmp_path / "m.zarr"), "--overwrite", "--input-size", "64x96", "--checkpoint-every", "100000", "-q"]
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    building = lock_path(tmp_path / "m.zarr", "new") / "zarr.json"
+    while not building.exists() and proc.poll() is None:
+        threading.Event().wait(0.05)
+    proc.kill()
+    proc.wait()
+    assert building.exists()  # killed while the new store was being built
+    assert read_progress(open_store(tmp_path / "m.zarr")).frames_seen == before
+    load(open_store(tmp_path / "m.zarr"))
+    fit([str(data / "clip.mp4")], tmp_path / "m.zarr", SMALL, overwrite=True)  # the next writer clears the leftover
+    assert not building.parent.exists() and read_progress(open_store(tmp_path / "m.zarr")).frames_seen == 36
+
+
+# 6. outputs never overwrite inputs ------------------------------------------------------
+
+
+def test_overlay_onto_the_source_is_refused(data: Path, tmp_path: Path) -> None:
+    video = shutil.copy(data / "clip.mp4", tmp_path / "clip.mp4")
+    before = Path(video).read_bytes()
+    code, _, err = cli("score", str(video), "-m", str(data / "base.zarr"), "-o", str(tmp_path / "o"), "--overlay", str(video), "-q")
+    assert code == 1 and "--overlay" in err and Path(video).read_bytes() == before
+
+
+def test_scores_onto_the_model_store_are_refused(data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "X" / "scores.zarr")
+    code, _, err = cli("score", str(data / "clip.mp4"), "-m", str(tmp_path / "X" / "scores.zarr"), "-o", str(tmp_path / "X"), "-q")
+    assert code == 1 and "score store" in err
+    load(open_store(tmp_path / "X" / "scores.zarr"))
+
+
+def test_a_score_store_replaces_only_a_score_store(data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "o" / "scores.zarr")
+    with pytest.raises(StoreError, match="kind 'streamad-model'"):
+        score([str(data / "clip.mp4")], data / "base.zarr", tmp_path / "o")
+    score([str(data / "clip.mp4")], data / "base.zarr", tmp_path / "p")
+    score([str(data / "clip.mp4")], data / "base.zarr", tmp_path / "p")  # a score store over a score store
+
+
+# 7. merge ---------------------------------------------------------------------------------
+
+
+def test_merge_refuses_the_same_fit_twice(data: Path, tmp_path: Path) -> None:
+    base = data / "base.zarr"
+    shutil.copytree(base, tmp_path / "copy.zarr")
+    for inputs in ([base, base], [base, base.parent / "." / base.name], [base, tmp_path / "copy.zarr"]):
+        with pytest.raises(ConfigError, match="same fit"):
+            merge(inputs, tmp_path / "out.zarr")
+
+
+def test_merge_refuses_other_eps_with_a_merge_hint(data: Path, tmp_path: Path) -> None:
+    fit([str(data / "clip.mp4")], tmp_path / "e.zarr", ModelConfig(input_hw=(64, 96), k=8, eps=0.5))
+    with pytest.raises(StoreError, match=r"eps=0.01.*got eps=0.5.*hint: merge only stores fitted with the same settings"):
+        merge([data / "base.zarr", tmp_path / "e.zarr"], tmp_path / "out.zarr")
+
+
+# 8. exit codes ----------------------------------------------------------------------------
+
+
+def test_watch_fails_when_every_camera_gave_up(data: Path, tmp_path: Path) -> None:
+    args = ["watch", "a=rtsp://127.0.0.1:9/x", "b=http://127.0.0.1:9/y", "-m", str(data / "base.zarr"), "-o", str(tmp_path / "w")]
+    code, _, err = cli(*args, "--max-retries", "1", "--open-timeout", "1")
+    assert code == 1 and "all 2 giving up" in err
+
+
+def test_score_fails_when_nothing_was_scored_and_counts_unreadable_images(data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(b"not a png")
+    code, _, err = cli("score", str(folder), "-m", str(data / "base.zarr"), "-o", str(tmp_path / "o"), "-q")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 2
+    assert "5 frame(s) dropped: unreadable image (e.g. 0.png, 1.png, 2.png, ...)" in lines[0] and "got none (5 dropped)" in lines[1]
+
+
+# 9. stop and crash paths ------------------------------------------------------------------
+
+
+def test_a_stop_does_not_start_the_next_source_nor_fail_it(data: Path) -> None:
+    from streamad.sources import resolve_sources
+
+    sources = resolve_sources([str(data / "clip.mp4"), str(data / "clip.mp4")])
+    stop = [False]
+
+    def frames() -> Iterator[Frame]:
+        for frame in Reading().frames(sources, drops=DropLog(), should_stop=lambda: stop[0]):
+            stop[0] = True
+            yield frame
+
+    assert len(list(frames())) == 1
+    assert list(decode_video(data / "clip.mp4", source_id="c", should_stop=lambda: True)) == []  # stopped, not "no frames"
+
+
+def test_sigint_on_a_fit_of_two_videos_checkpoints_and_exits_0(tmp_path: Path) -> None:
+    videos = [clip(tmp_path / f"{n}.mp4", 600) for n in "ab"]
+    store = tmp_path / "m.zarr"
+    args = [*CLI, "fit", *map(str, videos), "-m", str(store), "--input-size", "64x96", "-k", "8", "--checkpoint-every", "16"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (store / "zarr.json").exists() and proc.poll() is None:  # the first commit: fitting is under way
+        threading.Event().wait(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "interrupted" in out and "Error" not in err, err
+    progress = read_progress(open_store(store))
+    assert progress.frames_seen > 0 and sum(progress.next_index.values()) >= progress.frames_seen
+
+
+def test_drop_oldest_sources_stop_when_the_consumer_fails() -> None:
+    produced = [0]
+
+    def endless() -> Iterator[int]:
+        while True:
+            produced[0] += 1
+            yield produced[0]
+
+    runner = Runner()
+    channels = runner.sources([endless, endless], maxsize=2, policy="drop-oldest")
+    with pytest.raises(RuntimeError, match="consumer"):
+        for _ in runner.consume(iter(runner.gather(channels, max_batch=1, max_wait_s=0.01))):
+            raise RuntimeError("consumer failed")
+    assert not any(t.is_alive() for t in runner._threads)  # joined, not left running
+    after = produced[0]
+    threading.Event().wait(0.1)
+    assert produced[0] == after
+
+
+def test_one_unnamed_model_cannot_be_learned_by_two_cameras(tmp_path: Path) -> None:
+    cameras = cameras_from(["rtsp://h/1", "rtsp://h/2"], [str(tmp_path / "m.zarr")])
+    with pytest.raises(ConfigError, match="a model store per camera"):
+        watch(cameras, tmp_path / "w", options=WatchOptions(learn_for_s=5))
+
+
+def test_a_crash_while_learning_leaves_no_store_and_a_restart_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamad.pipelines import learning
+
+    video = clip(tmp_path / "cam.mp4", 120)
+    original = learning.CameraModel._learn
+    calls = [0]
+
+    def crash(self: learning.CameraModel, batch: object) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("power cut")
+        original(self, batch)
+
+    monkeypatch.setattr(learning.CameraModel, "_learn", crash)
+    options = WatchOptions(learn_for_s=9.0, learn_config=SMALL)
+    with pytest.raises(RuntimeError, match="power cut"):
+        watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    assert not (tmp_path / "m.zarr").exists()
+    monkeypatch.setattr(learning.CameraModel, "_learn", original)
+    summary = watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    assert summary.streams["cam"].learned >= 90 and load(open_store(tmp_path / "m.zarr")).threshold is not None
+
+
+def test_learning_is_timed_by_the_stream_not_a_clock_that_runs_ahead(tmp_path: Path) -> None:
+    video = clip(tmp_path / "cam.mp4", 130)
+    now = [0.0]
+
+    def racing_clock() -> float:  # as if the machine were very slow: 10 s pass per look
+        now[0] += 10.0
+        return now[0]
+
+    options = WatchOptions(learn_for_s=9.0, learn_config=SMALL, stats_every_s=1e9)
+    summary = watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None, clock=racing_clock)
+    assert 90 <= summary.streams["cam"].learned < 100
+
+
+def test_an_error_while_watching_still_checkpoints_and_releases(data: Path, tmp_path: Path) -> None:
+    shutil.copytree(data / "base.zarr", tmp_path / "m.zarr")
+    before = read_progress(open_store(tmp_path / "m.zarr")).frames_seen
+    video = clip(tmp_path / "cam.mp4", 60)
+    seen = [0]
+
+    def hook(refs: object) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise RuntimeError("sink failed")
+
+    options = WatchOptions(adapt=True, threshold=1e9, checkpoint_every_s=1e9, max_batch=4)
+    with pytest.raises(RuntimeError, match="sink failed"):
+        watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None, scorer_hook=hook)
+    assert read_progress(open_store(tmp_path / "m.zarr")).frames_seen > before  # adapted frames were checkpointed
+    ZarrStore(tmp_path / "m.zarr", mode="a").close()  # and the lock released
+    assert len((tmp_path / "w" / "scores.csv").read_text().splitlines()) > 1  # the results before the error were written out
+
+
+def test_stream_counters_are_exact_under_threads() -> None:
+    stats = StreamStats()
+
+    def count() -> None:
+        for _ in range(20000):
+            stats.count("received")
+            stats.count("dropped", reason="x")
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stats.received == stats.dropped["x"] == 80000
+
+
+def test_a_score_store_left_by_a_crash_reads_as_its_flushed_rows(data: Path, tmp_path: Path) -> None:
+    from streamad.frames import FrameRef, ScoreMap
+    from streamad.sinks.score_store import ScoreStoreSink
+
+    store = ZarrStore(tmp_path / "scores.zarr", mode="w")
+    sink = ScoreStoreSink(store, attrs={}, flush_every=8)
+    for i in range(20):
+        sink.write(ScoreMap(FrameRef("cam", i, i / 10), float(i), float(i), np.zeros((4, 4), np.float32)))
+    store.append("cam/index", np.arange(100, 104))  # a crash between the appends of a flush
+    scores, _ = open_scores(tmp_path / "scores.zarr")
+    result = read_source(scores, "cam", with_maps=True)
+    assert list(result.index) == list(range(16)) and len(result.score) == len(result.maps or []) == 16
+
+
+# 10 and all bad input: non-zero, at most two lines, no traceback ------------------------
+
+
+BAD = [
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--threads", "0"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--threads", "-1"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--calibration-frames", "0"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--calibration-frames", "-5"],
+    ["fit", "{clip}", "-m", "{tmp}/r.zarr", "--resume", "--every", "2"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--input-size", "10000x10000"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--input-size", "abc"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--input-size", "100x100"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--every", "0"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--start", "5", "--stop", "2"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--method", "nope"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "-k", "0"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--eps", "-1"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--workers", "0"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--batch-size", "0"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--backbone", "resnet18", "--weights", "{tmp}/bad.pt"],
+    ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--backbone", "resnet18"],
+    ["fit", "{tmp}/missing.mp4", "-m", "{tmp}/a.zarr"],
+    ["fit", "{tmp}/notvideo.mp4", "-m", "{tmp}/a.zarr"],
+    ["fit", "{tmp}/empty", "-m", "{tmp}/a.zarr"],
+    ["fit", "{clip}", "-m", "{base}"],
+    ["fit", "{clip}", "-m", "{tmp}/missing.zarr", "--resume"],
+    ["fit", "{clip}", "-m", "{tmp}/r.zarr", "--resume", "-k", "4"],
+    ["score", "{clip}", "-m", "{tmp}/missing.zarr"],
+    ["score", "{clip}", "-m", "{tmp}/plain"],
+    ["score", "{clip}", "-m", "{tmp}/foo.zarr", "-o", "{tmp}/o"],
+    ["score", "{clip}", "-m", "{tmp}/hw.zarr", "-o", "{tmp}/o"],
+    ["score", "{clip}", "-m", "{tmp}/k.zarr", "-o", "{tmp}/o"],
+    ["score", "{clip}", "-m", "{base}", "-o", "{tmp}/o", "--topk", "2"],
+    ["score", "{clip}", "-m", "{base}", "-o", "{tmp}/o", "--window", "0"],
+    ["score", "{clip}", "-m", "{base}", "-o", "{tmp}/o", "--overlay", "{clip}"],
+    ["score", "{clip}", "-m", "{base}", "-o", "{tmp}/o", "--plot", "{clip}"],
+    ["merge", "{base}", "{base}", "-o", "{tmp}/m.zarr"],
+    ["merge", "{base}", "-o", "{tmp}/m.zarr"],
+    ["info", "{tmp}/missing.zarr"],
+    ["watch", "{clip}", "-m", "{tmp}/missing.zarr", "-o", "{tmp}/w"],
+    ["watch", "rtsp://a:b@h/1", "rtsp://h/2", "-m", "{tmp}/n.zarr", "--learn-for", "5s", "-o", "{tmp}/w"],
+    ["watch", "{clip}", "-m", "{base}", "--learn-for", "-3s", "-o", "{tmp}/w"],
+    ["calibrate", "-m", "{tmp}/missing.zarr", "--fixed", "1"],
+]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "notvideo.mp4").write_text("hello")
+    (tmp / "empty").mkdir()
+    (tmp / "plain").mkdir()
+    (tmp / "plain" / "x.txt").write_text("x")
+    (tmp / "bad.pt").write_bytes(b"garbage")
+    shutil.copytree(data / "base.zarr", tmp / "r.zarr")
+    for name, edit in (("foo", {"backbone": "foo"}), ("hw", {"input_hw": [64, "x"]}), ("k", {"scorer": {"k": 4, "seed": 0, "eps": 0.01}})):
+        shutil.copytree(data / "base.zarr", tmp / f"{name}.zarr")
+        meta = json.loads((tmp / f"{name}.zarr" / "zarr.json").read_text())
+        meta["attributes"].update(edit)
+        (tmp / f"{name}.zarr" / "zarr.json").write_text(json.dumps(meta))
+    return {"clip": str(data / "clip.mp4"), "tmp": str(tmp), "base": str(data / "base.zarr")}
+
+
+def test_at_least_thirty_bad_inputs() -> None:
+    assert len(BAD) >= 30
+
+
+@pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a[:1] + a[2:]).replace("{", "").replace("}", ""))
+def test_bad_input_is_a_short_error_without_traceback(args: list[str], bad_inputs: dict[str, str]) -> None:
+    code, _, err = cli(*(a.format(**bad_inputs) for a in args))
+    assert code != 0
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "secret" not in err and ":b@" not in err
