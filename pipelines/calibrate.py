@@ -47,8 +47,24 @@ def calibrate(
         raise ConfigError("expected one way to set the threshold, got --fixed with another")
     if labelled is not None and (normal or quantile is not None):
         raise ConfigError("expected one way to set the threshold, got --f1 with --quantile or --on")
+    with open_store(model_path, mode="a") as store:  # locked: no fit changes the model meanwhile
+        threshold = _threshold(model_path, quantile, normal, labelled, predictions, fixed, options, work_dir, progress)
+        write_threshold(store, threshold)
+    return threshold
+
+
+def _threshold(
+    model_path: str | Path,
+    quantile: float | None,
+    normal: Sequence[str],
+    labelled: GroundTruth | None,
+    predictions: str | Path | None,
+    fixed: float | None,
+    options: ScoreOptions,
+    work_dir: str | Path | None,
+    progress: Progress,
+) -> Threshold:
     frame_score = options.frame_score.attrs()
-    store = open_store(model_path, mode="a")
     work = Path(work_dir) if work_dir else None
     if fixed is not None:
         threshold = Threshold(float(fixed), "fixed", {}, frame_score)
@@ -71,7 +87,6 @@ def calibrate(
         threshold = Threshold(
             float(np.quantile(scores, q)), "quantile", {"quantile": q, "frames": int(scores.size), "on": list(normal) or "held-out fit frames"}, frame_score
         )
-    write_threshold(store, threshold)
     return threshold
 
 

@@ -93,7 +93,7 @@ def _open(
         stored = config_from_attrs(store.attrs(), weights=config.weights if config else None, where=str(target))
         stored_every = store.attrs().get("every", 1)
         if stored_every != every and store.attrs().get("frames_seen"):
-            raise ConfigError(f"expected --every {stored_every} to resume {target} (as counted), got {every}; hint: pass --every {stored_every}")
+            raise ConfigError(f"expected --every {stored_every}, as {target} was fitted with, got {every}; hint: pass --every {stored_every}")
         if config is not None:
             _check_same(replace(config, input_hw=config.input_hw or stored.input_hw), stored, str(target))
         return store, load(store, where=str(target), device=device, weights=stored.weights, fitted=False), read_progress(store)

@@ -91,7 +91,7 @@ def _check_distinct(inputs: Sequence[str | Path]) -> None:
         for part in {resolved, *_parts(open_store(path, mode="r").attrs(), path)}:
             if part in seen:
                 raise ConfigError(
-                    f"expected distinct fits to merge, got {path} and {seen[part]} holding the same fit ({part[:12]}...); "
+                    f"expected distinct fits to merge, got {path} and {seen[part]}, which hold the same fit; "
                     "hint: its frames would count twice: give each fit once"
                 )
             seen[part] = path

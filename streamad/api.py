@@ -106,11 +106,11 @@ class Detector:
         """Write the fitted model as a model store (as ``streamad fit`` does)."""
         if self.model is None:
             raise ConfigError("expected a fitted detector to save, got none; hint: call fit() first")
-        target = open_store(path, mode="w" if overwrite or not Path(path).exists() else "a")
-        if target.attrs():
-            raise ConfigError(f"expected a new path to save to, got an existing store {path}; hint: pass overwrite=True")
-        create(target, self.model)
-        commit(target, self.model, read_progress(self._store), normalisation=self.model.normalisation, threshold=self.model.threshold)
+        if Path(path).exists() and not overwrite:
+            raise ConfigError(f"expected a new path to save to, got an existing {path}; hint: pass overwrite=True")
+        with open_store(path, mode="w") as target:  # appears (or replaces the old one) at the commit
+            create(target, self.model)
+            commit(target, self.model, read_progress(self._store), normalisation=self.model.normalisation, threshold=self.model.threshold)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:

@@ -216,7 +216,7 @@ def decode_video(
     if packets.decoded == 0:
         raise DecodeError(f"expected decodable frames in {path}, got none; hint: the file may be truncated or use a codec this FFmpeg build lacks")
     if packets.index < info.frames and (info.exact or info.frames - packets.index > max(2, info.frames // 50)):
-        logger.warning("%s ends after frame %d of %d expected: the file is truncated", path, packets.index - 1, info.frames)
+        logger.info("%s ends after frame %d of %d expected: the file is truncated", path, packets.index - 1, info.frames)
         packets.drop(info.frames, f"truncated file (ends after frame {packets.index - 1} of {info.frames})")
 
 

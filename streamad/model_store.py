@@ -55,7 +55,10 @@ class Progress:
 
 
 def open_store(path: str | Path, *, mode: str = "r") -> ZarrStore:
-    """Open a model store on disk, checking that it is a streamad model of this format."""
+    """Open a model store on disk, checking that it is a streamad model of this format; ``"a"``
+    (to write) requires an existing store, ``"w"`` makes a new one."""
+    if mode == "a" and not (Path(path) / "zarr.json").is_file():
+        ZarrStore(path, mode="r")  # raises the missing-store error
     store = ZarrStore(path, mode=mode)
     if mode != "w":
         check_format(store, str(path))
