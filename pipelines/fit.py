@@ -90,13 +90,12 @@ def _open(
     if resume:
         store = open_store(path, mode="a") if path is not None else target
         assert not isinstance(store, str | Path)
-        stored = config_from_attrs(store.attrs(), weights=config.weights if config else None, where=str(target))
-        stored_every = store.attrs().get("every", 1)
-        if stored_every != every and store.attrs().get("frames_seen"):
-            raise ConfigError(f"expected --every {stored_every}, as {target} was fitted with, got {every}; hint: pass --every {stored_every}")
-        if config is not None:
-            _check_same(replace(config, input_hw=config.input_hw or stored.input_hw), stored, str(target))
-        return store, load(store, where=str(target), device=device, weights=stored.weights, fitted=False), read_progress(store)
+        try:
+            return store, _resumed(store, config, every, where=str(target), device=device), read_progress(store)
+        except BaseException:
+            if store is not target:
+                store.close()
+            raise
     config = config or ModelConfig()
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
@@ -105,6 +104,17 @@ def _open(
     assert not isinstance(store, str | Path)
     create(store, model)
     return store, model, FitProgress()
+
+
+def _resumed(store: ArrayStore, config: ModelConfig | None, every: int, *, where: str, device: str) -> Model:
+    """The stored model to continue, after checking the options agree with it."""
+    stored = config_from_attrs(store.attrs(), weights=config.weights if config else None, where=where)
+    stored_every = store.attrs().get("every", 1)
+    if stored_every != every and store.attrs().get("frames_seen"):
+        raise ConfigError(f"expected --every {stored_every}, as {where} was fitted with, got {every}; hint: pass --every {stored_every}")
+    if config is not None:
+        _check_same(replace(config, input_hw=config.input_hw or stored.input_hw), stored, where)
+    return load(store, where=where, device=device, weights=stored.weights, fitted=False)
 
 
 def _check_same(config: ModelConfig, stored: ModelConfig, where: str) -> None:

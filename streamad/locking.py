@@ -85,7 +85,8 @@ class WriterLock:
         self._fd = None
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel releases it anyway
+            self.release()
 
 
 @contextlib.contextmanager

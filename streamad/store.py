@@ -220,6 +220,16 @@ class ZarrStore:
         return dict(self._group.attrs.asdict())
 
     @contextlib.contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
+        """An OS error while writing (a full disk) names the array it was writing."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path / name)) from exc
+
+    @contextlib.contextmanager
     def _damage(self, name: str) -> Iterator[None]:
         """A chunk that fails to decode (truncated, emptied) is a store error naming the array."""
         try:
@@ -234,7 +244,8 @@ class ZarrStore:
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         attrs = _check_json(attrs)
-        self._group.attrs.put(attrs)
+        with self._writing("zarr.json"):
+            self._group.attrs.put(attrs)
 
     def _array(self, name: str) -> zarr.Array:
         try:
@@ -255,17 +266,20 @@ class ZarrStore:
 
     def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
         array = np.asarray(array)
-        target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True)
-        if array.size:
-            target[...] = array
+        with self._writing(name):
+            target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True)
+            if array.size:
+                target[...] = array
 
     def append(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
         """Appended arrays are streamed results: compressed with LZ4 after a byte shuffle, which
         writes float16 maps about 4x faster than zarr's default zstd for 25 % more bytes."""
         array = np.asarray(array)
-        if not self.exists(name):
-            self._group.create_array(name, shape=(0, *array.shape[1:]), dtype=array.dtype, chunks=chunks or (1024, *array.shape[1:]), compressors=_STREAM_CODEC)
-        self._array(name).append(array, axis=0)
+        with self._writing(name):
+            if not self.exists(name):
+                shape, rows = (0, *array.shape[1:]), (1024, *array.shape[1:])
+                self._group.create_array(name, shape=shape, dtype=array.dtype, chunks=chunks or rows, compressors=_STREAM_CODEC)
+            self._array(name).append(array, axis=0)
 
     def exists(self, name: str) -> bool:
         try:
