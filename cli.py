@@ -197,6 +197,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
+@click.option("--motion", type=click.Choice(["off", "feat"]), default=None, help="feat: add a motion cue for video, the embeddings' change over one frame step (default off).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
 @click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")
@@ -215,7 +216,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     from streamad.pipelines.fit import fit as run_fit
 
     given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"], "seed": kw["seed"]}
-    given.update(eps=kw["eps"], weights=kw["weights"])
+    given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"])
     config = None
     if not kw["resume"] or any(v is not None for v in given.values()):
         defaults = ModelConfig()

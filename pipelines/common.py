@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Protocol
 
 import torch
 
+from streamad import stages
 from streamad.calibration import Normalisation, measure_normalisation
 from streamad.config import FrameScoreConfig
 from streamad.engine import Engine, Reading
@@ -79,17 +80,26 @@ def normalise_on(
     batch_size: int,
     workers: int | None = None,
     progress: Progress = no_progress,
+    measured: Callable[[int], bool] | None = None,
 ) -> Normalisation:
     """Distances on normal frames through the engine: per-position mean/std, then the default
-    frame scores they give (:func:`streamad.calibration.measure_normalisation`)."""
+    frame scores they give (:func:`streamad.calibration.measure_normalisation`).
+
+    ``measured``: of the frames read, those measured (the others only give the motion cue the
+    frame one lag before a measured one)."""
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=batch_size, workers=workers)
     kept: list[tuple[tuple[FrameRef, ...], torch.Tensor]] = []
+    tracker = model.tracker()
     progress.start("normalising", reading.expected(sources))
     features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare)
     for batch in engine.consume(features):
-        kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, P) float32: 25 KB a frame at 64x96
         progress.advance(len(batch.refs))
+        batch = tracker(batch) if tracker is not None else batch
+        rows = [i for i, ref in enumerate(batch.refs) if measured is None or measured(ref.index)]
+        if rows:
+            batch = stages.select(batch, rows)
+            kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, C, P) float32: 25 KB a frame and cue at 64x96
     progress.finish()
     config = FrameScoreConfig()
 

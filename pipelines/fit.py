@@ -15,6 +15,7 @@ from streamad.errors import ConfigError, StoreError
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
 from streamad.model_store import commit, config_from_attrs, create, load, open_store, read_progress
+from streamad.motion import track
 from streamad.pipelines.common import Progress, graceful_interrupt, no_progress, normalise_on
 from streamad.preprocess import default_input_hw
 from streamad.runner import Runner
@@ -96,7 +97,7 @@ def _open(
             if store is not target:
                 store.close()
             raise
-    config = config or ModelConfig()
+    config = _motion_for(sources, config or ModelConfig(), every)
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
     model = Model(config, device=device)
@@ -106,6 +107,18 @@ def _open(
     return store, model, FitProgress()
 
 
+def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> ModelConfig:
+    """Motion for video only (frame folders count as video; image sets have no time axis),
+    with a lag of one frame step of the first source unless one was given."""
+    if config.motion == "off":
+        return config
+    untimed = [s.source_id for s in sources if not getattr(s, "timed", True)]
+    if untimed:
+        logger.info("appearance only: %s has no time axis", untimed[0])
+        return replace(config, motion="off", motion_lag_s=None)
+    return config if config.motion_lag_s is not None else replace(config, motion_lag_s=every / sources[0].fps)
+
+
 def _resumed(store: ArrayStore, config: ModelConfig | None, every: int, *, where: str, device: str) -> Model:
     """The stored model to continue, after checking the options agree with it."""
     stored = config_from_attrs(store.attrs(), weights=config.weights if config else None, where=where)
@@ -113,7 +126,7 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, every: int, *, where
     if stored_every != every and store.attrs().get("frames_seen"):
         raise ConfigError(f"expected --every {stored_every}, as {where} was fitted with, got {every}; hint: pass --every {stored_every}")
     if config is not None:
-        _check_same(replace(config, input_hw=config.input_hw or stored.input_hw), stored, where)
+        _check_same(replace(config, input_hw=config.input_hw or stored.input_hw, motion_lag_s=config.motion_lag_s or stored.motion_lag_s), stored, where)
     return load(store, where=where, device=device, weights=stored.weights, fitted=False)
 
 
@@ -156,8 +169,10 @@ def fit(
         total = Reading(options.every, (options.start, options.stop), keep=options.holdout.held_out).expected(sources)
         normalisation = None
         if total >= 2:
-            sample = Reading(options.every, (options.start, options.stop), keep=options.holdout.sampler(total, options.calibration_frames))
-            normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress)
+            sampled = options.holdout.sampler(total, options.calibration_frames)
+            lagged = (lambda i: sampled(i) or sampled(i + options.every)) if model.tracker() is not None else sampled  # with each, its motion reference
+            sample = Reading(options.every, (options.start, options.stop), keep=lagged)
+            normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress, measured=sampled)
             summary.calibrated_on = normalisation.frames
         else:
             logger.warning("only %d held-out frame(s): the model is not normalised; score it with --raw or fit on more frames", total)
@@ -177,10 +192,11 @@ def _fit_pass(
     reading = Reading(options.every, (options.start, options.stop), start=dict(state.next_index), keep=options.holdout.fitted)
     extra = {"every": options.every}
     since_checkpoint = 0
+    tracker = model.tracker()
     progress.start("fitting", reading.expected(sources))
     with graceful_interrupt(runner) as interrupted:
         features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True)
-        for batch in engine.consume(stages.rebatch(features, min_frames=options.accumulate_frames)):
+        for batch in engine.consume(track(stages.rebatch(features, min_frames=options.accumulate_frames), tracker)):
             model.update(batch.features)
             for ref in batch.refs:
                 state.next_index[ref.source_id] = ref.index + 1

@@ -91,6 +91,8 @@ class CameraModel:
         of the wall clock for a file. The store is built beside its path and appears at the
         first commit, so a crash while learning leaves no half-learned store."""
         config = self.options.learn_config
+        if config.motion_lag_s is None:  # a camera's frame rate is not known here yet: appearance only
+            config = replace(config, motion="off")
         if config.input_hw is None:
             config = replace(config, input_hw=default_input_hw(frame.image.shape[:2]))
         extractor = self.extractors.get(config.backbone, input_hw=config.input_hw or (0, 0), weights=config.weights)
@@ -110,10 +112,10 @@ class CameraModel:
             hook(batch.refs)
         results = self.scoring(batch)
         threshold = self.threshold
-        if self.options.adapt and threshold is not None and not event_open:
+        if self.options.adapt and threshold is not None and not event_open and self.scoring.last is not None:
             normal = [i for i, r in enumerate(results) if r.score <= threshold]
             if normal:
-                self._adapt(stages.select(batch, normal))
+                self._adapt(stages.select(self.scoring.last, normal))
         return results
 
     def _learn(self, batch: FeatureBatch) -> None:
@@ -171,9 +173,10 @@ class CameraModel:
         return [r.score for r in self.model.results(refs, distances, frame_score=self.options.frame_score, normalisation=normalisation)]
 
     def _adapt(self, batch: FeatureBatch) -> None:
-        """Fold frames judged normal into the state; refinalise every ``refresh_every`` frames."""
+        """Fold frames judged normal (prepared, as scored) into the state; refinalise every
+        ``refresh_every`` frames."""
         assert self.model is not None
-        self.model.update(self.model.prepare(batch.features))
+        self.model.update(batch.features)
         self.dirty = True
         self._advance(batch.refs)
         self.adapted_since_refresh += len(batch.refs)

@@ -84,33 +84,44 @@ class Normalisation:
 
 
 def normalise(distances: Tensor, normalisation: Normalisation) -> Tensor:
-    """Distances (B, P) relative to each position's mean distance on normal frames.
+    """Distances (B, P), or (B, C, P) for C cues, relative to each (cue and) position's mean
+    distance on normal frames.
 
     A position whose normal distances were (nearly) all zero, as a scorer without a ridge gives
     where the scene never changes, is divided by a floor of 1e-3 times the average position's
     mean instead, so its map stays finite.
     """
     mean = torch.as_tensor(normalisation.position_mean, device=distances.device)
-    floor = max(1e-6, 1e-3 * float(mean.mean()))
-    return distances / mean.clamp_min(floor)
+    mean = mean.view(-1, distances.shape[-1]) if distances.ndim == 3 else mean.view(distances.shape[-1])
+    floor = (1e-3 * mean.mean(-1, keepdim=True)).clamp_min(1e-6)  # per cue
+    return distances / torch.maximum(mean, floor)
 
 
 def position_statistics(distances: Iterable[Tensor]) -> Normalisation:
-    """Mean and standard deviation per position of distance batches (B, P), without scores.
+    """Mean and standard deviation per (cue and) position of distance batches (B, P) or
+    (B, C, P), without scores; a frame's NaN cue (nothing measured) is left out of that cue.
 
     Uses the same float64 pairwise (Chan) update as the embeddings' statistics.
     """
-    count, mean, m2 = 0, None, None
+    moments: list[tuple[int, Tensor, Tensor] | None] = []
     for batch in distances:
-        n_b, mean_b, m2_b = batch_moments(batch.unsqueeze(-1))
-        if mean is None or m2 is None:
-            count, mean, m2 = n_b, mean_b, m2_b
-        else:
-            count, mean, m2 = chan_merge(count, mean, m2, n_b, mean_b, m2_b)
-    if mean is None or m2 is None or count < 2:
-        raise ConfigError(f"expected at least 2 normal frames to normalise on, got {count}")
-    std = (m2[:, 0, 0] / (count - 1)).clamp_min(1e-12).sqrt()
-    return Normalisation(mean[:, 0].cpu().numpy(), std.cpu().numpy(), np.zeros(0, np.float32), count)
+        cues = batch.unsqueeze(1) if batch.ndim == 2 else batch
+        moments += [None] * (cues.shape[1] - len(moments))
+        for c in range(cues.shape[1]):
+            rows = cues[:, c][~cues[:, c].isnan().any(-1)]
+            if not len(rows):
+                continue
+            n_b, mean_b, m2_b = batch_moments(rows.unsqueeze(-1))
+            moments[c] = (n_b, mean_b, m2_b) if moments[c] is None else chan_merge(*moments[c], n_b, mean_b, m2_b)  # type: ignore[misc]
+    if not moments or any(m is None or m[0] < 2 for m in moments):
+        counts = [0 if m is None else m[0] for m in moments]
+        raise ConfigError(f"expected at least 2 normal frames to normalise every cue on, got {counts or 0}")
+    means = [m[1][:, 0] for m in moments if m is not None]
+    stds = [(m[2][:, 0, 0] / (m[0] - 1)).clamp_min(1e-12).sqrt() for m in moments if m is not None]
+    count = moments[0][0] if moments[0] is not None else 0  # frames, as the appearance cue saw them
+    squeeze = len(means) == 1  # one cue: (P,) as stores of one cue have always held
+    mean, std = (means[0], stds[0]) if squeeze else (torch.stack(means), torch.stack(stds))
+    return Normalisation(mean.cpu().numpy(), std.cpu().numpy(), np.zeros(0, np.float32), count)
 
 
 def measure_normalisation(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from streamad.errors import ConfigError
 
 MAX_INPUT_SIDE = 4096
+MOTIONS = ("off", "feat")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,11 @@ class ModelConfig:
         eps: ridge added to every covariance (Gaussian scorers).
         sigma: Gaussian blur of the anomaly map, in input pixels.
         weights: weights file (required for torchvision backbones).
+        motion: ``"feat"``: a second cue, how the embeddings change over a lag
+            (:mod:`streamad.motion`), for video; ``"off"``: appearance only. Image sets get
+            appearance only whatever this says.
+        motion_lag_s: the motion lag in seconds; None picks one frame step (``--every`` over
+            the first source's frame rate) when the fit starts.
     """
 
     method: str = "padim"
@@ -34,8 +40,14 @@ class ModelConfig:
     eps: float = 0.01
     sigma: float = 4.0
     weights: str | None = None
+    motion: str = "off"
+    motion_lag_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.motion not in MOTIONS:
+            raise ConfigError(f"expected --motion in {MOTIONS}, got {self.motion!r}")
+        if self.motion_lag_s is not None and not self.motion_lag_s > 0:
+            raise ConfigError(f"expected a positive motion lag, got {self.motion_lag_s} s")
         if self.input_hw is not None and any(v < 32 or v % 16 for v in self.input_hw):
             raise ConfigError(f"expected an input size whose sides are multiples of 16 and >= 32, got {self.input_hw}")
         if self.input_hw is not None and max(self.input_hw) > MAX_INPUT_SIDE:

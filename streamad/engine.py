@@ -77,10 +77,16 @@ class Scoring:
     def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool) -> None:
         self.model, self.frame_score, self.prepared = model, frame_score, prepared
         self.smoother = TemporalMean(frame_score.window) if frame_score.window > 1 else None
+        self.tracker = model.tracker()
+        self.last: FeatureBatch | None = None  # the last batch as scored (prepared, with motion)
 
     def __call__(self, batch: FeatureBatch) -> list[ScoreMap]:
-        features = batch.features if self.prepared else self.model.prepare(batch.features)
-        results = self.model.results(batch.refs, self.model.distances(features), frame_score=self.frame_score, originals=batch.originals)
+        if not self.prepared:
+            batch = FeatureBatch(batch.refs, self.model.prepare(batch.features), batch.originals)
+        if self.tracker is not None:
+            batch = self.tracker(batch)
+        self.last = batch
+        results = self.model.results(batch.refs, self.model.distances(batch.features), frame_score=self.frame_score, originals=batch.originals)
         if self.smoother is None:
             return results
         return [ScoreMap(r.ref, self.smoother(r.ref.source_id, r.score), r.map_max, r.anomaly_map, r.original) for r in results]

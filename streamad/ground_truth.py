@@ -135,7 +135,7 @@ def _mvtec(root: Path) -> GroundTruth:
         else:
             masks = list(_mask_files(images, root / "ground_truth" / defect.name, what="MVTec AD layout"))
         labels = np.full(len(images), not normal)
-        sources.append(LabelledSource(ImageSequence(defect.name, tuple(images)), labels, _file_masks(images, masks), defect.name))
+        sources.append(LabelledSource(ImageSequence(defect.name, tuple(images), timed=False), labels, _file_masks(images, masks), defect.name))
     if not sources:
         raise GroundTruthError(f"expected test images in {root / 'test'}/<defect>/, got none")
     return GroundTruth("mvtec", tuple(sources))
@@ -207,7 +207,7 @@ def _generic(root: Path, masks: Path | None, labels: Path | None) -> GroundTruth
         files = _mask_files(images, masks, what="--masks folder")
         mask_of = _file_masks(images, files)
         flags = np.array([bool(mask_of(i).any()) for i in range(len(images))])  # type: ignore[union-attr]
-        return GroundTruth("generic", (LabelledSource(ImageSequence(root.name, tuple(images)), flags, mask_of, root.name),))
+        return GroundTruth("generic", (LabelledSource(ImageSequence(root.name, tuple(images), timed=False), flags, mask_of, root.name),))
     if labels is None:
         raise GroundTruthError(f"expected ground truth for {root}, got neither --masks nor --labels; hint: see `streamad eval --help` for the layouts")
     try:
@@ -218,7 +218,7 @@ def _generic(root: Path, masks: Path | None, labels: Path | None) -> GroundTruth
     if missing:
         raise GroundTruthError(f"expected a label in {labels} for every image of {root}, got none for {missing[0]} ({len(missing)} missing)")
     flags = np.array([bool(table.get(p.name, table.get(p.stem))) for p in images])
-    return GroundTruth("labels", (LabelledSource(ImageSequence(root.name, tuple(images)), flags, None, root.name),))
+    return GroundTruth("labels", (LabelledSource(ImageSequence(root.name, tuple(images), timed=False), flags, None, root.name),))
 
 
 def load_ground_truth(path: str | Path, *, masks: str | Path | None = None, labels: str | Path | None = None) -> GroundTruth:

@@ -19,6 +19,7 @@ from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError
 from streamad.features import FeatureExtractor, Features
 from streamad.frames import FrameRef, ScoreMap
+from streamad.motion import MotionTracker
 from streamad.scorers import build_scorer
 
 
@@ -83,9 +84,34 @@ class Model:
     def finalise(self) -> None:
         self.scorer.finalise()
 
+    @property
+    def cues(self) -> tuple[str, ...]:
+        """The scorer's distance cues (``appearance``, and ``motion`` for video)."""
+        return tuple(getattr(self.scorer, "cues", ("appearance",)))
+
+    def tracker(self) -> MotionTracker | None:
+        """A new per-source memory that adds the motion features a scorer with a motion cue
+        needs; run it on prepared batches in frame order, between :meth:`prepare` and the
+        scorer (None: the scorer needs none)."""
+        make = getattr(self.scorer, "tracker", None)
+        return make() if make is not None else None
+
     def distances(self, prepared: Features) -> Tensor:
-        """Per-position distances (B, P) of prepared features."""
-        return self.scorer.distances(prepared)
+        """Per-position distances (B, C, P) of prepared features, one row per cue (NaN: the
+        cue had nothing to measure for that frame, as motion on a source's first frame)."""
+        distances = self.scorer.distances(prepared)
+        return distances.unsqueeze(1) if distances.ndim == 2 else distances
+
+    @torch.inference_mode()
+    def combine(self, distances: Tensor, *, normalised: bool, normalisation: Normalisation | None) -> Tensor:
+        """The cues' distances (B, C, P) as one (B, P): each normalised (a cue without a
+        measure counts as its normal mean, 1), then averaged; raw, the mean of those measured."""
+        if not normalised:
+            return distances.nanmean(1)
+        if normalisation is None:
+            raise ConfigError("expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw")
+        relative = normalise(distances, normalisation)
+        return torch.where(relative.isnan(), torch.ones_like(relative), relative).mean(1)
 
     def merge(self, other: Model) -> None:
         """Add another partial fit of the same model (mergeable scorers only)."""
@@ -114,15 +140,12 @@ class Model:
     ) -> list[ScoreMap]:
         """Distances (B, P) to anomaly maps and pooled (not yet smoothed) frame scores.
 
-        ``normalisation`` overrides the model's own (the one being measured, in a fit)."""
-        if frame_score.normalised:
-            normalisation = normalisation or self.normalisation
-            if normalisation is None:
-                raise ConfigError(
-                    "expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw"
-                )
-            distances = normalise(distances, normalisation)
-        maps = self.maps(distances)
+        Args:
+            distances: (B, C, P) as :meth:`distances` gives them (or (B, P) for one cue).
+            normalisation: overrides the model's own (the one being measured, in a fit).
+        """
+        distances = distances.unsqueeze(1) if distances.ndim == 2 else distances
+        maps = self.maps(self.combine(distances, normalised=frame_score.normalised, normalisation=normalisation or self.normalisation))
         pooled = topk_mean(maps, fraction=frame_score.topk_fraction).cpu().numpy()
         peak = maps.flatten(1).amax(1).cpu().numpy()
         maps_np = maps.cpu().numpy()

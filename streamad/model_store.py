@@ -84,16 +84,18 @@ def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, wher
         StoreError: an attribute is missing or not of its type (the store was edited by hand).
     """
     recorded = attrs.get("scorer") or {}
-    defaults = ModelConfig()
-    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"method", "backbone", "input_hw", "sigma", "weights"}
-    values: dict[str, Any] = {name: recorded[name] for name in names if name in recorded}
-    values.update(method=attrs.get("method"), backbone=attrs.get("backbone"), sigma=attrs.get("sigma"))
+    convert = {"int": int, "float": float, "float | None": float, "str": str}
+    top = ("method", "backbone", "input_hw", "sigma", "weights", "motion")  # root attributes, or derived
+    names = {f.name: convert[str(f.type)] for f in dataclasses.fields(ModelConfig) if f.name not in top}
     try:
-        typed = {name: type(getattr(defaults, name))(value) for name, value in values.items()}
-        if not isinstance(values["method"], str) or not isinstance(values["backbone"], str):
+        typed = {name: to(recorded[name]) for name, to in names.items() if recorded.get(name) is not None}
+        method, backbone = attrs.get("method"), attrs.get("backbone")
+        if not isinstance(method, str) or not isinstance(backbone, str):
             raise TypeError("method and backbone must be names")
         height, width = attrs["input_hw"]
-        return ModelConfig(**typed, input_hw=(int(height), int(width)), weights=weights)
+        motion = "feat" if typed.get("motion_lag_s") else "off"
+        hw = (int(height), int(width))
+        return ModelConfig(method=method, backbone=backbone, sigma=float(attrs["sigma"]), **typed, input_hw=hw, weights=weights, motion=motion)
     except (KeyError, TypeError, ValueError) as exc:
         shown = {k: attrs.get(k) for k in ("method", "backbone", "input_hw", "sigma")} | {"scorer": recorded}
         raise StoreError(

@@ -74,6 +74,7 @@ class ImageSequence:
     paths: tuple[Path, ...]
     fps: float = 25.0
     policy: str = "block"
+    timed: bool = True  # frames of a clip (motion applies), not an image set
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -193,19 +194,19 @@ def _resolve_one(spec: str) -> list[Source]:
         if not images:
             raise EmptySourceError(f"expected images matching {spec!r}, got none; hint: check the pattern and quote it so the shell does not expand it")
         name = Path(spec.split("*")[0].split("?")[0].split("[")[0]).name or "images"
-        return [ImageSequence(name, tuple(images))]
+        return [ImageSequence(name, tuple(images), timed=False)]
     path = Path(spec)
     if not path.exists():
         raise SourceNotFoundError(f"expected an existing video, folder or glob, got {spec!r} (no such path); hint: check the spelling, or quote a glob")
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return [ImageSequence(path.stem, (path,))]
+            return [ImageSequence(path.stem, (path,), timed=False)]
         return [_open_video(path, path.stem)]
     if (path / "train" / "good").is_dir():  # an MVTec AD category: fit on its normal images
         path = path / "train" / "good"
         images = _images_in(path)
         if images:
-            return [ImageSequence(path.parent.parent.name, tuple(images))]
+            return [ImageSequence(path.parent.parent.name, tuple(images), timed=False)]
     images = _images_in(path)
     if images:
         return [ImageSequence(path.name, tuple(images))]

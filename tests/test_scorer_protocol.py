@@ -121,7 +121,7 @@ def test_protocol_conformance(config: ModelConfig) -> None:
     model.finalise()
     d = model.distances(prepared)
     h, w = model.extractor.feature_hw
-    assert d.shape == (6, h * w) and torch.isfinite(d).all()
+    assert d.shape == (6, len(model.cues), h * w) and torch.isfinite(d).all()
     other = Model(config)
     other.scorer.load_state(model.scorer.state())
     assert other.finalised and other.frames_seen == 6

@@ -18,14 +18,95 @@ from streamad.errors import ConfigError, StoreError
 from streamad.features import FeatureExtractor, Features
 from streamad.gaussian import RunningGaussian
 from streamad.mahalanobis import Mahalanobis, cholesky_factors, whitening_factors
+from streamad.motion import HAS_MOTION, MOTION, MotionTracker
 from streamad.projection import METHODS, make_projection, project_layers
 from streamad.scorers.base import Scorer, ScorerState
 
 EMBEDDING = "embedding"
 
 
+class PositionGaussians(nn.Module):
+    """Streamed float64 statistics of per-position embeddings and, once finalised, the float32
+    whitening factors that score them (one cue of a :class:`GaussianScorer`).
+
+    Args:
+        positions: P.
+        k: embedding dimension.
+        eps: ridge added to every covariance.
+    """
+
+    def __init__(self, positions: int, k: int, *, eps: float, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.eps = eps
+        self.gaussian = RunningGaussian(positions, k, device=device)
+        self.factors: Mahalanobis | None = None
+        self.chol: Tensor | None = None
+        self.factor_count = 0  # frames the factors were computed from
+
+    @property
+    def n(self) -> int:
+        return self.gaussian.n
+
+    def update(self, x: Tensor) -> None:
+        """Accumulate embeddings (B, P, k)."""
+        if len(x):
+            self.gaussian.update(x)
+
+    @torch.inference_mode()
+    def finalise(self, what: str) -> None:
+        """Cholesky factors of the covariances (+ eps I), stored as float32 so that a loaded
+        store scores exactly like the fit that wrote it."""
+        if self.gaussian.n < 2:
+            raise ConfigError(f"expected at least 2 frames to fit {what}, got {self.gaussian.n}; hint: check the sources or lower --every")
+        chol = cholesky_factors(self.gaussian.covariance(), eps=self.eps)
+        self._set_factors(self.gaussian.mean.float(), chol.float(), self.gaussian.n)
+
+    def _set_factors(self, mean: Tensor, chol: Tensor, count: int) -> None:
+        self.factor_count = count
+        device = self.gaussian.mean.device
+        whitener = whitening_factors(chol.to(device, torch.float64)).float()
+        self.factors = Mahalanobis(mean.to(device, torch.float32), whitener)
+        self.chol = chol.to(device, torch.float32)
+
+    def distances(self, x: Tensor) -> Tensor:
+        if self.factors is None:
+            raise RuntimeError("the scorer has no factors; call finalise() or load a fitted store")
+        return self.factors(x)
+
+    def arrays(self, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Named arrays and their revision tags (statistics: their count; factors: theirs)."""
+        n, f = str(self.gaussian.n), str(self.factor_count)
+        arrays = {
+            f"{prefix}count": np.asarray(self.gaussian.n, dtype=np.int64),
+            f"{prefix}mean": self.gaussian.mean.cpu().numpy(),
+            f"{prefix}m2": self.gaussian.m2.cpu().numpy(),
+        }
+        revisions = {f"{prefix}count": n, f"{prefix}mean": n, f"{prefix}m2": n}
+        if self.factors is not None and self.chol is not None:
+            arrays.update({f"{prefix}factor_mean": self.factors.mean.cpu().numpy(), f"{prefix}chol": self.chol.cpu().numpy()})
+            revisions.update({f"{prefix}factor_mean": f, f"{prefix}chol": f})
+        return arrays, revisions
+
+    def load(self, arrays: dict[str, np.ndarray], prefix: str, *, factor_count: int | None) -> None:
+        """Restore from :meth:`arrays`; factors only when ``factor_count`` is given."""
+        mean = arrays[f"{prefix}mean"]
+        if mean.shape != tuple(self.gaussian.mean.shape):
+            raise StoreError(f"expected statistics of shape {tuple(self.gaussian.mean.shape)}, got {mean.shape}")
+        self.gaussian.count.fill_(int(arrays[f"{prefix}count"]))
+        self.gaussian.mean.copy_(torch.from_numpy(mean))
+        self.gaussian.m2.copy_(torch.from_numpy(arrays[f"{prefix}m2"]))
+        self.factors, self.chol, self.factor_count = None, None, 0
+        if factor_count is not None and f"{prefix}chol" in arrays:
+            self._set_factors(torch.from_numpy(arrays[f"{prefix}factor_mean"]), torch.from_numpy(arrays[f"{prefix}chol"]), factor_count)
+
+
 class GaussianScorer(nn.Module):
-    """Per-position Gaussians of projected multi-scale features (``padim`` or ``soe``).
+    """Per-position Gaussians of projected multi-scale features (``padim`` or ``soe``), and with
+    ``motion_lag_s`` a second cue: per-position Gaussians of how those embeddings change over
+    the lag (:mod:`streamad.motion`), fitted on the same frames.
+
+    Distances are (B, P) with appearance alone, else (B, 2, P): appearance and motion, NaN for
+    the motion of a frame without a frame one lag before it.
 
     Args:
         method: ``padim`` or ``soe``.
@@ -35,6 +116,7 @@ class GaussianScorer(nn.Module):
         k: projected dimension.
         seed: seeds the projection.
         eps: ridge added to every covariance.
+        motion_lag_s: the motion cue's lag in seconds (None: appearance only).
         device: where statistics and factors live.
     """
 
@@ -54,6 +136,7 @@ class GaussianScorer(nn.Module):
         k: int,
         seed: int,
         eps: float,
+        motion_lag_s: float | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
@@ -62,22 +145,30 @@ class GaussianScorer(nn.Module):
         if k > channels:
             raise ConfigError(f"expected k <= {channels} (the backbone's channels), got k={k}")
         self.method, self.layers, self.k, self.seed, self.eps = method, layers, k, seed, eps
+        self.motion_lag_s = motion_lag_s
         self.register_buffer("projection", make_projection(method, channels, k, seed=seed).to(device))
-        self.gaussian = RunningGaussian(positions, k, device=device)
-        self.factors: Mahalanobis | None = None
-        self.chol: Tensor | None = None
-        self.factor_count = 0  # frames the factors were computed from
+        self.appearance = PositionGaussians(positions, k, eps=eps, device=device)
+        self.motion = PositionGaussians(positions, k, eps=eps, device=device) if motion_lag_s else None
+
+    @property
+    def cues(self) -> tuple[str, ...]:
+        return ("appearance", "motion") if self.motion is not None else ("appearance",)
 
     @property
     def frames_seen(self) -> int:
-        return self.gaussian.n
+        return self.appearance.n
 
     @property
     def finalised(self) -> bool:
-        return self.factors is not None
+        return self.appearance.factors is not None and (self.motion is None or self.motion.factors is not None)
 
     def attrs(self) -> dict[str, Any]:
-        return {"k": self.k, "seed": self.seed, "eps": self.eps}
+        motion = {"motion_lag_s": self.motion_lag_s} if self.motion_lag_s else {}
+        return {"k": self.k, "seed": self.seed, "eps": self.eps, **motion}
+
+    def tracker(self) -> MotionTracker | None:
+        """What a job runs between :meth:`prepare` and the scorer, per source, in frame order."""
+        return MotionTracker(EMBEDDING, lag_s=self.motion_lag_s) if self.motion_lag_s else None
 
     @torch.inference_mode()
     def prepare(self, features: Features) -> Features:
@@ -86,53 +177,48 @@ class GaussianScorer(nn.Module):
 
     def update(self, prepared: Features) -> None:
         """Accumulate a batch; distances keep using the factors of the last :meth:`finalise`."""
-        self.gaussian.update(prepared[EMBEDDING])
+        self.appearance.update(prepared[EMBEDDING])
+        if self.motion is not None:
+            self.motion.update(prepared[MOTION][prepared[HAS_MOTION]])
 
     @torch.inference_mode()
     def finalise(self) -> None:
-        """Cholesky factors of the covariances (+ eps I), stored as float32 so that a loaded
-        store scores exactly like the fit that wrote it."""
-        if self.gaussian.n < 2:
-            raise ConfigError(f"expected at least 2 frames to fit, got {self.gaussian.n}; hint: check the sources or lower --every")
-        chol = cholesky_factors(self.gaussian.covariance(), eps=self.eps)
-        self._set_factors(self.gaussian.mean.float(), chol.float(), self.gaussian.n)
-
-    def _set_factors(self, mean: Tensor, chol: Tensor, count: int) -> None:
-        self.factor_count = count
-        device = self.projection.device
-        whitener = whitening_factors(chol.to(device, torch.float64)).float()
-        self.factors = Mahalanobis(mean.to(device, torch.float32), whitener)
-        self.chol = chol.to(device, torch.float32)
+        self.appearance.finalise("the appearance")
+        if self.motion is not None:
+            self.motion.finalise("the motion (frames one lag apart)")
 
     @torch.inference_mode()
     def distances(self, prepared: Features) -> Tensor:
-        """Mahalanobis distances (B, P) of the embeddings to the fitted Gaussians."""
-        if self.factors is None:
-            raise RuntimeError("the scorer has no factors; call finalise() or load a fitted store")
-        return self.factors(prepared[EMBEDDING])
+        """Mahalanobis distances of the embeddings (B, P), or with motion (B, 2, P)."""
+        appearance = self.appearance.distances(prepared[EMBEDDING])
+        if self.motion is None:
+            return appearance
+        motion = self.motion.distances(prepared[MOTION])
+        motion[~prepared[HAS_MOTION]] = float("nan")
+        return torch.stack([appearance, motion], 1)
 
     def merge(self, other: Scorer) -> None:
         if not isinstance(other, GaussianScorer) or (other.method, other.attrs()) != (self.method, self.attrs()):
             raise ConfigError("expected partial fits of the same Gaussian model to merge, got another kind")
-        self.gaussian.merge(other.gaussian)
+        self.appearance.gaussian.merge(other.appearance.gaussian)
+        if self.motion is not None and other.motion is not None:
+            self.motion.gaussian.merge(other.motion.gaussian)
 
     def state(self) -> ScorerState:
         """Statistics (revision: their frame count) and, once finalised, the factors (revision:
         the count they were computed from, which is also the state's revision: distances
         change only when the factors do)."""
-        n, f = str(self.gaussian.n), str(self.factor_count)
-        arrays = {
-            "projection": self.projection.cpu().numpy(),
-            "count": np.asarray(self.gaussian.n, dtype=np.int64),
-            "mean": self.gaussian.mean.cpu().numpy(),
-            "m2": self.gaussian.m2.cpu().numpy(),
-        }
-        revisions = {"projection": "0", "count": n, "mean": n, "m2": n}
-        if self.factors is not None and self.chol is not None:
-            arrays.update(factor_mean=self.factors.mean.cpu().numpy(), chol=self.chol.cpu().numpy())
-            revisions.update(factor_mean=f, chol=f)
-        attrs = {**self.attrs(), "finalised": self.finalised, "factor_count": self.factor_count}
-        return ScorerState(arrays, attrs, revision=f"f{f}" if self.finalised else f"n{n}", revisions=revisions)
+        arrays, revisions = self.appearance.arrays("")
+        arrays["projection"], revisions["projection"] = self.projection.cpu().numpy(), "0"
+        attrs = {**self.attrs(), "finalised": self.finalised, "factor_count": self.appearance.factor_count}
+        revision = f"f{self.appearance.factor_count}" if self.finalised else f"n{self.appearance.n}"
+        if self.motion is not None:
+            more, tags = self.motion.arrays("motion_")
+            arrays.update(more)
+            revisions.update(tags)
+            attrs["motion_factor_count"] = self.motion.factor_count
+            revision += f"m{self.motion.factor_count if self.finalised else self.motion.n}"
+        return ScorerState(arrays, attrs, revision=revision, revisions=revisions)
 
     def load_state(self, state: ScorerState) -> None:
         arrays = state.arrays
@@ -141,15 +227,12 @@ class GaussianScorer(nn.Module):
             raise StoreError(f"expected a stored projection of shape {tuple(self.projection.shape)} (k={self.k}), got {tuple(projection.shape)}")
         if not torch.equal(projection, self.projection):
             raise StoreError(f"expected the stored projection of method {self.method} with seed {self.seed} and k={self.k}, got another one")
-        mean = arrays["mean"]
-        if mean.shape != tuple(self.gaussian.mean.shape):
-            raise StoreError(f"expected statistics of shape {tuple(self.gaussian.mean.shape)}, got {mean.shape}")
-        self.gaussian.count.fill_(int(arrays["count"]))
-        self.gaussian.mean.copy_(torch.from_numpy(mean))
-        self.gaussian.m2.copy_(torch.from_numpy(arrays["m2"]))
-        self.factors, self.chol, self.factor_count = None, None, 0
-        if state.attrs.get("finalised") and "chol" in arrays:
-            self._set_factors(torch.from_numpy(arrays["factor_mean"]), torch.from_numpy(arrays["chol"]), int(state.attrs.get("factor_count", 0)))
+        finalised = bool(state.attrs.get("finalised"))
+        self.appearance.load(arrays, "", factor_count=int(state.attrs.get("factor_count", 0)) if finalised else None)
+        if self.motion is not None:
+            if "motion_mean" not in arrays:
+                raise StoreError("expected motion statistics (motion_mean) in the state, got none")
+            self.motion.load(arrays, "motion_", factor_count=int(state.attrs.get("motion_factor_count", 0)) if finalised else None)
 
 
 def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
@@ -164,5 +247,6 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
         k=config.k,
         seed=config.seed,
         eps=config.eps,
+        motion_lag_s=config.motion_lag_s if config.motion != "off" else None,
         device=extractor.device,
     )
