@@ -197,7 +197,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
-@click.option("--motion", type=click.Choice(["off", "feat"]), default=None, help="feat: add a motion cue for video, the embeddings' change over one frame step (default off).")
+@click.option("--motion", type=click.Choice(["off", "feat"]), default=None, help="feat: a motion cue for video (see README); default off.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
 @click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")

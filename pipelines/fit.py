@@ -189,14 +189,21 @@ def _fit_pass(
     """The fitting pass: fitted frames into the scorer, a checkpoint every so often and at the end."""
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=options.batch_size, workers=options.workers)
-    reading = Reading(options.every, (options.start, options.stop), start=dict(state.next_index), keep=options.holdout.fitted)
+    tracker = model.tracker()
+    # A resumed fit with motion reads each source's last counted frame again, only to give the
+    # next frame its motion as an uninterrupted fit would.
+    primed = dict(state.next_index)
+    start = {sid: max(0, n - options.every) for sid, n in primed.items()} if tracker is not None else primed
+    reading = Reading(options.every, (options.start, options.stop), start=start, keep=options.holdout.fitted)
     extra = {"every": options.every}
     since_checkpoint = 0
-    tracker = model.tracker()
-    progress.start("fitting", reading.expected(sources))
+    progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted:
         features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True)
         for batch in engine.consume(track(stages.rebatch(features, min_frames=options.accumulate_frames), tracker)):
+            batch = stages.select(batch, [i for i, ref in enumerate(batch.refs) if ref.index >= primed.get(ref.source_id, 0)])
+            if not batch.refs:
+                continue
             model.update(batch.features)
             for ref in batch.refs:
                 state.next_index[ref.source_id] = ref.index + 1

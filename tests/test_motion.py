@@ -1,0 +1,141 @@
+"""The motion cue: where and how strongly features change, the lag logic in time, exact resume
+and merge of its statistics, and the same scores live and offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from streamad.cameras import Camera
+from streamad.config import ModelConfig
+from streamad.decode import VideoWriter
+from streamad.errors import ConfigError
+from streamad.frames import FeatureBatch, FrameRef
+from streamad.model import Model
+from streamad.model_store import open_store, read_state
+from streamad.motion import HAS_MOTION, MOTION, MotionTracker
+from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.merge import merge
+from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.watch import WatchOptions, watch
+from tests.conftest import scene
+
+MOTION_CONFIG = ModelConfig(input_hw=(64, 96), k=16, motion="feat")
+
+
+def square_frames(speed: int, frames: int = 4, *, size: tuple[int, int] = (128, 192)) -> list[np.ndarray]:
+    """A static texture with a dark square moving right by ``speed`` pixels a frame from x=40."""
+    rng = np.random.default_rng(3)
+    base = cv2.resize(rng.uniform(80, 180, (size[0] // 8, size[1] // 8, 3)).astype(np.float32), (size[1], size[0])).astype(np.uint8)
+    out = []
+    for t in range(frames):
+        image = base.copy()
+        x = 40 + speed * t
+        image[48:80, x : x + 32] = 20
+        out.append(image)
+    return out
+
+
+def motion_energy(model: Model, frames: list[np.ndarray]) -> torch.Tensor:
+    """Per-position norm of the motion features of the last frame, as (h, w)."""
+    tracker = MotionTracker("embedding", lag_s=0.1)
+    refs = tuple(FrameRef("c", i, i / 10) for i in range(len(frames)))
+    batch = tracker(FeatureBatch(refs, model.embed(frames)))
+    assert batch.features[HAS_MOTION].tolist() == [False] + [True] * (len(frames) - 1)
+    return batch.features[MOTION][-1].norm(dim=-1).view(*model.extractor.feature_hw)
+
+
+def test_motion_features_peak_where_the_square_moves_and_grow_with_its_speed() -> None:
+    model = Model(ModelConfig(input_hw=(128, 192), k=32))
+    slow, fast = motion_energy(model, square_frames(2)), motion_energy(model, square_frames(8))
+    h, w = model.extractor.feature_hw
+    stride = 128 // h
+    row, col = divmod(int(fast.argmax()), w)
+    x_now = 40 + 8 * 3
+    assert 48 - stride <= row * stride <= 80 + stride and x_now - 12 - stride <= col * stride <= x_now + 32 + stride
+    away = fast[:, : (x_now - 40) // stride].mean() if x_now > 60 else fast[h // 2 + 4 :].mean()
+    assert fast.max() > 3 * away  # far from the square little changes
+    assert fast.sum() > 1.5 * slow.sum()  # a faster square changes more
+
+
+@pytest.mark.parametrize(
+    ("pts", "lag", "expected"),
+    [
+        ([0.0, 0.3, 0.6, 0.9], 0.3, [False, True, True, True]),  # --every 3 at 10 fps, lag of one step
+        ([0.0, 0.1, 0.22, 0.31, 0.45], 0.1, [False, True, True, True, True]),  # a variable rate within tolerance
+        ([0.0, 0.1, 0.3, 0.4], 0.1, [False, True, False, True]),  # a dropped frame: no lag-long gap
+        ([0.0, 0.1, 5.0, 5.1], 0.1, [False, True, False, True]),  # a long gap (a reconnect)
+    ],
+)
+def test_lags_are_times(pts: list[float], lag: float, expected: list[bool]) -> None:
+    tracker = MotionTracker("embedding", lag_s=lag)
+    values = torch.arange(len(pts), dtype=torch.float32).view(-1, 1, 1)
+    out = tracker(FeatureBatch(tuple(FrameRef("c", i, p) for i, p in enumerate(pts)), {"embedding": values}))
+    assert out.features[HAS_MOTION].tolist() == expected
+    for i in range(1, len(pts)):
+        if expected[i]:  # one step of change per frame, rescaled to one lag
+            assert float(out.features[MOTION][i]) == pytest.approx(lag / (pts[i] - pts[i - 1]))
+
+
+def test_sources_keep_their_own_previous_frame_across_batches() -> None:
+    tracker = MotionTracker("embedding", lag_s=1.0)
+    first = tracker(FeatureBatch((FrameRef("a", 0, 0.0), FrameRef("b", 0, 0.0)), {"embedding": torch.tensor([[[1.0]], [[10.0]]])}))
+    second = tracker(FeatureBatch((FrameRef("b", 1, 1.0), FrameRef("a", 1, 1.0)), {"embedding": torch.tensor([[[12.0]], [[4.0]]])}))
+    assert not first.features[HAS_MOTION].any() and second.features[MOTION].flatten().tolist() == [2.0, 3.0]
+    with pytest.raises(ConfigError, match="positive motion lag"):
+        MotionTracker("embedding", lag_s=0)
+
+
+def clip(path: Path, frames: int, *, fps: int = 10, anomaly_from: int | None = None) -> Path:
+    with VideoWriter(path, fps=fps) as writer:
+        for t in range(frames):
+            writer.write(scene(t, anomaly=anomaly_from is not None and t >= anomaly_from))
+    return path
+
+
+def motion_stats(path: Path) -> dict[str, np.ndarray]:
+    state = read_state(open_store(path))
+    assert state is not None
+    return {name: state.arrays[name] for name in ("count", "mean", "m2", "motion_count", "motion_mean", "motion_m2")}
+
+
+def test_resume_and_merge_of_motion_statistics_are_exact(tmp_path: Path) -> None:
+    a, b = clip(tmp_path / "a.mp4", 40), clip(tmp_path / "b.mp4", 30)
+    fit([str(a), str(b)], tmp_path / "one.zarr", MOTION_CONFIG)
+    fit([str(a), str(b)], tmp_path / "two.zarr", MOTION_CONFIG, options=FitOptions(stop=17))
+    fit([str(a), str(b)], tmp_path / "two.zarr", resume=True)
+    fit([str(a)], tmp_path / "pa.zarr", MOTION_CONFIG)
+    fit([str(b)], tmp_path / "pb.zarr", MOTION_CONFIG)
+    merge([tmp_path / "pa.zarr", tmp_path / "pb.zarr"], tmp_path / "merged.zarr")
+    one = motion_stats(tmp_path / "one.zarr")
+    assert int(one["motion_count"]) > 40  # motion fitted on frames whose previous frame was read
+    # A resumed fit reads each source's last counted frame again to give the next one its
+    # motion; it passes the backbone in another batch, so float32 rounding (~1e-7) differs.
+    for other, rtol in (("merged.zarr", 1e-9), ("two.zarr", 1e-5)):
+        for name, array in motion_stats(tmp_path / other).items():
+            np.testing.assert_allclose(array, one[name], rtol=rtol, atol=rtol * np.abs(one[name]).max(), err_msg=f"{other} {name}")
+
+
+def test_motion_model_scores_live_as_offline_and_marks_the_anomaly(tmp_path: Path) -> None:
+    train, test = clip(tmp_path / "train.mp4", 60), clip(tmp_path / "test.mp4", 40, anomaly_from=25)
+    fit([str(train)], tmp_path / "m.zarr", MOTION_CONFIG)
+    scored = score([str(test)], tmp_path / "m.zarr", tmp_path / "s", options=ScoreOptions(write_maps=False))
+    offline = np.loadtxt(scored.csv, delimiter=",", skiprows=1, usecols=3)
+    watch([Camera("test", str(test), str(tmp_path / "m.zarr"))], tmp_path / "w", options=WatchOptions(live=WatchOptions().live), print_stats=lambda line: None)
+    live = np.loadtxt(tmp_path / "w" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
+    np.testing.assert_allclose(live, offline, rtol=1e-5)
+    assert offline[25:].min() > offline[1:25].max()
+
+
+def test_image_sets_keep_appearance_only(tmp_path: Path) -> None:
+    folder = tmp_path / "cat" / "train" / "good"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene(i))
+    fit([str(tmp_path / "cat")], tmp_path / "m.zarr", MOTION_CONFIG, options=FitOptions(holdout_every=3))
+    state = read_state(open_store(tmp_path / "m.zarr"))
+    assert state is not None and "motion_mean" not in state.arrays and "motion_lag_s" not in state.attrs
