@@ -194,14 +194,17 @@ def _fit_pass(
     # next frame its motion as an uninterrupted fit would.
     primed = dict(state.next_index)
     start = {sid: max(0, n - options.every) for sid, n in primed.items()} if tracker is not None else primed
-    reading = Reading(options.every, (options.start, options.stop), start=start, keep=options.holdout.fitted)
+    # With motion, held-out frames are read too, only as the motion reference of the next
+    # frame: otherwise the motion after every held-out frame would be missing from the fit
+    # (and a camera whose keyframes fall on them would never show the fit a keyframe's change).
+    reading = Reading(options.every, (options.start, options.stop), start=start, keep=None if tracker is not None else options.holdout.fitted)
     extra = {"every": options.every}
     since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted:
         features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True)
         for batch in engine.consume(track(stages.rebatch(features, min_frames=options.accumulate_frames), tracker)):
-            batch = stages.select(batch, [i for i, ref in enumerate(batch.refs) if ref.index >= primed.get(ref.source_id, 0)])
+            batch = stages.select(batch, [i for i, r in enumerate(batch.refs) if r.index >= primed.get(r.source_id, 0) and options.holdout.fitted(r.index)])
             if not batch.refs:
                 continue
             model.update(batch.features)

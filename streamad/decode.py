@@ -236,6 +236,9 @@ class VideoWriter:
         self._path = str(path)
         self._fps = Fraction(fps).limit_denominator(1001)
         self._crf = crf
+        # A keyframe every second, as cameras stream: x264's default (250 frames) lets the
+        # compression noise drift for many seconds between keyframes, which fine features see.
+        self._gop = max(1, round(fps))
         self._container: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
 
@@ -249,7 +252,7 @@ class VideoWriter:
             raise RuntimeError("VideoWriter.write outside of a with-block")
         height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
         if self._stream is None:
-            self._stream = self._container.add_stream("libx264", rate=self._fps, options={"crf": str(self._crf), "preset": "veryfast"})
+            self._stream = self._container.add_stream("libx264", rate=self._fps, options={"crf": str(self._crf), "preset": "veryfast", "g": str(self._gop)})
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = "yuv420p"
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="rgb24")

@@ -174,3 +174,20 @@ class TestCli:
         )
         assert res.exit_code == 0, res.output
         assert "scored 40 frames" in res.output and (tmp_path / "t.png").exists()
+
+
+def test_demo_timeline_tells_the_truth(tmp_path: Path) -> None:
+    """The first picture a new user sees: normal frames below the drawn threshold, the cart's
+    frames above it while it is wholly in view (it takes 5 frames to drive in and out)."""
+    import csv
+
+    from streamad.pipelines.demo import demo
+
+    summary = demo(tmp_path / "demo")
+    threshold = summary.score.threshold
+    assert threshold is not None and summary.anomaly_frames is not None
+    first, end = summary.anomaly_frames
+    rows = [(int(r["index"]), float(r["score"])) for r in csv.DictReader(open(summary.score.csv))]
+    normal = [s for i, s in rows if not first <= i < end]
+    cart = [s for i, s in rows if first + 5 <= i < end - 5]
+    assert max(normal) < threshold < min(cart), (max(normal), threshold, min(cart))
