@@ -97,6 +97,12 @@ def normalise(distances: Tensor, normalisation: Normalisation) -> Tensor:
     return distances / torch.maximum(mean, floor)
 
 
+def cue_scales(normalisation: Normalisation, distances: Tensor) -> Tensor:
+    """Each cue's mean normal distance over all positions, shaped to divide distances (B, C, P)."""
+    mean = torch.as_tensor(normalisation.position_mean, device=distances.device).view(-1, distances.shape[-1])
+    return mean.mean(-1, keepdim=True).clamp_min(1e-6)
+
+
 def position_statistics(distances: Iterable[Tensor]) -> Normalisation:
     """Mean and standard deviation per (cue and) position of distance batches (B, P) or
     (B, C, P), without scores; a frame's NaN cue (nothing measured) is left out of that cue.

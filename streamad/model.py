@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from streamad.anomaly_map import AnomalyMap, topk_mean
-from streamad.calibration import Normalisation, Threshold, normalise
+from streamad.calibration import Normalisation, Threshold, cue_scales, normalise
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError
 from streamad.features import FeatureExtractor, Features
@@ -103,14 +103,17 @@ class Model:
         return distances.unsqueeze(1) if distances.ndim == 2 else distances
 
     @torch.inference_mode()
-    def combine(self, distances: Tensor, *, normalised: bool, normalisation: Normalisation | None) -> Tensor:
-        """The cues' distances (B, C, P) as one (B, P): each normalised (a cue without a
-        measure counts as its normal mean, 1), then averaged; raw, the mean of those measured."""
-        if not normalised:
-            return distances.nanmean(1)
-        if normalisation is None:
-            raise ConfigError("expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw")
-        relative = normalise(distances, normalisation)
+    def combine(self, distances: Tensor, *, per_position: bool, normalisation: Normalisation) -> Tensor:
+        """The cues' distances (B, C, P) as one (B, P): each relative to its normal distances
+        (a cue without a measure counts as its normal mean, 1), then averaged.
+
+        Args:
+            per_position: relative to each position's own normal mean (frame scores: a
+                pedestrian where people always walk counts less than where nobody does), else
+                to the cue's mean over all positions (maps: one scale, so they rank pixels as
+                the raw distances do, which localises best).
+        """
+        relative = normalise(distances, normalisation) if per_position else distances / cue_scales(normalisation, distances)
         return torch.where(relative.isnan(), torch.ones_like(relative), relative).mean(1)
 
     def merge(self, other: Model) -> None:
@@ -138,15 +141,29 @@ class Model:
         originals: Sequence[np.ndarray] = (),
         normalisation: Normalisation | None = None,
     ) -> list[ScoreMap]:
-        """Distances (B, P) to anomaly maps and pooled (not yet smoothed) frame scores.
+        """Distances to anomaly maps and pooled (not yet smoothed) frame scores.
+
+        Normalised (the default), a frame's score pools its distances relative to each
+        position's normal mean, and its map shows them relative to each cue's normal mean over
+        all positions (the same pixel ranking as raw distances); ``--raw``, both are the raw
+        distances (averaged over cues).
 
         Args:
             distances: (B, C, P) as :meth:`distances` gives them (or (B, P) for one cue).
             normalisation: overrides the model's own (the one being measured, in a fit).
         """
         distances = distances.unsqueeze(1) if distances.ndim == 2 else distances
-        maps = self.maps(self.combine(distances, normalised=frame_score.normalised, normalisation=normalisation or self.normalisation))
-        pooled = topk_mean(maps, fraction=frame_score.topk_fraction).cpu().numpy()
+        if frame_score.normalised:
+            normalisation = normalisation or self.normalisation
+            if normalisation is None:
+                raise ConfigError(
+                    "expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw"
+                )
+            maps = self.maps(self.combine(distances, per_position=False, normalisation=normalisation))
+            scored = self.maps(self.combine(distances, per_position=True, normalisation=normalisation))
+        else:
+            maps = scored = self.maps(distances.nanmean(1))
+        pooled = topk_mean(scored, fraction=frame_score.topk_fraction).cpu().numpy()
         peak = maps.flatten(1).amax(1).cpu().numpy()
         maps_np = maps.cpu().numpy()
         return [ScoreMap(ref, float(pooled[i]), float(peak[i]), maps_np[i], originals[i] if originals else None) for i, ref in enumerate(refs)]
