@@ -239,6 +239,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Fitted model store.")
 @click.option("--out", "-o", "out_dir", default="scores", show_default=True, help="Folder for scores.csv and scores.zarr.")
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Write a heatmap overlay video (one per source when several).")
+@click.option("--overlay-layers", default="combined", show_default=True, help="Overlay panels side by side: combined, appearance, motion (comma-separated).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
 @with_frame_score
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
@@ -256,7 +257,9 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
 
     options = score_options(kw, write_maps=not kw["no_maps"], threshold=kw["threshold"])
     progress = ClickProgress(not kw["quiet"])
-    summary = run_score(list(sources), model_path, out_dir, options=options, overlay=kw["overlay"], plot=kw["plot"], weights=kw["weights"], progress=progress)
+    layers = tuple(name.strip() for name in kw["overlay_layers"].split(",") if name.strip())
+    outputs = {"overlay": kw["overlay"], "overlay_layers": layers, "plot": kw["plot"]}
+    summary = run_score(list(sources), model_path, out_dir, options=options, **outputs, weights=kw["weights"], progress=progress)
     progress.finish()
     report_drops(summary.drop_report)
     frames, dropped = sum(summary.frames.values()), sum(sum(r.values()) for r in summary.dropped.values())
@@ -316,6 +319,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--threshold", type=float, default=None, help="Alert threshold (default: the model's stored or calibrated one).")
 @click.option("--min-frames", type=int, default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
 @click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
+@click.option("--learn-motion", is_flag=True, help="With --learn-for: learn the motion cue too (one frame step of the camera).")
 @click.option("--adapt", is_flag=True, help="Keep updating the statistics with frames below the threshold.")
 @click.option("--refresh-every", type=int, default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
 @click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
@@ -341,6 +345,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
     """
     setup(kw["threads"], kw["verbose"])
     from streamad.cameras import cameras_from, parse_duration
+    from streamad.config import ModelConfig
     from streamad.live import LiveOptions
     from streamad.pipelines.watch import WatchOptions
     from streamad.pipelines.watch import watch as run_watch
@@ -354,6 +359,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
         threshold=kw["threshold"],
         min_frames=kw["min_frames"],
         learn_for_s=parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
+        learn_config=ModelConfig(motion="feat" if kw["learn_motion"] else "off"),
         adapt=kw["adapt"],
         refresh_every=kw["refresh_every"],
         checkpoint_every_s=parse_duration(kw["checkpoint_every"]),

@@ -21,6 +21,7 @@ from streamad.features import Extractors, FeatureExtractor, Features
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
 from streamad.model import Model
 from streamad.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
+from streamad.motion import MotionTracker
 from streamad.preprocess import default_input_hw
 from streamad.store import ArrayStore
 
@@ -47,6 +48,8 @@ class CameraModel:
         self.learning_left_s: float | None = None  # stream time still to learn
         self.last_pts_s: float | None = None
         self.learning_on = False  # learning past --learn-for for want of frames
+        self.frame_rate: Callable[[], float | None] | None = None  # the camera's, for the motion lag
+        self.tracker: MotionTracker | None = None  # motion memory while learning
         self.held_out: list[tuple[FrameRef, Features]] = []
         self.adapted_since_refresh = 0
         self.dirty = False  # adapted since the store was written
@@ -91,12 +94,14 @@ class CameraModel:
         of the wall clock for a file. The store is built beside its path and appears at the
         first commit, so a crash while learning leaves no half-learned store."""
         config = self.options.learn_config
-        if config.motion_lag_s is None:  # a camera's frame rate is not known here yet: appearance only
-            config = replace(config, motion="off")
+        if config.motion != "off" and config.motion_lag_s is None:  # one frame step of the camera
+            fps = self.frame_rate() if self.frame_rate is not None else None
+            config = replace(config, motion_lag_s=1.0 / fps) if fps else replace(config, motion="off")
         if config.input_hw is None:
             config = replace(config, input_hw=default_input_hw(frame.image.shape[:2]))
         extractor = self.extractors.get(config.backbone, input_hw=config.input_hw or (0, 0), weights=config.weights)
         self.model = Model(config, device=self.device, extractor=extractor)
+        self.tracker = self.model.tracker()
         self.store = open_store(self.camera.model, mode="w")
         create(self.store, self.model)
         self.learning_left_s = float(self.options.learn_for_s or 0)
@@ -120,9 +125,12 @@ class CameraModel:
 
     def _learn(self, batch: FeatureBatch) -> None:
         assert self.model is not None
-        prepared = self.model.prepare(batch.features)
+        tracked = FeatureBatch(batch.refs, self.model.prepare(batch.features))
+        if self.tracker is not None:  # held-out frames too are motion references
+            tracked = self.tracker(tracked)
+        prepared = tracked.features
         fitted = [i for i, ref in enumerate(batch.refs) if HOLDOUT.fitted(ref.index)]
-        part = stages.select(FeatureBatch(batch.refs, prepared), fitted)
+        part = stages.select(tracked, fitted)
         if fitted:
             self.model.update(part.features)
         for i, ref in enumerate(batch.refs):

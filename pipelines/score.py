@@ -87,6 +87,33 @@ def _store_attrs(loaded: Model, model: str | Path | Model, options: ScoreOptions
     }
 
 
+def _outputs(
+    loaded: Model,
+    sources: Sequence[Source],
+    out: Path | None,
+    options: ScoreOptions,
+    overlay: str | Path | None,
+    layers: Sequence[str],
+    plot: str | Path | None,
+    threshold: float | None,
+    decision: float | None,
+    attrs: dict[str, Any],
+    extra: Sequence[Sink],
+) -> tuple[Sinks, OverlaySink | None]:
+    """The sinks of a score: CSV, score store, overlay (its layers checked), timeline, extras."""
+    if set(layers) - {"combined", *loaded.cues} or not layers:
+        raise ConfigError(f"expected --overlay-layers among {['combined', *loaded.cues]}, got {list(layers)}; hint: the model's cues are {list(loaded.cues)}")
+    overlays = OverlaySink(overlay, fps={s.source_id: s.fps for s in sources}, threshold=threshold, layers=layers) if overlay else None
+    sinks = [
+        CsvSink(out / "scores.csv", threshold=decision) if out else None,
+        ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=attrs, write_maps=options.write_maps, threshold=decision) if out else None,
+        overlays,
+        TimelineSink(plot, threshold=threshold) if plot else None,
+        *extra,
+    ]
+    return Sinks(sinks), overlays
+
+
 def score(
     specs: Sequence[str | Path | Source],
     model: str | Path | Model,
@@ -94,6 +121,7 @@ def score(
     *,
     options: ScoreOptions = ScoreOptions(),
     overlay: str | Path | None = None,
+    overlay_layers: Sequence[str] = ("combined",),
     plot: str | Path | None = None,
     weights: str | None = None,
     progress: Progress = no_progress,
@@ -102,7 +130,8 @@ def score(
     """Score every frame of ``specs`` against ``model`` (a fitted store or a loaded model).
 
     Writes ``out_dir/scores.csv`` and ``out_dir/scores.zarr`` (nothing when ``out_dir`` is
-    None), optionally an overlay video and a timeline, and hands every result to ``sinks``.
+    None), optionally an overlay video (``overlay_layers``: its panels, ``combined`` and the
+    model's cues) and a timeline, and hands every result to ``sinks``.
     """
     out = Path(out_dir) if out_dir is not None else None
     written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
@@ -118,20 +147,11 @@ def score(
     summary.decisions = decision is not None
     summary.threshold = decision if decision is not None else (normal.value if normal else None)
     attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)
-    overlays = OverlaySink(overlay, fps={s.source_id: s.fps for s in sources}, threshold=summary.threshold) if overlay else None
-    outputs = Sinks(
-        [
-            CsvSink(out / "scores.csv", threshold=decision) if out else None,
-            ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=attrs, write_maps=options.write_maps, threshold=decision) if out else None,
-            overlays,
-            TimelineSink(plot, threshold=summary.threshold) if plot else None,
-            *sinks,
-        ]
-    )
+    outputs, overlays = _outputs(loaded, sources, out, options, overlay, overlay_layers, plot, summary.threshold, decision, attrs, sinks)
     runner = Runner()
     engine = Engine(runner, loaded.device, batch_size=options.batch_size, workers=options.workers)
     reading = Reading(options.every, (options.start, options.stop))
-    route = Scoring(loaded, frame_score, prepared=True)
+    route = Scoring(loaded, frame_score, prepared=True, layers=overlay is not None and set(overlay_layers) != {"combined"})
     progress.start("scoring", reading.expected(sources))
     with graceful_interrupt(runner) as interrupted, outputs:
         features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=overlay is not None)

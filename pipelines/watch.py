@@ -205,6 +205,8 @@ def watch(
         sinks = _sinks(out, cameras, streams, alerts, options, show=print_stats, json_path=stats_json, clock=clock)
         closing.callback(sinks.close)
         lives, readers = _readers(cameras, streams, options, runner.stopping.is_set)
+        for name, live_stream in lives.items():
+            models[name].frame_rate = lambda stream=live_stream: stream.fps
         closing.callback(_sync_states, lives, streams)
         channels = runner.sources(readers, maxsize=options.queue_size, policy="drop-oldest" if live else "block", on_drop=_count_drop(streams), name="camera")
         batches = runner.stage(gathered, iter(()), maxsize=1, name="gather")

@@ -74,8 +74,8 @@ class Scoring:
     :meth:`prepare` in the backbone workers (one model), else it is done here (shared
     extractors, as in watch)."""
 
-    def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool) -> None:
-        self.model, self.frame_score, self.prepared = model, frame_score, prepared
+    def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool, layers: bool = False) -> None:
+        self.model, self.frame_score, self.prepared, self.layers = model, frame_score, prepared, layers
         self.smoother = TemporalMean(frame_score.window) if frame_score.window > 1 else None
         self.tracker = model.tracker()
         self.last: FeatureBatch | None = None  # the last batch as scored (prepared, with motion)
@@ -86,10 +86,11 @@ class Scoring:
         if self.tracker is not None:
             batch = self.tracker(batch)
         self.last = batch
-        results = self.model.results(batch.refs, self.model.distances(batch.features), frame_score=self.frame_score, originals=batch.originals)
+        distances = self.model.distances(batch.features)
+        results = self.model.results(batch.refs, distances, frame_score=self.frame_score, originals=batch.originals, layers=self.layers)
         if self.smoother is None:
             return results
-        return [ScoreMap(r.ref, self.smoother(r.ref.source_id, r.score), r.map_max, r.anomaly_map, r.original) for r in results]
+        return [ScoreMap(r.ref, self.smoother(r.ref.source_id, r.score), r.map_max, r.anomaly_map, r.original, r.layers) for r in results]
 
 
 class Engine:

@@ -68,6 +68,8 @@ class ScoreMap:
         map_max: the maximum of the anomaly map (the classic PaDiM image score).
         anomaly_map: float32 array, shape (H, W) at the model's input size.
         original: the RGB frame, kept only when a sink asked for it (overlays).
+        layers: each cue's own map (``appearance``, ``motion``), in the map's units, only when a
+            sink asked for them (``--overlay-layers``).
     """
 
     ref: FrameRef
@@ -75,3 +77,4 @@ class ScoreMap:
     map_max: float
     anomaly_map: np.ndarray
     original: np.ndarray | None = None
+    layers: dict[str, np.ndarray] | None = None

@@ -89,6 +89,7 @@ class LiveStream:
         self.url, self.source_id, self.options = url, source_id, options
         self.state = ""
         self.gave_up = False  # ended by --max-retries, not by the stream's end or a stop
+        self.fps: float | None = None  # the stream's nominal frame rate, once opened
         self.connections = 0
         self.reconnects = 0
         self._on_state = on_state
@@ -140,6 +141,13 @@ class LiveStream:
             backoff = min(backoff * 2, self.options.max_backoff_s)
         self._set("ended")
 
+    def _opened(self, opened: threading.Event) -> Callable[[float], None]:
+        def on_open(fps: float) -> None:
+            self.fps = fps
+            opened.set()
+
+        return on_open
+
     def _connection(self, should_stop: Callable[[], bool]) -> Iterator[Frame | _End | _Failed]:
         """One connection's frames; a _Failed or _End item closes it. The reader thread is left
         to finish on its own when it hangs (it only sees its own ``abandoned`` flag)."""
@@ -160,7 +168,7 @@ class LiveStream:
                     open_timeout_s=2 * self.options.open_timeout_s + self.options.stall_timeout_s,
                     read_timeout_s=2 * self.options.stall_timeout_s,
                     should_stop=lambda: abandoned.is_set() or should_stop(),
-                    on_open=lambda fps: opened.set(),
+                    on_open=self._opened(opened),
                     on_drop=self._on_drop,
                 ):
                     if realtime:  # a file played at its native rate

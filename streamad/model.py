@@ -140,6 +140,7 @@ class Model:
         frame_score: FrameScoreConfig,
         originals: Sequence[np.ndarray] = (),
         normalisation: Normalisation | None = None,
+        layers: bool = False,
     ) -> list[ScoreMap]:
         """Distances to anomaly maps and pooled (not yet smoothed) frame scores.
 
@@ -151,6 +152,8 @@ class Model:
         Args:
             distances: (B, C, P) as :meth:`distances` gives them (or (B, P) for one cue).
             normalisation: overrides the model's own (the one being measured, in a fit).
+            layers: also each cue's map (``ScoreMap.layers``; NaN-free: a cue without a
+                measure shows its normal level).
         """
         distances = distances.unsqueeze(1) if distances.ndim == 2 else distances
         if frame_score.normalised:
@@ -166,4 +169,12 @@ class Model:
         pooled = topk_mean(scored, fraction=frame_score.topk_fraction).cpu().numpy()
         peak = maps.flatten(1).amax(1).cpu().numpy()
         maps_np = maps.cpu().numpy()
-        return [ScoreMap(ref, float(pooled[i]), float(peak[i]), maps_np[i], originals[i] if originals else None) for i, ref in enumerate(refs)]
+        cue_maps: dict[str, np.ndarray] = {}
+        if layers:
+            scale = cue_scales(normalisation, distances) if frame_score.normalised and normalisation is not None else torch.ones(1, device=distances.device)
+            relative = (distances / scale).nan_to_num(nan=1.0)
+            cue_maps = {cue: self.maps(relative[:, c]).cpu().numpy() for c, cue in enumerate(self.cues)}
+        return [
+            ScoreMap(ref, float(pooled[i]), float(peak[i]), maps_np[i], originals[i] if originals else None, {c: m[i] for c, m in cue_maps.items()} or None)
+            for i, ref in enumerate(refs)
+        ]

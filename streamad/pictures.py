@@ -33,6 +33,15 @@ def overlay(
     return out
 
 
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with ``text`` written at its bottom left (white on a dark outline)."""
+    out = image.copy()
+    at = (8, out.shape[0] - 10)
+    cv2.putText(out, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
 def save_rgb(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB uint8 image (PNG or JPEG by the suffix)."""
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

@@ -139,3 +139,27 @@ def test_image_sets_keep_appearance_only(tmp_path: Path) -> None:
     fit([str(tmp_path / "cat")], tmp_path / "m.zarr", MOTION_CONFIG, options=FitOptions(holdout_every=3))
     state = read_state(open_store(tmp_path / "m.zarr"))
     assert state is not None and "motion_mean" not in state.arrays and "motion_lag_s" not in state.attrs
+
+
+def test_learning_a_camera_learns_motion_with_its_frame_step(tmp_path: Path) -> None:
+    video = clip(tmp_path / "cam.mp4", 130, fps=10, anomaly_from=100)
+    options = WatchOptions(learn_for_s=9.0, learn_config=MOTION_CONFIG, stats_every_s=1e9)
+    summary = watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    state = read_state(open_store(tmp_path / "m.zarr"))
+    assert state is not None and state.attrs["motion_lag_s"] == pytest.approx(0.1) and int(state.arrays["motion_count"]) > 60
+    scores = np.loadtxt(tmp_path / "w" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
+    learned = summary.streams["cam"].learned
+    assert scores[100 - learned :].min() > scores[: 100 - learned].max()  # the anomaly stands out
+
+
+def test_overlay_shows_the_motion_map_beside_the_appearance_map(tmp_path: Path) -> None:
+    from streamad.decode import probe
+
+    train, test = clip(tmp_path / "train.mp4", 40), clip(tmp_path / "test.mp4", 12)
+    fit([str(train)], tmp_path / "m.zarr", MOTION_CONFIG)
+    layers = ("combined", "appearance", "motion")
+    score([str(test)], tmp_path / "m.zarr", None, overlay=tmp_path / "o.mp4", overlay_layers=layers)
+    info, frame = probe(tmp_path / "o.mp4"), probe(test)
+    assert (info.width, info.height, info.frames) == (3 * frame.width, frame.height, 12)
+    with pytest.raises(ConfigError, match="overlay-layers among"):
+        score([str(test)], tmp_path / "m.zarr", None, overlay=tmp_path / "p.mp4", overlay_layers=("flow",))

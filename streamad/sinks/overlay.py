@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from streamad import pictures
 from streamad.decode import VideoWriter
@@ -26,10 +28,13 @@ class OverlaySink:
         path: the video to write.
         fps: each source's frame rate.
         threshold: frames above it get a red border; it also centres the colour range.
+        layers: the panels side by side, each a heat map of ``combined`` (the anomaly map) or of
+            one cue (``appearance``, ``motion``), labelled.
     """
 
-    def __init__(self, path: str | Path, *, fps: Mapping[str, float], threshold: float | None) -> None:
+    def __init__(self, path: str | Path, *, fps: Mapping[str, float], threshold: float | None, layers: Sequence[str] = ("combined",)) -> None:
         self.path, self.fps, self.threshold = Path(path), dict(fps), threshold
+        self.layers = tuple(layers)
         self.many = len(self.fps) > 1
         self.writers: dict[str, VideoWriter] = {}
         self.paths: list[str] = []
@@ -45,8 +50,12 @@ class OverlaySink:
             self.writers[sid] = self._stack.enter_context(VideoWriter(target, fps=self.fps.get(sid, 25.0)))
             self.paths.append(str(target))
         alert = self.threshold is not None and result.score > self.threshold
-        frame = pictures.overlay(result.original, result.anomaly_map, vmin=self.vmin, vmax=self.vmax, score=result.score, alert=alert)
-        self.writers[sid].write(frame)
+        panels = []
+        for layer in self.layers:
+            shown = result.anomaly_map if layer == "combined" else (result.layers or {})[layer]
+            panel = pictures.overlay(result.original, shown, vmin=self.vmin, vmax=self.vmax, score=result.score if not panels else None, alert=alert)
+            panels.append(pictures.label(panel, layer) if len(self.layers) > 1 else panel)
+        self.writers[sid].write(np.hstack(panels))
 
     def close(self) -> None:
         self._stack.close()
