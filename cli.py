@@ -197,7 +197,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
-@click.option("--motion", type=click.Choice(["off", "feat"]), default=None, help="feat: a motion cue for video (see README); default off.")
+@click.option("--motion", type=click.Choice(["off", "feat", "flow", "both"]), default=None, help="Motion cues for video (see README); default off.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
 @click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")
@@ -319,7 +319,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--threshold", type=float, default=None, help="Alert threshold (default: the model's stored or calibrated one).")
 @click.option("--min-frames", type=int, default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
 @click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
-@click.option("--learn-motion", is_flag=True, help="With --learn-for: learn the motion cue too (one frame step of the camera).")
+@click.option("--learn-motion", type=click.Choice(["off", "feat", "flow", "both"]), default="off", show_default=True, help="Motion cues to learn.")
 @click.option("--adapt", is_flag=True, help="Keep updating the statistics with frames below the threshold.")
 @click.option("--refresh-every", type=int, default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
 @click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
@@ -359,7 +359,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
         threshold=kw["threshold"],
         min_frames=kw["min_frames"],
         learn_for_s=parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
-        learn_config=ModelConfig(motion="feat" if kw["learn_motion"] else "off"),
+        learn_config=ModelConfig(motion=kw["learn_motion"]),
         adapt=kw["adapt"],
         refresh_every=kw["refresh_every"],
         checkpoint_every_s=parse_duration(kw["checkpoint_every"]),

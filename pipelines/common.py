@@ -92,7 +92,7 @@ def normalise_on(
     kept: list[tuple[tuple[FrameRef, ...], torch.Tensor]] = []
     tracker = model.tracker()
     progress.start("normalising", reading.expected(sources))
-    features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare)
+    features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, keep_originals=model.needs_images)
     for batch in engine.consume(features):
         progress.advance(len(batch.refs))
         batch = tracker(batch) if tracker is not None else batch

@@ -202,7 +202,7 @@ def _fit_pass(
     since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted:
-        features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True)
+        features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images)
         for batch in engine.consume(track(stages.rebatch(features, min_frames=options.accumulate_frames), tracker)):
             batch = stages.select(batch, [i for i, r in enumerate(batch.refs) if r.index >= primed.get(r.source_id, 0) and options.holdout.fitted(r.index)])
             if not batch.refs:

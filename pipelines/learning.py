@@ -125,7 +125,7 @@ class CameraModel:
 
     def _learn(self, batch: FeatureBatch) -> None:
         assert self.model is not None
-        tracked = FeatureBatch(batch.refs, self.model.prepare(batch.features))
+        tracked = FeatureBatch(batch.refs, self.model.prepare(batch.features), batch.originals)
         if self.tracker is not None:  # held-out frames too are motion references
             tracked = self.tracker(tracked)
         prepared = tracked.features

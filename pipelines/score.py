@@ -154,7 +154,8 @@ def score(
     route = Scoring(loaded, frame_score, prepared=True, layers=overlay is not None and set(overlay_layers) != {"combined"})
     progress.start("scoring", reading.expected(sources))
     with graceful_interrupt(runner) as interrupted, outputs:
-        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=overlay is not None)
+        keep = overlay is not None or loaded.needs_images
+        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=keep)
         for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch)):
             outputs.write(result)
             summary.frames[result.ref.source_id] += 1

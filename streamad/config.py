@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from streamad.errors import ConfigError
 
 MAX_INPUT_SIDE = 4096
-MOTIONS = ("off", "feat")
+MOTIONS = ("off", "feat", "flow", "both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +25,9 @@ class ModelConfig:
         eps: ridge added to every covariance (Gaussian scorers).
         sigma: Gaussian blur of the anomaly map, in input pixels.
         weights: weights file (required for torchvision backbones).
-        motion: ``"feat"``: a second cue, how the embeddings change over a lag
-            (:mod:`streamad.motion`), for video; ``"off"``: appearance only. Image sets get
-            appearance only whatever this says.
+        motion: cues besides appearance, for video (:mod:`streamad.motion`): ``"feat"`` (how
+            the embeddings change over a lag), ``"flow"`` (optical flow per cell), ``"both"``;
+            ``"off"``: appearance only. Image sets get appearance only whatever this says.
         motion_lag_s: the motion lag in seconds; None picks one frame step (``--every`` over
             the first source's frame rate) when the fit starts.
     """

@@ -89,6 +89,11 @@ class Model:
         """The scorer's distance cues (``appearance``, and ``motion`` for video)."""
         return tuple(getattr(self.scorer, "cues", ("appearance",)))
 
+    @property
+    def needs_images(self) -> bool:
+        """Whether jobs must keep each frame's original image for the scorer's tracker (flow)."""
+        return bool(getattr(self.scorer, "needs_images", False))
+
     def tracker(self) -> MotionTracker | None:
         """A new per-source memory that adds the motion features a scorer with a motion cue
         needs; run it on prepared batches in frame order, between :meth:`prepare` and the

@@ -93,7 +93,7 @@ def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, wher
         if not isinstance(method, str) or not isinstance(backbone, str):
             raise TypeError("method and backbone must be names")
         height, width = attrs["input_hw"]
-        motion = "feat" if typed.get("motion_lag_s") else "off"
+        motion = str(recorded.get("motion") or "feat") if typed.get("motion_lag_s") else "off"
         hw = (int(height), int(width))
         return ModelConfig(method=method, backbone=backbone, sigma=float(attrs["sigma"]), **typed, input_hw=hw, weights=weights, motion=motion)
     except (KeyError, TypeError, ValueError) as exc:

@@ -1,9 +1,15 @@
-"""Motion, causally: how a frame's embeddings changed since the frame one lag before it.
+"""Motion, causally: how a frame changed since the frame one lag before it.
 
-A :class:`MotionTracker` keeps, per source, the last frame's prepared embeddings and
-presentation time. For each new frame it emits the change of the embeddings over the lag,
-rescaled to exactly one lag (``(e_t - e_prev) * lag / gap``), when the previous frame lies
-between half and one and a half lags back; otherwise (a source's first frame, a frame after a
+A :class:`MotionTracker` keeps, per source, the last frame's prepared embeddings (and, for
+flow, its grey image) and presentation time. For each new frame it emits, rescaled to exactly
+one lag (``lag / gap``), when the previous frame lies between half and one and a half lags back:
+
+- ``motion``: the change of the embeddings (``(e_t - e_prev) * lag / gap``);
+- ``flow``: dense optical flow (OpenCV's DIS) at half the input size, summarised per feature
+  cell as the mean speed and an 8-bin histogram of directions weighted by speed (pixels per
+  lag, over a 3x3 neighbourhood).
+
+Otherwise (a source's first frame, a frame after a
 gap: dropped live frames, a held-out frame, another ``--every``) the frame has no motion and is
 scored on appearance alone. Lags are times, so ``--every`` and frame rates give true gaps.
 """
@@ -12,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import cv2
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from streamad.errors import ConfigError
@@ -20,8 +29,23 @@ from streamad.features import Features
 from streamad.frames import FeatureBatch
 
 MOTION = "motion"  # (B, P, k): the change of the embedding over one lag
+FLOW = "flow"  # (B, P, 1 + DIRECTIONS): speed and direction histogram per feature cell
 HAS_MOTION = "has_motion"  # (B,) bool: whether the frame had a frame one lag before it
 TOLERANCE = 0.5  # a previous frame counts when its gap is within (1 +- TOLERANCE) lags
+DIRECTIONS = 8
+
+
+def flow_features(previous: np.ndarray, current: np.ndarray, feature_hw: tuple[int, int], *, dis: cv2.DISOpticalFlow) -> Tensor:
+    """DIS flow from ``previous`` to ``current`` (grey uint8, same size) summarised per cell of
+    the ``feature_hw`` grid: (P, 1 + DIRECTIONS) float32, speed then speed per direction bin."""
+    flow = dis.calc(previous, current, None)
+    speed = np.sqrt((flow**2).sum(-1))
+    direction = ((np.arctan2(flow[..., 1], flow[..., 0]) + np.pi) / (2 * np.pi) * DIRECTIONS).astype(np.int64) % DIRECTIONS
+    channels = np.zeros((1 + DIRECTIONS, *speed.shape), np.float32)
+    channels[0] = speed
+    np.put_along_axis(channels[1:], direction[None], speed[None], axis=0)
+    maps = F.avg_pool2d(torch.from_numpy(channels)[None], 3, stride=1, padding=1, count_include_pad=False)
+    return F.adaptive_avg_pool2d(maps, feature_hw)[0].flatten(1).T.contiguous()
 
 
 class MotionTracker:
@@ -31,6 +55,9 @@ class MotionTracker:
     Args:
         key: the prepared feature whose change is the motion (``"embedding"``).
         lag_s: the lag, in seconds of presentation time.
+        kinds: ``"feat"`` (the change of ``key``) and/or ``"flow"`` (needs the batches'
+            original frames).
+        flow_hw: the flow's image size (half the model's input); feature_hw: the grid.
 
     Example:
         >>> from streamad.frames import FrameRef
@@ -41,25 +68,49 @@ class MotionTracker:
         ([False, True, False], [0.0, 1.0, 0.0])
     """
 
-    def __init__(self, key: str, *, lag_s: float) -> None:
+    def __init__(
+        self,
+        key: str,
+        *,
+        lag_s: float,
+        kinds: tuple[str, ...] = ("feat",),
+        flow_hw: tuple[int, int] = (0, 0),
+        feature_hw: tuple[int, int] = (0, 0),
+    ) -> None:
         if not lag_s > 0:
             raise ConfigError(f"expected a positive motion lag, got {lag_s} s")
-        self.key, self.lag_s = key, lag_s
-        self._last: dict[str, tuple[float, Tensor]] = {}
+        self.key, self.lag_s, self.kinds = key, lag_s, kinds
+        self.flow_hw, self.feature_hw = flow_hw, feature_hw
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if "flow" in kinds else None
+        self._last: dict[str, tuple[float, Tensor, np.ndarray | None]] = {}
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
+        small = cv2.resize(image, (self.flow_hw[1], self.flow_hw[0]), interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
     def __call__(self, batch: FeatureBatch) -> FeatureBatch:
         current = batch.features[self.key]
-        motion = torch.zeros_like(current)
+        if self._dis is not None and len(batch.originals) != len(batch.refs):
+            raise ConfigError("expected the original frames with the batch for the flow cue, got none; hint: keep originals for models with flow")
+        motion = torch.zeros_like(current) if "feat" in self.kinds else None
+        flow = torch.zeros(len(batch.refs), current.shape[1], 1 + DIRECTIONS, device=current.device) if self._dis is not None else None
         has_motion = torch.zeros(len(batch.refs), dtype=torch.bool, device=current.device)
         for i, ref in enumerate(batch.refs):
+            grey = self._grey(batch.originals[i]) if self._dis is not None else None
             last = self._last.get(ref.source_id)
-            if last is not None:
-                gap = ref.pts_s - last[0]
-                if abs(gap - self.lag_s) <= TOLERANCE * self.lag_s:
+            gap = ref.pts_s - last[0] if last is not None else 0.0
+            if last is not None and abs(gap - self.lag_s) <= TOLERANCE * self.lag_s:
+                if motion is not None:
                     motion[i] = (current[i] - last[1]) * (self.lag_s / gap)
-                    has_motion[i] = True
-            self._last[ref.source_id] = (ref.pts_s, current[i])
-        features: Features = {**batch.features, MOTION: motion, HAS_MOTION: has_motion}
+                if flow is not None and self._dis is not None and last[2] is not None and grey is not None:
+                    flow[i] = flow_features(last[2], grey, self.feature_hw, dis=self._dis).to(flow.device) * (self.lag_s / gap)
+                has_motion[i] = True
+            self._last[ref.source_id] = (ref.pts_s, current[i], grey)
+        features: Features = {**batch.features, HAS_MOTION: has_motion}
+        if motion is not None:
+            features[MOTION] = motion
+        if flow is not None:
+            features[FLOW] = flow
         return FeatureBatch(batch.refs, features, batch.originals)
 
     def forget(self, source_id: str) -> None:

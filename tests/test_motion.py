@@ -3,6 +3,7 @@ and merge of its statistics, and the same scores live and offline."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -100,16 +101,19 @@ def clip(path: Path, frames: int, *, fps: int = 10, anomaly_from: int | None = N
 def motion_stats(path: Path) -> dict[str, np.ndarray]:
     state = read_state(open_store(path))
     assert state is not None
-    return {name: state.arrays[name] for name in ("count", "mean", "m2", "motion_count", "motion_mean", "motion_m2")}
+    names = ("count", "mean", "m2", "motion_count", "motion_mean", "motion_m2", "flow_count", "flow_mean", "flow_m2")
+    return {name: state.arrays[name] for name in names if name in state.arrays}
 
 
-def test_resume_and_merge_of_motion_statistics_are_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["feat", "both"])
+def test_resume_and_merge_of_motion_statistics_are_exact(kind: str, tmp_path: Path) -> None:
     a, b = clip(tmp_path / "a.mp4", 40), clip(tmp_path / "b.mp4", 30)
-    fit([str(a), str(b)], tmp_path / "one.zarr", MOTION_CONFIG)
-    fit([str(a), str(b)], tmp_path / "two.zarr", MOTION_CONFIG, options=FitOptions(stop=17))
+    config = replace(MOTION_CONFIG, motion=kind)
+    fit([str(a), str(b)], tmp_path / "one.zarr", config)
+    fit([str(a), str(b)], tmp_path / "two.zarr", config, options=FitOptions(stop=17))
     fit([str(a), str(b)], tmp_path / "two.zarr", resume=True)
-    fit([str(a)], tmp_path / "pa.zarr", MOTION_CONFIG)
-    fit([str(b)], tmp_path / "pb.zarr", MOTION_CONFIG)
+    fit([str(a)], tmp_path / "pa.zarr", config)
+    fit([str(b)], tmp_path / "pb.zarr", config)
     merge([tmp_path / "pa.zarr", tmp_path / "pb.zarr"], tmp_path / "merged.zarr")
     one = motion_stats(tmp_path / "one.zarr")
     assert int(one["motion_count"]) > 40  # motion fitted on frames whose previous frame was read
@@ -163,3 +167,23 @@ def test_overlay_shows_the_motion_map_beside_the_appearance_map(tmp_path: Path) 
     assert (info.width, info.height, info.frames) == (3 * frame.width, frame.height, 12)
     with pytest.raises(ConfigError, match="overlay-layers among"):
         score([str(test)], tmp_path / "m.zarr", None, overlay=tmp_path / "p.mp4", overlay_layers=("flow",))
+
+
+def test_flow_features_measure_speed_and_direction_where_the_square_moves() -> None:
+    from streamad.motion import flow_features
+
+    rng = np.random.default_rng(0)
+    background = cv2.resize(rng.uniform(0, 255, (16, 24)).astype(np.float32), (192, 128), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    square = cv2.resize(rng.uniform(0, 255, (6, 6)).astype(np.float32), (40, 40), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    speeds = []
+    for shift in (2, 4, 8):  # pixels to the right
+        before, after = background.copy(), background.copy()
+        before[44:84, 60:100] = square
+        after[44:84, 60 + shift : 100 + shift] = square
+        cells = flow_features(before, after, (32, 48), dis=dis).view(32, 48, 9)
+        moving, still = cells[14:18, 18:22], cells[:5, :8]
+        assert float(still[..., 0].mean()) < 0.05 * shift  # the background stays
+        assert int(moving[..., 1:].sum((0, 1)).argmax()) == 4  # the bin of direction 0 (rightwards)
+        speeds.append(float(moving[..., 0].mean()))
+    assert 0.5 * 2 < speeds[0] < speeds[1] < speeds[2] < 1.2 * 8  # grows with the speed, in pixels

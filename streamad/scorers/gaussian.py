@@ -18,7 +18,7 @@ from streamad.errors import ConfigError, StoreError
 from streamad.features import FeatureExtractor, Features
 from streamad.gaussian import RunningGaussian
 from streamad.mahalanobis import Mahalanobis, cholesky_factors, whitening_factors
-from streamad.motion import HAS_MOTION, MOTION, MotionTracker
+from streamad.motion import DIRECTIONS, FLOW, HAS_MOTION, MOTION, MotionTracker
 from streamad.projection import METHODS, make_projection, project_layers
 from streamad.scorers.base import Scorer, ScorerState
 
@@ -137,6 +137,9 @@ class GaussianScorer(nn.Module):
         seed: int,
         eps: float,
         motion_lag_s: float | None = None,
+        motion: str = "feat",
+        feature_hw: tuple[int, int] = (0, 0),
+        input_hw: tuple[int, int] = (0, 0),
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
@@ -146,13 +149,21 @@ class GaussianScorer(nn.Module):
             raise ConfigError(f"expected k <= {channels} (the backbone's channels), got k={k}")
         self.method, self.layers, self.k, self.seed, self.eps = method, layers, k, seed, eps
         self.motion_lag_s = motion_lag_s
+        self.kinds: tuple[str, ...] = () if not motion_lag_s else ("feat", "flow") if motion == "both" else (motion,)
+        self.feature_hw, self.input_hw = feature_hw, input_hw
         self.register_buffer("projection", make_projection(method, channels, k, seed=seed).to(device))
         self.appearance = PositionGaussians(positions, k, eps=eps, device=device)
-        self.motion = PositionGaussians(positions, k, eps=eps, device=device) if motion_lag_s else None
+        self.motion = PositionGaussians(positions, k, eps=eps, device=device) if "feat" in self.kinds else None
+        self.flow = PositionGaussians(positions, 1 + DIRECTIONS, eps=eps, device=device) if "flow" in self.kinds else None
 
     @property
     def cues(self) -> tuple[str, ...]:
-        return ("appearance", "motion") if self.motion is not None else ("appearance",)
+        return ("appearance",) + (("motion",) if self.motion is not None else ()) + (("flow",) if self.flow is not None else ())
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether the tracker needs each batch's original frames (the flow cue)."""
+        return self.flow is not None
 
     @property
     def frames_seen(self) -> int:
@@ -160,15 +171,22 @@ class GaussianScorer(nn.Module):
 
     @property
     def finalised(self) -> bool:
-        return self.appearance.factors is not None and (self.motion is None or self.motion.factors is not None)
+        return all(g.factors is not None for g in self._cues())
+
+    def _cues(self) -> list[PositionGaussians]:
+        return [g for g in (self.appearance, self.motion, self.flow) if g is not None]
 
     def attrs(self) -> dict[str, Any]:
-        motion = {"motion_lag_s": self.motion_lag_s} if self.motion_lag_s else {}
+        kind = "both" if len(self.kinds) == 2 else self.kinds[0] if self.kinds else None
+        motion = {"motion_lag_s": self.motion_lag_s, "motion": kind} if self.kinds else {}
         return {"k": self.k, "seed": self.seed, "eps": self.eps, **motion}
 
     def tracker(self) -> MotionTracker | None:
         """What a job runs between :meth:`prepare` and the scorer, per source, in frame order."""
-        return MotionTracker(EMBEDDING, lag_s=self.motion_lag_s) if self.motion_lag_s else None
+        if not self.kinds or not self.motion_lag_s:
+            return None
+        flow_hw = (self.input_hw[0] // 2, self.input_hw[1] // 2)
+        return MotionTracker(EMBEDDING, lag_s=self.motion_lag_s, kinds=self.kinds, flow_hw=flow_hw, feature_hw=self.feature_hw)
 
     @torch.inference_mode()
     def prepare(self, features: Features) -> Features:
@@ -180,29 +198,36 @@ class GaussianScorer(nn.Module):
         self.appearance.update(prepared[EMBEDDING])
         if self.motion is not None:
             self.motion.update(prepared[MOTION][prepared[HAS_MOTION]])
+        if self.flow is not None:
+            self.flow.update(prepared[FLOW][prepared[HAS_MOTION]])
 
     @torch.inference_mode()
     def finalise(self) -> None:
         self.appearance.finalise("the appearance")
         if self.motion is not None:
             self.motion.finalise("the motion (frames one lag apart)")
+        if self.flow is not None:
+            self.flow.finalise("the flow (frames one lag apart)")
 
     @torch.inference_mode()
     def distances(self, prepared: Features) -> Tensor:
         """Mahalanobis distances of the embeddings (B, P), or with motion (B, 2, P)."""
         appearance = self.appearance.distances(prepared[EMBEDDING])
-        if self.motion is None:
+        if not self.kinds:
             return appearance
-        motion = self.motion.distances(prepared[MOTION])
-        motion[~prepared[HAS_MOTION]] = float("nan")
-        return torch.stack([appearance, motion], 1)
+        cues = [appearance]
+        for gaussians, key in ((self.motion, MOTION), (self.flow, FLOW)):
+            if gaussians is not None:
+                distances = gaussians.distances(prepared[key])
+                distances[~prepared[HAS_MOTION]] = float("nan")
+                cues.append(distances)
+        return torch.stack(cues, 1)
 
     def merge(self, other: Scorer) -> None:
         if not isinstance(other, GaussianScorer) or (other.method, other.attrs()) != (self.method, self.attrs()):
             raise ConfigError("expected partial fits of the same Gaussian model to merge, got another kind")
-        self.appearance.gaussian.merge(other.appearance.gaussian)
-        if self.motion is not None and other.motion is not None:
-            self.motion.gaussian.merge(other.motion.gaussian)
+        for mine, theirs in zip(self._cues(), other._cues(), strict=True):
+            mine.gaussian.merge(theirs.gaussian)
 
     def state(self) -> ScorerState:
         """Statistics (revision: their frame count) and, once finalised, the factors (revision:
@@ -212,12 +237,13 @@ class GaussianScorer(nn.Module):
         arrays["projection"], revisions["projection"] = self.projection.cpu().numpy(), "0"
         attrs = {**self.attrs(), "finalised": self.finalised, "factor_count": self.appearance.factor_count}
         revision = f"f{self.appearance.factor_count}" if self.finalised else f"n{self.appearance.n}"
-        if self.motion is not None:
-            more, tags = self.motion.arrays("motion_")
-            arrays.update(more)
-            revisions.update(tags)
-            attrs["motion_factor_count"] = self.motion.factor_count
-            revision += f"m{self.motion.factor_count if self.finalised else self.motion.n}"
+        for gaussians, prefix in ((self.motion, "motion_"), (self.flow, "flow_")):
+            if gaussians is not None:
+                more, tags = gaussians.arrays(prefix)
+                arrays.update(more)
+                revisions.update(tags)
+                attrs[f"{prefix}factor_count"] = gaussians.factor_count
+                revision += f"{prefix[0]}{gaussians.factor_count if self.finalised else gaussians.n}"
         return ScorerState(arrays, attrs, revision=revision, revisions=revisions)
 
     def load_state(self, state: ScorerState) -> None:
@@ -229,10 +255,11 @@ class GaussianScorer(nn.Module):
             raise StoreError(f"expected the stored projection of method {self.method} with seed {self.seed} and k={self.k}, got another one")
         finalised = bool(state.attrs.get("finalised"))
         self.appearance.load(arrays, "", factor_count=int(state.attrs.get("factor_count", 0)) if finalised else None)
-        if self.motion is not None:
-            if "motion_mean" not in arrays:
-                raise StoreError("expected motion statistics (motion_mean) in the state, got none")
-            self.motion.load(arrays, "motion_", factor_count=int(state.attrs.get("motion_factor_count", 0)) if finalised else None)
+        for gaussians, prefix in ((self.motion, "motion_"), (self.flow, "flow_")):
+            if gaussians is not None:
+                if f"{prefix}mean" not in arrays:
+                    raise StoreError(f"expected {prefix[:-1]} statistics ({prefix}mean) in the state, got none")
+                gaussians.load(arrays, prefix, factor_count=int(state.attrs.get(f"{prefix}factor_count", 0)) if finalised else None)
 
 
 def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
@@ -248,5 +275,8 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
         seed=config.seed,
         eps=config.eps,
         motion_lag_s=config.motion_lag_s if config.motion != "off" else None,
+        motion=config.motion,
+        feature_hw=extractor.feature_hw,
+        input_hw=extractor.input_hw,
         device=extractor.device,
     )
