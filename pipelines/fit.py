@@ -15,7 +15,7 @@ from streamad.errors import ConfigError, StoreError
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
 from streamad.model_store import commit, config_from_attrs, create, load, open_store, read_progress
-from streamad.motion import track
+from streamad.motion import TOLERANCE, track
 from streamad.pipelines.common import Progress, graceful_interrupt, no_progress, normalise_on
 from streamad.preprocess import default_input_hw
 from streamad.runner import Runner
@@ -116,7 +116,12 @@ def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> M
     if untimed:
         logger.info("appearance only: %s has no time axis", untimed[0])
         return replace(config, motion="off", motion_lag_s=None)
-    return config if config.motion_lag_s is not None else replace(config, motion_lag_s=every / sources[0].fps)
+    config = config if config.motion_lag_s is not None else replace(config, motion_lag_s=every / sources[0].fps)
+    lag = config.motion_lag_s or 0.0
+    other = [s.source_id for s in sources if abs(every / s.fps - lag) > TOLERANCE * lag]
+    if other:
+        logger.warning("no motion is learned from %s: its frame step is not the lag of %.3f s (another frame rate); fit it apart", other, lag)
+    return config
 
 
 def _resumed(store: ArrayStore, config: ModelConfig | None, every: int, *, where: str, device: str) -> Model:
