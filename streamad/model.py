@@ -86,7 +86,7 @@ class Model:
 
     @property
     def cues(self) -> tuple[str, ...]:
-        """The scorer's distance cues (``appearance``, and ``motion`` for video)."""
+        """The scorer's distance cues: ``appearance``, and for video ``motion`` and/or ``flow``."""
         return tuple(getattr(self.scorer, "cues", ("appearance",)))
 
     @property
