@@ -187,3 +187,21 @@ def test_flow_features_measure_speed_and_direction_where_the_square_moves() -> N
         assert int(moving[..., 1:].sum((0, 1)).argmax()) == 4  # the bin of direction 0 (rightwards)
         speeds.append(float(moving[..., 0].mean()))
     assert 0.5 * 2 < speeds[0] < speeds[1] < speeds[2] < 1.2 * 8  # grows with the speed, in pixels
+
+
+def test_watch_realtime_gives_the_scores_of_score(tmp_path: Path) -> None:
+    """A file played at its native rate, as a camera: every frame scored with its predecessor
+    also scored (live, a frame may be dropped when the machine is busy, and the next then has
+    no motion) gets the offline score."""
+    from streamad.live import LiveOptions
+
+    train, test = clip(tmp_path / "train.mp4", 60, fps=20), clip(tmp_path / "test.mp4", 30, fps=20, anomaly_from=20)
+    fit([str(train)], tmp_path / "m.zarr", replace(MOTION_CONFIG, motion="both"))
+    offline = score([str(test)], tmp_path / "m.zarr", tmp_path / "s", options=ScoreOptions(write_maps=False)).csv
+    options = WatchOptions(live=LiveOptions(realtime=True), queue_size=30, stats_every_s=1e9)
+    watch([Camera("test", str(test), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    read = {name: np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 3)) for name, path in (("offline", offline), ("live", tmp_path / "w" / "scores.csv"))}
+    live = {int(i): s for i, s in read["live"]}
+    compared = [(s, live[int(i)]) for i, s in read["offline"] if int(i) in live and int(i) - 1 in live]
+    assert len(compared) >= 20
+    np.testing.assert_allclose([b for _, b in compared], [a for a, _ in compared], rtol=1e-5)
