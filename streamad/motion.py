@@ -105,17 +105,13 @@ class MotionTracker:
                 if flow is not None and self._dis is not None and last[2] is not None and grey is not None:
                     flow[i] = flow_features(last[2], grey, self.feature_hw, dis=self._dis).to(flow.device) * (self.lag_s / gap)
                 has_motion[i] = True
-            self._last[ref.source_id] = (ref.pts_s, current[i], grey)
+            self._last[ref.source_id] = (ref.pts_s, current[i].clone(), grey)  # not a view: the batch is freed
         features: Features = {**batch.features, HAS_MOTION: has_motion}
         if motion is not None:
             features[MOTION] = motion
         if flow is not None:
             features[FLOW] = flow
         return FeatureBatch(batch.refs, features, batch.originals)
-
-    def forget(self, source_id: str) -> None:
-        """Drop a source's memory (it ended)."""
-        self._last.pop(source_id, None)
 
 
 def track(batches: Iterator[FeatureBatch], tracker: MotionTracker | None) -> Iterator[FeatureBatch]:

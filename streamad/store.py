@@ -182,18 +182,22 @@ class ZarrStore:
         step; a no-op once published and for stores opened otherwise."""
         if self._building is None:
             return
+        if not self.path.exists():  # nothing to replace, no reader to wait for
+            os.rename(self._building, self.path)
+        else:
+            self._replace(self._building)
+        self._building = None
+        self._group = self._open(self.path, "a")
+
+    def _replace(self, building: Path) -> None:
         with readers(self.path, exclusive=True):
-            if not self.path.exists():
-                os.rename(self._building, self.path)
-            elif _exchange(self._building, self.path):
-                shutil.rmtree(self._building)  # now the replaced store
+            if _exchange(building, self.path):
+                shutil.rmtree(building)  # now the replaced store
             else:
                 old = lock_path(self.path, "old")
                 os.rename(self.path, old)
-                os.rename(self._building, self.path)
+                os.rename(building, self.path)
                 shutil.rmtree(old)
-        self._building = None
-        self._group = self._open(self.path, "a")
 
     def close(self) -> None:
         """Release the writer lock; a new store never published is discarded."""
