@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class WriterLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
+                holder = _holder(fd)
                 os.close(fd)
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
@@ -87,6 +88,17 @@ class WriterLock:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the kernel releases it anyway
             self.release()
+
+
+def _holder(fd: int, *, tries: int = 50) -> str:
+    """Who holds the lock, as its holder stamped it; the holder writes right after locking, so
+    an empty file is read again for up to ``tries`` x 10 ms."""
+    for _ in range(tries):
+        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "another process"
 
 
 @contextlib.contextmanager
