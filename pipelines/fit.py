@@ -175,7 +175,7 @@ def fit(
         normalisation = None
         if total >= 2:
             sampled = options.holdout.sampler(total, options.calibration_frames)
-            lagged = (lambda i: sampled(i) or sampled(i + options.every)) if model.tracker() is not None else sampled  # with each, its motion reference
+            lagged = (lambda i: sampled(i) or sampled(i + options.every)) if len(model.cues) > 1 else sampled  # with each, its motion reference
             sample = Reading(options.every, (options.start, options.stop), keep=lagged)
             normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress, measured=sampled)
             summary.calibrated_on = normalisation.frames

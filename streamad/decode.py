@@ -211,8 +211,13 @@ def decode_video(
                     image=vframe.to_ndarray(format="rgb24"),
                     t_decoded_s=time.monotonic(),
                 )
-    if not packets.finished:
-        return
+    if packets.finished:
+        _check_end(packets, info, path)
+
+
+def _check_end(packets: _Packets, info: VideoInfo, path: str | Path) -> None:
+    """At a stream's own end: no frame at all is an error; fewer frames than the container
+    promises (exactly, or by more than 2 % of an estimate) is a truncated file, reported as drops."""
     if packets.decoded == 0:
         raise DecodeError(f"expected decodable frames in {path}, got none; hint: the file may be truncated or use a codec this FFmpeg build lacks")
     if packets.index < info.frames and (info.exact or info.frames - packets.index > max(2, info.frames // 50)):

@@ -54,6 +54,18 @@ def is_live(url: str) -> bool:
     return "://" in url or url.startswith("/dev/video")
 
 
+def paced(frames: Iterator[Frame]) -> Iterator[Frame]:
+    """Frames at the rate of their presentation times (a file played as if live)."""
+    start_wall, start_pts = None, 0.0
+    for frame in frames:
+        if start_wall is None:
+            start_wall, start_pts = time.monotonic(), frame.pts_s
+        wait = (frame.pts_s - start_pts) - (time.monotonic() - start_wall)
+        if wait > 0:
+            time.sleep(wait)
+        yield frame
+
+
 class _End:
     pass
 
@@ -159,8 +171,7 @@ class LiveStream:
 
         def read() -> None:
             try:
-                start_wall, start_pts = None, None
-                for frame in read_stream(
+                frames = read_stream(
                     self.url,
                     source_id=self.source_id,
                     first_index=self._next_index,
@@ -170,13 +181,8 @@ class LiveStream:
                     should_stop=lambda: abandoned.is_set() or should_stop(),
                     on_open=self._opened(opened),
                     on_drop=self._on_drop,
-                ):
-                    if realtime:  # a file played at its native rate
-                        if start_wall is None:
-                            start_wall, start_pts = time.monotonic(), frame.pts_s
-                        wait = (frame.pts_s - (start_pts or 0.0)) - (time.monotonic() - start_wall)
-                        if wait > 0:
-                            time.sleep(wait)
+                )
+                for frame in paced(frames) if realtime else frames:
                     while not abandoned.is_set():
                         try:
                             items.put(frame, timeout=0.1)

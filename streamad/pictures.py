@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -64,6 +64,42 @@ def timeline(
     line_plot(series, path, title=title, x_label="time (s)", threshold=threshold, size=size, x_unit="s")
 
 
+def _data_limits(drawn: Mapping[str, tuple[np.ndarray, np.ndarray]], threshold: float | None) -> tuple[float, float, float, float]:
+    """(x_lo, x_hi, y_lo, y_hi) holding every line and the threshold, y padded by 5 %."""
+    y_lo = min(float(np.min(y)) for _, y in drawn.values())
+    y_hi = max(float(np.max(y)) for _, y in drawn.values())
+    if threshold is not None:
+        y_lo, y_hi = min(y_lo, threshold), max(y_hi, threshold)
+    pad = 0.05 * max(y_hi - y_lo, 1e-6)
+    x_lo = min(float(np.min(x)) for x, _ in drawn.values())
+    x_hi = max(float(np.max(x)) for x, _ in drawn.values())
+    return x_lo, x_hi, y_lo - pad, y_hi + pad
+
+
+def _grid(
+    canvas: np.ndarray,
+    to_px: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    limits: tuple[float, float, float, float],
+    margins: tuple[int, int, int, int],
+    *,
+    x_unit: str,
+) -> None:
+    """Six labelled horizontal grid lines, six x tick labels and the plot's frame."""
+    x_lo, x_hi, y_lo, y_hi = limits
+    left, right, top, bottom = margins
+    height, width = canvas.shape[:2]
+    black, grey, font = (0, 0, 0), (220, 220, 220), cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(6):
+        v = y_lo + (y_hi - y_lo) * i / 5
+        y = int(to_px(np.array([x_lo]), np.array([v]))[0, 1])
+        cv2.line(canvas, (left, y), (width - right, y), grey, 1)
+        cv2.putText(canvas, f"{v:.2f}", (6, y + 4), font, 0.4, black, 1, cv2.LINE_AA)
+        t = x_lo + (x_hi - x_lo) * i / 5
+        x = int(to_px(np.array([t]), np.array([y_lo]))[0, 0])
+        cv2.putText(canvas, f"{t:.3g}{x_unit}", (x - 14, height - bottom + 18), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.rectangle(canvas, (left, top), (width - right, height - bottom), black, 1)
+
+
 def line_plot(
     series: Mapping[str, tuple[np.ndarray, np.ndarray]],
     path: str | Path,
@@ -90,20 +126,10 @@ def line_plot(
     left, right, top, bottom = 70, 190, 36, 46
     canvas = np.full((height, width, 3), 255, np.uint8)
     drawn = {name: (np.asarray(x, float), np.asarray(y, float)) for name, (x, y) in series.items() if len(x)}
-    if limits is None:
-        if not drawn:
-            cv2.imwrite(str(path), canvas)
-            return
-        y_lo = min(float(np.min(y)) for _, y in drawn.values())
-        y_hi = max(float(np.max(y)) for _, y in drawn.values())
-        if threshold is not None:
-            y_lo, y_hi = min(y_lo, threshold), max(y_hi, threshold)
-        pad = 0.05 * max(y_hi - y_lo, 1e-6)
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-        x_lo = min(float(np.min(x)) for x, _ in drawn.values())
-        x_hi = max(float(np.max(x)) for x, _ in drawn.values())
-    else:
-        x_lo, x_hi, y_lo, y_hi = limits
+    if limits is None and not drawn:
+        cv2.imwrite(str(path), canvas)
+        return
+    x_lo, x_hi, y_lo, y_hi = limits if limits is not None else _data_limits(drawn, threshold)
     x_hi = x_hi if x_hi > x_lo else x_lo + 1
     y_hi = y_hi if y_hi > y_lo else y_lo + 1
 
@@ -112,17 +138,9 @@ def line_plot(
         py = height - bottom - (np.clip(y, y_lo, y_hi) - y_lo) / (y_hi - y_lo) * (height - top - bottom)
         return np.stack([px, py], axis=1).astype(np.int32)
 
-    black, grey = (0, 0, 0), (220, 220, 220)
+    black = (0, 0, 0)
     font = cv2.FONT_HERSHEY_SIMPLEX
-    for i in range(6):
-        v = y_lo + (y_hi - y_lo) * i / 5
-        y = int(to_px(np.array([x_lo]), np.array([v]))[0, 1])
-        cv2.line(canvas, (left, y), (width - right, y), grey, 1)
-        cv2.putText(canvas, f"{v:.2f}", (6, y + 4), font, 0.4, black, 1, cv2.LINE_AA)
-        t = x_lo + (x_hi - x_lo) * i / 5
-        x = int(to_px(np.array([t]), np.array([y_lo]))[0, 0])
-        cv2.putText(canvas, f"{t:.3g}{x_unit}", (x - 14, height - bottom + 18), font, 0.4, black, 1, cv2.LINE_AA)
-    cv2.rectangle(canvas, (left, top), (width - right, height - bottom), black, 1)
+    _grid(canvas, to_px, (x_lo, x_hi, y_lo, y_hi), (left, right, top, bottom), x_unit=x_unit)
     if diagonal:
         cv2.line(canvas, tuple(to_px(np.array([x_lo]), np.array([y_lo]))[0]), tuple(to_px(np.array([x_hi]), np.array([y_hi]))[0]), (180, 180, 180), 1)
     for n, (name, (x, y)) in enumerate(drawn.items()):

@@ -88,6 +88,21 @@ class DropLog:
             ]
 
 
+def _round_robin(outputs: list[Iterator[Out]]) -> Iterator[Out]:
+    """One item from each output in turn (the dealt order back); when one ends, the others are
+    drained, which re-raises a failure of theirs."""
+    while True:
+        for output in outputs:
+            try:
+                item = next(output)
+            except StopIteration:
+                for other in outputs:
+                    for _ in other:
+                        pass
+                return
+            yield item
+
+
 class _Channel(Generic[Out]):
     """A bounded queue with an overflow policy and an abort flag."""
 
@@ -250,11 +265,20 @@ class Runner:
         if workers == 1:
             return self.stage(lambda items: map(fn, items), upstream, maxsize=maxsize, name=name, setup=setup)
         inputs: list[_Channel[In]] = [_Channel(maxsize, "block", self.abort, None) for _ in range(workers)]
+        self._dispatch(upstream, inputs, name=name)
+        outputs = [
+            iter(self._spawn(_after(setup, lambda channel=channel: map(fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}"))
+            for i, channel in enumerate(inputs)
+        ]
+        return _round_robin(outputs)
+
+    def _dispatch(self, upstream: Iterator[In], inputs: list[_Channel[In]], *, name: str) -> None:
+        """A thread dealing item ``j`` to ``inputs[j % len(inputs)]``; end and failure go to all."""
 
         def dispatch() -> None:
             try:
                 for j, item in enumerate(upstream):
-                    if not inputs[j % workers].put(item):
+                    if not inputs[j % len(inputs)].put(item):
                         return
             except BaseException as exc:  # handed to every worker, which re-raises it downstream
                 self.stopping.set()
@@ -267,24 +291,6 @@ class Runner:
         thread = threading.Thread(target=dispatch, name=f"streamad-{name}-dispatch", daemon=True)
         self._threads.append(thread)
         thread.start()
-        outputs = [
-            iter(self._spawn(_after(setup, lambda channel=channel: map(fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}"))
-            for i, channel in enumerate(inputs)
-        ]
-
-        def collect() -> Iterator[Out]:
-            while True:
-                for output in outputs:
-                    try:
-                        item = next(output)
-                    except StopIteration:
-                        for other in outputs:  # the others end too; re-raise a failure of theirs
-                            for _ in other:
-                                pass
-                        return
-                    yield item
-
-        return collect()
 
     def sources(
         self,
