@@ -191,7 +191,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
 @click.option("--method", default=None, help="Scorer: padim or soe, or any registered method (default padim).")
-@click.option("--backbone", type=click.Choice(["lite0", "resnet18", "wide_resnet50_2"]), default=None, help="Backbone (default lite0).")
+@click.option("--backbone", type=click.Choice(["lite0", "lite1", "lite2", "resnet18", "wide_resnet50_2"]), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
 @click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")

