@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from streamad.config import FrameScoreConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
+BACKBONES = ["lite0", "lite1", "lite2", "resnet18", "wide_resnet50_2"]
 
 
 class ClickProgress:
@@ -29,16 +30,22 @@ class ClickProgress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()  # bars in a log file are noise
         self._bar: Any = None
+        self._label = ""
 
     def start(self, label: str, total: int | None) -> None:
         self.finish()
         if self.enabled:
+            self._label = label
             self._bar = click.progressbar(length=total or None, label=f"{label:<12}", file=sys.stderr, show_pos=True, show_eta=True, width=30)
             self._bar.__enter__()
 
     def advance(self, n: int) -> None:
         if self._bar is not None:
             self._bar.update(n)
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.label = f"{self._label:<12} {text}"
 
     def finish(self) -> None:
         if self._bar is not None:
@@ -190,14 +197,18 @@ def main(context: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
-@click.option("--method", default=None, help="Scorer: padim or soe, or any registered method (default padim).")
-@click.option("--backbone", type=click.Choice(["lite0", "lite1", "lite2", "resnet18", "wide_resnet50_2"]), default=None, help="Backbone (default lite0).")
+@click.option("--method", default=None, help="Scorer: padim, soe, pfm, pefm, or any registered method (default padim).")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
 @click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
 @click.option("--motion", type=click.Choice(["off", "feat", "flow", "both"]), default=None, help="Motion cues for video (see README); default off.")
+@click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
+@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file for a torchvision --backbone-b.")
+@click.option("--epochs", type=int, default=None, help="Training epochs of pfm/pefm (default: the papers' schedule scaled to the data).")
+@click.option("--cache-frames", type=int, default=None, help="pfm/pefm: frames kept (reservoir-sampled) to train on (default 1000).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
 @click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")
@@ -216,12 +227,12 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     from streamad.pipelines.fit import fit as run_fit
 
     given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"], "seed": kw["seed"]}
-    given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"])
+    given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"], backbone_b=kw["backbone_b"], weights_b=kw["weights_b"])
     config = None
     if not kw["resume"] or any(v is not None for v in given.values()):
         defaults = ModelConfig()
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
-    names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers")
+    names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers", "epochs", "cache_frames")
     progress = ClickProgress(not kw["quiet"])
     summary = run_fit(
         list(sources), model_path, config, options=FitOptions(**{n: kw[n] for n in names}), resume=kw["resume"], overwrite=kw["overwrite"], progress=progress
@@ -231,7 +242,8 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     if summary.interrupted:
         click.echo(f"interrupted: {summary.frames_seen} frames are in {model_path}; continue with `streamad fit ... -m {model_path} --resume`")
         return
-    click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all; normalised on {summary.calibrated_on} frames")
+    trained = f"; trained {summary.epochs} epochs (loss {summary.loss:.4g})" if summary.loss is not None else ""
+    click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all{trained}; normalised on {summary.calibrated_on} frames")
 
 
 @main.command()

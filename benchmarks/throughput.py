@@ -42,6 +42,9 @@ class Clock:
         self.frames += n
         self.last = now
 
+    def note(self, text: str) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -103,6 +106,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
+
     def scored(motion: str) -> tuple[float, float, int, Path]:
         """Steady-state frames/s, whole-call seconds and frames of `score` with a model fitted
         with ``--motion motion``."""

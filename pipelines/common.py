@@ -22,11 +22,16 @@ from streamad.sources import Source
 
 
 class Progress(Protocol):
-    """Told about long work: ``start(label, total)``, then ``advance(n)`` per n frames done."""
+    """Told about long work: ``start(label, total)``, then ``advance(n)`` per n frames done
+    (and ``note(text)`` for a status beside the bar)."""
 
     def start(self, label: str, total: int | None) -> None: ...
 
     def advance(self, n: int) -> None: ...
+
+    def note(self, text: str) -> None:
+        """A short status shown beside the bar (a training loss)."""
+        ...
 
     def finish(self) -> None: ...
 
@@ -38,6 +43,9 @@ class NoProgress:
         return None
 
     def advance(self, n: int) -> None:
+        return None
+
+    def note(self, text: str) -> None:
         return None
 
     def finish(self) -> None:

@@ -20,8 +20,10 @@ from streamad.pipelines.common import Progress, graceful_interrupt, no_progress,
 from streamad.preprocess import default_input_hw
 from streamad.runner import Runner
 from streamad.runtime import pick_device
+from streamad.scorers import resolve
 from streamad.sources import Source, resolve_sources
 from streamad.store import ArrayStore
+from streamad.training import CACHE_FRAMES, TrainableScorer, default_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class FitOptions:
     holdout_every: int = 10
     device: str = "cpu"
     workers: int | None = None
+    epochs: int | None = None
+    cache_frames: int | None = None
+    train_batch_size: int = 16
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -52,6 +57,10 @@ class FitOptions:
             raise ConfigError(f"expected --calibration-frames >= 1, got {self.calibration_frames}; hint: fit on fewer frames with --stop instead")
         if self.batch_size < 1:
             raise ConfigError(f"expected --batch-size >= 1, got {self.batch_size}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"expected --epochs >= 1, got {self.epochs}")
+        if (self.cache_frames is not None and self.cache_frames < 1) or self.train_batch_size < 1:
+            raise ConfigError(f"expected --cache-frames and --train-batch-size >= 1, got {self.cache_frames} and {self.train_batch_size}")
         HoldOut(self.holdout_every, self.every)  # checks --holdout-every
 
     @property
@@ -66,6 +75,8 @@ class FitSummary:
     frames_seen: int = 0
     interrupted: bool = False
     calibrated_on: int = 0
+    epochs: int = 0
+    loss: float | None = None
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     drop_report: list[str] = field(default_factory=list)
 
@@ -97,7 +108,7 @@ def _open(
             if store is not target:
                 store.close()
             raise
-    config = _motion_for(sources, config or ModelConfig(), every)
+    config = _motion_for(sources, resolve(config or ModelConfig()), every)
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
     model = Model(config, device=device)
@@ -166,9 +177,15 @@ def fit(
     target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, every=options.every, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
     try:
+        if model.trainable:
+            _use_cache(target, model, options.cache_frames)
         _fit_pass(sources, target, model, state, options, summary, progress)
         if summary.interrupted:
             logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
+            return summary
+        if model.trainable and not model.finalised and not _train(target, model, state, options, summary, progress):
+            summary.interrupted = True
+            logger.warning("training interrupted; continue with --resume")
             return summary
         model.finalise()
         total = Reading(options.every, (options.start, options.stop), keep=options.holdout.held_out).expected(sources)
@@ -182,6 +199,8 @@ def fit(
         else:
             logger.warning("only %d held-out frame(s): the model is not normalised; score it with --raw or fit on more frames", total)
         commit(target, model, state, normalisation=normalisation, extra={"every": options.every})
+        if model.cache is not None:
+            model.cache.clear()  # trained: the cache has done its work
         return summary
     finally:
         if target is not store:  # opened here: release the writer lock
@@ -226,3 +245,49 @@ def _fit_pass(
     progress.finish()
     commit(target, model, state, extra=extra)
     summary.frames_seen, summary.dropped, summary.drop_report = state.frames_seen, engine.drops.by_reason(), engine.drops.lines()
+
+
+def _use_cache(target: ArrayStore, model: Model, given: int | None) -> None:
+    """Give a trainable model its feature cache: as large as the store's (a resumed fit) or
+    ``--cache-frames`` (a new one), recorded in the store."""
+    attrs = target.attrs()
+    stored = attrs.get("cache_frames")
+    if stored is not None and given is not None and given != stored:
+        raise ConfigError(f"expected --cache-frames {stored}, as the store was fitted with, got {given}; hint: leave it out to continue")
+    capacity = int(stored or given or CACHE_FRAMES)
+    model.use_cache(target, capacity)
+    if stored is None:
+        target.set_attrs({**attrs, "cache_frames": capacity})
+
+
+def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOptions, summary: FitSummary, progress: Progress) -> bool:
+    """A trainable scorer's epochs over the feature cache the fitting pass filled, with a
+    progress bar per epoch showing the loss, a checkpoint every ``checkpoint_every`` frames
+    trained on and on Ctrl-C."""
+    assert model.cache is not None
+    size = model.cache.size(model.frames_seen)
+    epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size)
+    extra = {"every": options.every, "epochs": epochs}
+    scorer: TrainableScorer = model.scorer  # type: ignore[assignment]
+    shown = [-1]
+
+    def on_step(frames: int) -> None:
+        if shown[0] != scorer.epoch:
+            shown[0] = scorer.epoch
+            progress.start(f"epoch {scorer.epoch + 1}/{epochs}", size)
+            progress.advance(scorer.position - frames)
+        progress.advance(frames)
+        progress.note(f"loss {scorer.loss:.4g}")
+
+    with graceful_interrupt(Runner()) as interrupted:
+        done = model.train(
+            epochs=epochs,
+            batch_size=options.train_batch_size,
+            on_step=on_step,
+            stopped=lambda: interrupted[0],
+            checkpoint=lambda: commit(target, model, state, extra=extra),
+            checkpoint_every=options.checkpoint_every,
+        )
+    progress.finish()
+    summary.epochs, summary.loss = scorer.epoch, scorer.loss
+    return done

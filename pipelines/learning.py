@@ -60,7 +60,7 @@ class CameraModel:
         if (path / "zarr.json").is_file():
             self.store = open_store(path, mode="a" if options.adapt else "r")  # only a writer takes the lock
             stored = config_from_attrs(self.store.attrs(), where=str(path))
-            extractor = extractors.get(stored.backbone, input_hw=stored.input_hw or (0, 0), weights=stored.weights)
+            extractor = extractors.for_config(stored)
             self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
             self.progress = read_progress(self.store)  # adapting adds to it
         elif options.learn_for_s is None:
@@ -99,7 +99,7 @@ class CameraModel:
             config = replace(config, motion_lag_s=1.0 / fps) if fps else replace(config, motion="off")
         if config.input_hw is None:
             config = replace(config, input_hw=default_input_hw(frame.image.shape[:2]))
-        extractor = self.extractors.get(config.backbone, input_hw=config.input_hw or (0, 0), weights=config.weights)
+        extractor = self.extractors.for_config(config)
         self.model = Model(config, device=self.device, extractor=extractor)
         self.tracker = self.model.tracker()
         self.store = open_store(self.camera.model, mode="w")

@@ -30,6 +30,9 @@ class ModelConfig:
             ``"off"``: appearance only. Image sets get appearance only whatever this says.
         motion_lag_s: the motion lag in seconds; None picks one frame step (``--every`` over
             the first source's frame rate) when the fit starts.
+        backbone_b: the second backbone of a feature-mapping method (``pfm``, ``pefm``); None:
+            none, or for those methods the default pair (:func:`streamad.scorers.resolve`).
+        weights_b: the second backbone's weights file (torchvision backbones).
     """
 
     method: str = "padim"
@@ -42,6 +45,8 @@ class ModelConfig:
     weights: str | None = None
     motion: str = "off"
     motion_lag_s: float | None = None
+    backbone_b: str | None = None
+    weights_b: str | None = None
 
     def __post_init__(self) -> None:
         if self.motion not in MOTIONS:

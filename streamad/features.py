@@ -9,15 +9,22 @@ use it, so several cameras cost one backbone pass per gathered batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from streamad.backbones import BackboneSpec, build_backbone
+from streamad.errors import ConfigError
 from streamad.preprocess import Preprocessor
 
+if TYPE_CHECKING:
+    from streamad.config import ModelConfig
+
 Features = dict[str, Tensor]
+
+SECOND = "b:"  # prefix of the second backbone's maps in a pair's features (``b:layer1``)
 
 
 def feature_hw(spec: BackboneSpec, input_hw: tuple[int, int]) -> tuple[int, int]:
@@ -33,16 +40,28 @@ def feature_hw(spec: BackboneSpec, input_hw: tuple[int, int]) -> tuple[int, int]
 
 
 class FeatureExtractor(nn.Module):
-    """Preprocess + backbone, frozen, on one device.
+    """Preprocess + backbone (or a pair of backbones on the same images), frozen, on one device.
 
     Args:
         backbone: a name from :data:`streamad.backbones.SPECS`.
         input_hw: network input (height, width).
-        weights: state dict file (torchvision backbones need one; lite0 has its own).
+        weights: state dict file (torchvision backbones need one; the lites have their own).
         device: where the backbone runs; on CUDA it runs in float16 autocast, channels_last.
+        backbone_b: a second backbone (feature-mapping scorers): its maps join the features
+            under ``b:<layer>``. It must take the same normalised images (mean, std).
+        weights_b: the second backbone's state dict file.
     """
 
-    def __init__(self, backbone: str, *, input_hw: tuple[int, int], weights: str | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        backbone: str,
+        *,
+        input_hw: tuple[int, int],
+        weights: str | None = None,
+        device: torch.device | str = "cpu",
+        backbone_b: str | None = None,
+        weights_b: str | None = None,
+    ) -> None:
         super().__init__()
         net, spec, sha = build_backbone(backbone, weights=weights)
         self.device = torch.device(device)
@@ -50,15 +69,26 @@ class FeatureExtractor(nn.Module):
         self.weights_sha256 = sha
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.feature_hw = feature_hw(spec, self.input_hw)
-        self.backbone = net.to(self.device)
-        if self.device.type == "cuda":
-            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.backbone = self._placed(net)
+        self.spec_b: BackboneSpec | None = None
+        self.weights_b_sha256: str | None = None
+        self.backbone_b: nn.Module | None = None
+        if backbone_b is not None:
+            net_b, self.spec_b, self.weights_b_sha256 = build_backbone(backbone_b, weights=weights_b)
+            if (self.spec_b.mean, self.spec_b.std, self.spec_b.strides) != (spec.mean, spec.std, spec.strides):
+                raise ConfigError(f"expected a second backbone with {backbone}'s input normalisation and strides, got {backbone_b}")
+            self.backbone_b = self._placed(net_b)
         self.preprocessor = Preprocessor(self.input_hw, mean=spec.mean, std=spec.std)
 
+    def _placed(self, net: nn.Module) -> nn.Module:
+        net = net.to(self.device)
+        return net.to(memory_format=torch.channels_last) if self.device.type == "cuda" else net
+
     @property
-    def key(self) -> tuple[str, str, tuple[int, int]]:
-        """What makes two extractors interchangeable: backbone, weights and input size."""
-        return self.spec.name, self.weights_sha256, self.input_hw
+    def key(self) -> tuple[object, ...]:
+        """What makes two extractors interchangeable: backbone(s), weights and input size."""
+        second = (self.spec_b.name, self.weights_b_sha256) if self.spec_b is not None else ()
+        return self.spec.name, self.weights_sha256, self.input_hw, *second
 
     def preprocess(self, frames: Sequence[np.ndarray]) -> Tensor:
         """RGB uint8 frames (H, W, 3) to normalised images (B, 3, H', W') on the device."""
@@ -67,12 +97,18 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def forward(self, images: Tensor) -> Features:
         """Normalised images (B, 3, H, W) to float32 maps (B, C_l, h_l, w_l) by layer name."""
+        features = self._run(self.backbone, images)
+        if self.backbone_b is not None:
+            features |= {SECOND + name: f for name, f in self._run(self.backbone_b, images).items()}
+        return features
+
+    def _run(self, net: nn.Module, images: Tensor) -> Features:
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16):
-                features = self.backbone(images)
+                features = net(images)
             return {name: f.float() for name, f in features.items()}
-        return dict(self.backbone(images))
+        return dict(net(images))
 
     def extract(self, frames: Sequence[np.ndarray]) -> Features:
         """RGB uint8 frames to feature maps (:meth:`preprocess`, then the backbone)."""
@@ -85,10 +121,17 @@ class Extractors:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self._built: dict[tuple[str, str | None, tuple[int, int]], FeatureExtractor] = {}
+        self._built: dict[tuple[object, ...], FeatureExtractor] = {}
 
-    def get(self, backbone: str, *, input_hw: tuple[int, int], weights: str | None = None) -> FeatureExtractor:
-        key = (backbone, weights, (int(input_hw[0]), int(input_hw[1])))
+    def get(
+        self, backbone: str, *, input_hw: tuple[int, int], weights: str | None = None, backbone_b: str | None = None, weights_b: str | None = None
+    ) -> FeatureExtractor:
+        key = (backbone, weights, (int(input_hw[0]), int(input_hw[1])), backbone_b, weights_b)
         if key not in self._built:
-            self._built[key] = FeatureExtractor(backbone, input_hw=input_hw, weights=weights, device=self.device)
+            self._built[key] = FeatureExtractor(backbone, input_hw=input_hw, weights=weights, device=self.device, backbone_b=backbone_b, weights_b=weights_b)
         return self._built[key]
+
+    def for_config(self, config: ModelConfig) -> FeatureExtractor:
+        """The extractor of a model config (its input size must be set)."""
+        hw = config.input_hw or (0, 0)
+        return self.get(config.backbone, input_hw=hw, weights=config.weights, backbone_b=config.backbone_b, weights_b=config.weights_b)

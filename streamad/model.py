@@ -6,7 +6,7 @@ Jobs hold a :class:`Model` and reach the method only through ``model.scorer``'s 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ from streamad.features import FeatureExtractor, Features
 from streamad.frames import FrameRef, ScoreMap
 from streamad.motion import MotionTracker
 from streamad.scorers import build_scorer
+from streamad.store import ArrayStore
+from streamad.training import FeatureCache, TrainableScorer, train
 
 
 class Model:
@@ -37,14 +39,18 @@ class Model:
             raise ConfigError("expected a model config with a concrete input_hw, got None")
         self.config = config
         self.input_hw: tuple[int, int] = config.input_hw
-        self.extractor = extractor or FeatureExtractor(config.backbone, input_hw=config.input_hw, weights=config.weights, device=device)
-        if (self.extractor.spec.name, self.extractor.input_hw) != (config.backbone, config.input_hw):
+        self.extractor = extractor or FeatureExtractor(
+            config.backbone, input_hw=config.input_hw, weights=config.weights, device=device, backbone_b=config.backbone_b, weights_b=config.weights_b
+        )
+        second = self.extractor.spec_b.name if self.extractor.spec_b is not None else None
+        if (self.extractor.spec.name, self.extractor.input_hw, second) != (config.backbone, config.input_hw, config.backbone_b):
             raise ConfigError(f"expected an extractor for {config.backbone} at {config.input_hw}, got {self.extractor.key}")
         self.device = self.extractor.device
         self.scorer = build_scorer(config, self.extractor)
         self.to_map = AnomalyMap(feature_hw=self.extractor.feature_hw, out_hw=self.input_hw, sigma=config.sigma).to(self.device)
         self.normalisation: Normalisation | None = None
         self.threshold: Threshold | None = None
+        self.cache: FeatureCache | None = None
 
     def describe(self) -> dict[str, Any]:
         """The model's definition as stored (method, backbone, weights, sizes, scorer settings)."""
@@ -53,11 +59,18 @@ class Model:
             "backbone": self.config.backbone,
             "weights_sha256": self.extractor.weights_sha256,
             "layers": list(self.extractor.spec.layers),
+            **self._second(),
             "input_hw": list(self.input_hw),
             "feature_hw": list(self.extractor.feature_hw),
             "sigma": self.config.sigma,
             "scorer": self.scorer.attrs(),
         }
+
+    def _second(self) -> dict[str, Any]:
+        spec_b = self.extractor.spec_b
+        if spec_b is None:
+            return {}
+        return {"backbone_b": spec_b.name, "weights_b_sha256": self.extractor.weights_b_sha256, "layers_b": list(spec_b.layers)}
 
     def prepare(self, features: Features) -> Features:
         """The scorer's per-batch preparation of the extractor's maps."""
@@ -77,9 +90,49 @@ class Model:
     def mergeable(self) -> bool:
         return bool(self.scorer.mergeable)
 
+    @property
+    def trainable(self) -> bool:
+        return bool(self.scorer.trainable)
+
+    def use_cache(self, store: ArrayStore, capacity: int) -> FeatureCache:
+        """From now on :meth:`update` offers frames to a feature cache in ``store`` (a fit of a
+        trainable scorer, whose epochs then run on the cache: :meth:`train`)."""
+        scorer: TrainableScorer = self.scorer  # type: ignore[assignment]
+        self.cache = FeatureCache(store, capacity, self.config.seed, list(scorer.feature_names))
+        return self.cache
+
     def update(self, prepared: Features) -> None:
-        """One streaming fit step on prepared features."""
-        self.scorer.update(prepared)
+        """One streaming fit step on prepared features (with a cache: into the cache)."""
+        if self.cache is None:
+            self.scorer.update(prepared)
+            return
+        scorer: TrainableScorer = self.scorer  # type: ignore[assignment]
+        if scorer.steps:
+            raise ConfigError(
+                f"expected new frames only before training starts, got more after {scorer.steps} training steps; hint: fit a new store on all the sources"
+            )
+        self.cache.add(prepared, offered=scorer.frames_seen)
+        scorer.add_frames(len(next(iter(prepared.values()))))
+
+    def train(
+        self,
+        *,
+        epochs: int,
+        batch_size: int,
+        on_step: Callable[[int], None],
+        stopped: Callable[[], bool],
+        checkpoint: Callable[[], None],
+        checkpoint_every: int = 500,
+    ) -> bool:
+        """The remaining training epochs over the feature cache (:func:`streamad.training.train`);
+        returns whether they all ran (else it was stopped, after a checkpoint)."""
+        if self.cache is None:
+            raise ConfigError("expected a feature cache to train from, got none")
+        scorer: TrainableScorer = self.scorer  # type: ignore[assignment]
+        size = self.cache.size(scorer.frames_seen)
+        return train(
+            scorer, self.cache, size=size, epochs=epochs, batch_size=batch_size, device=self.device, on_step=on_step, stopped=stopped, checkpoint=checkpoint
+        )
 
     def finalise(self) -> None:
         self.scorer.finalise()

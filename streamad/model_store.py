@@ -77,7 +77,7 @@ def check_format(store: ArrayStore, where: str) -> dict[str, Any]:
     return attrs
 
 
-def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, where: str = "store") -> ModelConfig:
+def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, where: str = "store", weights_b: str | None = None) -> ModelConfig:
     """The stored model's config: its method, backbone, sizes and the scorer's recorded settings.
 
     Raises:
@@ -85,17 +85,28 @@ def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, wher
     """
     recorded = attrs.get("scorer") or {}
     convert = {"int": int, "float": float, "float | None": float, "str": str}
-    top = ("method", "backbone", "input_hw", "sigma", "weights", "motion")  # root attributes, or derived
+    top = ("method", "backbone", "input_hw", "sigma", "weights", "motion", "backbone_b", "weights_b")  # root attributes, or derived
     names = {f.name: convert[str(f.type)] for f in dataclasses.fields(ModelConfig) if f.name not in top}
     try:
         typed = {name: to(recorded[name]) for name, to in names.items() if recorded.get(name) is not None}
         method, backbone = attrs.get("method"), attrs.get("backbone")
-        if not isinstance(method, str) or not isinstance(backbone, str):
-            raise TypeError("method and backbone must be names")
+        backbone_b = attrs.get("backbone_b")
+        if not isinstance(method, str) or not isinstance(backbone, str) or not isinstance(backbone_b, str | None):
+            raise TypeError("method and backbones must be names")
         height, width = attrs["input_hw"]
         motion = str(recorded.get("motion") or "feat") if typed.get("motion_lag_s") else "off"
         hw = (int(height), int(width))
-        return ModelConfig(method=method, backbone=backbone, sigma=float(attrs["sigma"]), **typed, input_hw=hw, weights=weights, motion=motion)
+        return ModelConfig(
+            method=method,
+            backbone=backbone,
+            sigma=float(attrs["sigma"]),
+            **typed,
+            input_hw=hw,
+            weights=weights,
+            motion=motion,
+            backbone_b=backbone_b,
+            weights_b=weights_b,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         shown = {k: attrs.get(k) for k in ("method", "backbone", "input_hw", "sigma")} | {"scorer": recorded}
         raise StoreError(
@@ -107,17 +118,18 @@ def check_compatible(attrs: dict[str, Any], model: Model, where: str, *, hint: s
     """Refuse to continue or merge a store fitted with another model definition."""
     described = model.describe()
     stored = {key: attrs.get(key) for key in described}
-    for key in ("method", "backbone", "input_hw", "sigma"):
-        if stored[key] != described[key]:
+    for key in ("method", "backbone", "input_hw", "sigma", "backbone_b"):
+        if stored.get(key) != described.get(key):
             raise StoreError(f"expected a store fitted with {key}={described[key]!r}, got {key}={stored[key]!r} in {where}; hint: {hint}")
     for key, value in described["scorer"].items():
         if (stored["scorer"] or {}).get(key) != value:
             raise StoreError(f"expected a store fitted with {key}={value!r}, got {key}={(stored['scorer'] or {}).get(key)!r} in {where}; hint: {hint}")
-    if stored["weights_sha256"] != described["weights_sha256"]:
-        raise StoreError(
-            f"expected a store fitted with backbone weights sha256 {described['weights_sha256'][:12]}..., got "
-            f"{str(stored['weights_sha256'])[:12]}... in {where}; hint: pass the same --weights file"
-        )
+    for key, option in (("weights_sha256", "--weights"), ("weights_b_sha256", "--weights-b")):
+        if stored.get(key) != described.get(key):
+            raise StoreError(
+                f"expected a store fitted with backbone weights sha256 {str(described.get(key))[:12]}..., got "
+                f"{str(stored.get(key))[:12]}... in {where}; hint: pass the same {option} file the model was fitted with"
+            )
 
 
 def create(store: ArrayStore, model: Model, **extra: Any) -> None:
@@ -237,6 +249,7 @@ def load(
     weights: str | None = None,
     extractor: FeatureExtractor | None = None,
     fitted: bool = True,
+    weights_b: str | None = None,
 ) -> Model:
     """Rebuild a model from a store: the scorer's state, and (``fitted``) a finalised scorer with
     the normalisation and threshold that belong to its revision.
@@ -246,22 +259,19 @@ def load(
         fitted: the model will score (finalise it when the store holds only running state).
     """
     with store.reading():  # the generation read here is not collected meanwhile
-        return _load(store, where=where, device=device, weights=weights, extractor=extractor, fitted=fitted)
+        return _load(store, where=where, device=device, weights=(weights, weights_b), extractor=extractor, fitted=fitted)
 
 
-def _load(store: ArrayStore, *, where: str, device: torch.device | str, weights: str | None, extractor: FeatureExtractor | None, fitted: bool) -> Model:
+def _load(
+    store: ArrayStore, *, where: str, device: torch.device | str, weights: tuple[str | None, str | None], extractor: FeatureExtractor | None, fitted: bool
+) -> Model:
     attrs = check_format(store, where)
-    config = config_from_attrs(attrs, weights=weights, where=where)
+    config = config_from_attrs(attrs, weights=weights[0], where=where, weights_b=weights[1])
     try:
         model = Model(config, device=device, extractor=extractor)
     except ConfigError as exc:
         raise StoreError(f"model store {where}: {exc}") from None
-    if model.extractor.weights_sha256 != attrs["weights_sha256"]:
-        raise StoreError(
-            f"expected backbone weights with sha256 {attrs['weights_sha256'][:12]}... for {where}, got "
-            f"{model.extractor.weights_sha256[:12]}...; hint: pass the --weights file the model was fitted with"
-        )
-    check_compatible(attrs, model, where)
+    check_compatible(attrs, model, where, hint="pass the backbone weights files the model was fitted with")
     state = read_state(store)
     if state is not None:
         try:
@@ -272,6 +282,8 @@ def _load(store: ArrayStore, *, where: str, device: torch.device | str, weights:
         return model
     if model.scorer.frames_seen == 0:
         raise StoreError(f"expected a fitted model in {where}, got 0 frames seen; hint: run `streamad fit`")
+    if not model.scorer.finalised and model.scorer.trainable:
+        raise StoreError(f"expected a trained model in {where}, got one whose training did not finish; hint: run `streamad fit --resume` with the same sources")
     if not model.scorer.finalised:
         model.scorer.finalise()
     revision = state.revision if state is not None else ""

@@ -53,6 +53,14 @@ class ArrayStore(Protocol):
         """Append along axis 0, creating the array on first use."""
         ...
 
+    def reserve(self, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        """Create array ``name`` (one chunk per row, uncompressed) unless it exists with this shape."""
+        ...
+
+    def write_row(self, name: str, row: int, array: np.ndarray) -> None:
+        """Overwrite row ``row`` of a reserved array."""
+        ...
+
     def exists(self, name: str) -> bool: ...
 
     def arrays(self, prefix: str = "") -> list[str]:
@@ -112,6 +120,13 @@ class MemoryStore:
             self._arrays[name] = np.concatenate([self._arrays[name], np.asarray(array, self._arrays[name].dtype)])
         else:
             self.write(name, array)
+
+    def reserve(self, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        if name not in self._arrays or self._arrays[name].shape != tuple(shape):
+            self._arrays[name] = np.zeros(shape, dtype)
+
+    def write_row(self, name: str, row: int, array: np.ndarray) -> None:
+        self._arrays[name][row] = array
 
     def exists(self, name: str) -> bool:
         return name in self._arrays
@@ -284,6 +299,16 @@ class ZarrStore:
                 shape, rows = (0, *array.shape[1:]), (1024, *array.shape[1:])
                 self._group.create_array(name, shape=shape, dtype=array.dtype, chunks=chunks or rows, compressors=_STREAM_CODEC)
             self._array(name).append(array, axis=0)
+
+    def reserve(self, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        if self.exists(name) and self._array(name).shape == tuple(shape):
+            return
+        with self._writing(name):
+            self._group.create_array(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), compressors=None, fill_value=0, overwrite=True)
+
+    def write_row(self, name: str, row: int, array: np.ndarray) -> None:
+        with self._writing(name):
+            self._array(name)[row] = array
 
     def exists(self, name: str) -> bool:
         try:

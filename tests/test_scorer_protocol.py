@@ -25,7 +25,7 @@ from streamad.model import Model
 from streamad.model_store import open_store, read_state
 from streamad.pipelines.fit import FitOptions
 from streamad.pipelines.watch import WatchOptions, watch
-from streamad.scorers import register_scorer, unregister_scorer
+from streamad.scorers import register_scorer, resolve, unregister_scorer
 from streamad.scorers.base import Scorer, ScorerState
 from tests.conftest import scene
 from tests.test_evaluate import mvtec
@@ -108,7 +108,16 @@ def scores_of(csv: str | Path) -> np.ndarray:
     return np.loadtxt(csv, delimiter=",", skiprows=1, usecols=3, ndmin=1)
 
 
-@pytest.mark.parametrize("config", [CONFIG, ModelConfig(input_hw=(64, 96), k=16), ModelConfig(method="soe", input_hw=(64, 96), k=16)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CONFIG,
+        ModelConfig(input_hw=(64, 96), k=16),
+        ModelConfig(method="soe", input_hw=(64, 96), k=16),
+        resolve(ModelConfig(method="pfm", input_hw=(64, 96))),
+        resolve(ModelConfig(method="pefm", input_hw=(64, 96))),
+    ],
+)
 def test_protocol_conformance(config: ModelConfig) -> None:
     """What every scorer promises: capabilities declared, state round-trips exactly, distances
     have the patch grid's shape and survive a reload."""

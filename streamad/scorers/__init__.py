@@ -1,12 +1,14 @@
 """The scorer registry: ``--method`` names to scorer factories.
 
-Built in: ``padim`` and ``soe`` (:class:`~streamad.scorers.gaussian.GaussianScorer`). Another
+Built in: ``padim`` and ``soe`` (:class:`~streamad.scorers.gaussian.GaussianScorer`), ``pfm``
+and ``pefm`` (:class:`~streamad.scorers.mapping.MappingScorer`, on a pair of backbones). Another
 method plugs in with :func:`register_scorer` and then runs in every job (fit, score, eval,
 calibrate, watch; merge when it is mergeable) without touching them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -20,7 +22,12 @@ if TYPE_CHECKING:
 
 ScorerFactory = Callable[["ModelConfig", "FeatureExtractor"], "Scorer"]
 
-_BUILTIN = {"padim": "streamad.scorers.gaussian:build", "soe": "streamad.scorers.gaussian:build"}
+_BUILTIN = {
+    "padim": "streamad.scorers.gaussian:build",
+    "soe": "streamad.scorers.gaussian:build",
+    "pfm": "streamad.scorers.mapping:build",
+    "pefm": "streamad.scorers.mapping:build",
+}
 _REGISTERED: dict[str, ScorerFactory] = {}
 
 
@@ -56,6 +63,22 @@ def scorer_factory(name: str) -> ScorerFactory:
         factory: ScorerFactory = getattr(importlib.import_module(module), attr)
         return factory
     raise ConfigError(f"expected --method in {scorer_names()}, got {name!r}")
+
+
+def resolve(config: ModelConfig) -> ModelConfig:
+    """The config with the method's defaults filled in: the second backbone of a method that
+    reads two (a factory's ``extractors = 2`` and ``default_pair``), none for the others."""
+    factory = scorer_factory(config.method)
+    if getattr(factory, "extractors", 1) == 2:
+        if config.motion != "off":
+            raise ConfigError(f"expected --motion off for --method {config.method}, got {config.motion!r}; hint: motion cues are for padim and soe")
+        if config.backbone_b is None:
+            module = importlib.import_module(factory.__module__)
+            return dataclasses.replace(config, backbone_b=module.default_pair(config.backbone))
+        return config
+    if config.backbone_b is not None:
+        raise ConfigError(f"expected no second backbone for --method {config.method}, got --backbone-b {config.backbone_b}; hint: it is for pfm and pefm")
+    return config
 
 
 def build_scorer(config: ModelConfig, extractor: FeatureExtractor) -> Scorer:
