@@ -257,6 +257,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
 @click.option("--threshold", type=float, default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
+@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
 @with_common
 @friendly_errors
 def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) -> None:
@@ -271,7 +272,7 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
     progress = ClickProgress(not kw["quiet"])
     layers = tuple(name.strip() for name in kw["overlay_layers"].split(",") if name.strip())
     outputs = {"overlay": kw["overlay"], "overlay_layers": layers, "plot": kw["plot"]}
-    summary = run_score(list(sources), model_path, out_dir, options=options, **outputs, weights=kw["weights"], progress=progress)
+    summary = run_score(list(sources), model_path, out_dir, options=options, **outputs, weights=kw["weights"], weights_b=kw["weights_b"], progress=progress)
     progress.finish()
     report_drops(summary.drop_report)
     frames, dropped = sum(summary.frames.values()), sum(sum(r.values()) for r in summary.dropped.values())
@@ -402,6 +403,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--max-fpr", type=float, default=0.3, show_default=True, help="AUPRO integration limit.")
 @with_frame_score
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
+@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
 @with_common
 @friendly_errors
 def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
@@ -418,7 +420,7 @@ def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
     if (testset is None) == (ground_truth is None):
         raise click.UsageError("expected the labelled test set once: as TESTSET or as --ground-truth DIR")
     progress = ClickProgress(not kw["quiet"])
-    names = ("out_dir", "report_dir", "categories", "masks", "labels", "max_fpr", "weights")
+    names = ("out_dir", "report_dir", "categories", "masks", "labels", "max_fpr", "weights", "weights_b")
     run = run_evaluate(
         testset or ground_truth or "",
         model=kw["model_path"],

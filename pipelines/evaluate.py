@@ -204,13 +204,14 @@ def evaluate_model(
     *,
     options: ScoreOptions = ScoreOptions(),
     weights: str | None = None,
+    weights_b: str | None = None,
     max_fpr: float = 0.3,
     progress: Progress = no_progress,
 ) -> Evaluation:
     """Score the test set with the model (writing ``out_dir/scores.zarr``), then evaluate it."""
     if not truth.has_masks:
         options = replace(options, write_maps=False)
-    score([s.source for s in truth.sources], model_path, out_dir, options=options, weights=weights, progress=progress)
+    score([s.source for s in truth.sources], model_path, out_dir, options=options, weights=weights, weights_b=weights_b, progress=progress)
     return evaluate_predictions(Path(out_dir) / "scores.zarr", truth, max_fpr=max_fpr, pixels=options.write_maps, progress=progress)
 
 
@@ -238,6 +239,7 @@ def evaluate(
     max_fpr: float = 0.3,
     options: ScoreOptions = ScoreOptions(),
     weights: str | None = None,
+    weights_b: str | None = None,
     progress: Progress = no_progress,
 ) -> EvalRun:
     """Evaluate ``model`` (a store, or with ``categories`` a template such as
@@ -257,7 +259,9 @@ def evaluate(
         else:
             assert model is not None
             target = model_for(str(model), name) if name else model
-            evaluation = evaluate_model(truth, target, Path(out_dir) / name, options=options, weights=weights, max_fpr=max_fpr, progress=progress)
+            evaluation = evaluate_model(
+                truth, target, Path(out_dir) / name, options=options, weights=weights, weights_b=weights_b, max_fpr=max_fpr, progress=progress
+            )
         results[name], tables[name] = evaluation.metrics, markdown(evaluation.metrics)
         if report_dir is not None:
             reports += write_report(evaluation, Path(report_dir) / name)

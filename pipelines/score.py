@@ -66,11 +66,11 @@ class ScoreSummary:
     anomalous: Counter[str] = field(default_factory=Counter)
 
 
-def load_model(model: str | Path | Model, *, device: str, weights: str | None) -> Model:
+def load_model(model: str | Path | Model, *, device: str, weights: str | None, weights_b: str | None = None) -> Model:
     """A model given as a store path (loaded, fitted) or as it is."""
     if isinstance(model, Model):
         return model
-    return load(open_store(model, mode="r"), where=str(model), device=str(pick_device(device)), weights=weights)
+    return load(open_store(model, mode="r"), where=str(model), device=str(pick_device(device)), weights=weights, weights_b=weights_b)
 
 
 def _store_attrs(loaded: Model, model: str | Path | Model, options: ScoreOptions, *, threshold: float | None, decision: float | None) -> dict[str, Any]:
@@ -124,6 +124,7 @@ def score(
     overlay_layers: Sequence[str] = ("combined",),
     plot: str | Path | None = None,
     weights: str | None = None,
+    weights_b: str | None = None,
     progress: Progress = no_progress,
     sinks: Sequence[Sink] = (),
 ) -> ScoreSummary:
@@ -137,7 +138,7 @@ def score(
     written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
     check_outputs(written, input_paths([*specs, model]))
     sources = resolve_sources(specs)
-    loaded = load_model(model, device=options.device, weights=weights)
+    loaded = load_model(model, device=options.device, weights=weights, weights_b=weights_b)
     frame_score = options.frame_score
     summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
     if out is not None:

@@ -176,15 +176,15 @@ def backbone_spec(name: str) -> BackboneSpec:
     return SPECS[name]
 
 
-def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
+def resolve_weights(spec: BackboneSpec, weights: str | Path | None, *, option: str = "--weights") -> Path:
     """The weights file a backbone will load; never downloads."""
     if weights is None:
         if spec.needs_weights_file:
             raise WeightsError(
-                f"expected --weights FILE for backbone {spec.name}, got none; hint: streamad never "
+                f"expected {option} FILE for backbone {spec.name}, got none; hint: streamad never "
                 f"downloads: save torchvision's ImageNet state dict once, e.g. torch.save("
                 f"torchvision.models.{spec.name}(weights='DEFAULT').state_dict(), '{spec.name}.pth') "
-                "on a machine with network, then pass --weights that file"
+                f"on a machine with network, then pass {option} that file"
             )
         return lite_weights_path(spec.name)
     path = Path(weights)
@@ -193,18 +193,19 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
     return path
 
 
-def build_backbone(name: str, *, weights: str | Path | None = None) -> tuple[nn.Module, BackboneSpec, str]:
+def build_backbone(name: str, *, weights: str | Path | None = None, option: str = "--weights") -> tuple[nn.Module, BackboneSpec, str]:
     """Build a frozen feature extractor.
 
     Args:
         name: ``lite0``, ``lite1``, ``lite2``, ``resnet18`` or ``wide_resnet50_2``.
         weights: state dict file; required for torchvision backbones, optional for the lites.
+        option: the command-line option that names the file (in the error when it is missing).
 
     Returns:
         The module (eval mode, no gradients), its spec and the weights' sha256.
     """
     spec = backbone_spec(name)
-    path = resolve_weights(spec, weights)
+    path = resolve_weights(spec, weights, option=option)
     net = build_classifier(name, weights=path)
     features: nn.Module
     factory: Callable[[nn.Module, tuple[str, ...]], nn.Module]

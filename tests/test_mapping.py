@@ -175,3 +175,18 @@ def test_pfm_through_the_cli_score_eval_merge(tmp_path: Path) -> None:
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
     res = runner.invoke(main, ["fit", str(root), "-m", str(tmp_path / "x.zarr"), "--backbone-b", "lite2", "-q"])
     assert res.exit_code == 1 and "no second backbone" in res.output, res.output
+
+
+def test_a_torchvision_second_backbone_with_its_weights_file(tmp_path: Path) -> None:
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    runner = CliRunner()
+    root, model = mvtec(tmp_path / "toy"), str(tmp_path / "p.zarr")
+    fit = ["fit", str(root), "-m", model, "--method", "pefm", "--backbone-b", "resnet18", "--weights-b", str(weights), "--input-size", "64x64"]
+    assert (res := runner.invoke(main, [*fit, "--epochs", "2", "-q"])).exit_code == 0, res.output
+    res = runner.invoke(main, ["score", str(root / "test"), "-m", model, "-o", str(tmp_path / "s"), "-q"])
+    assert res.exit_code == 1 and "expected --weights-b FILE for backbone resnet18" in res.output, res.output
+    res = runner.invoke(main, ["score", str(root / "test"), "-m", model, "-o", str(tmp_path / "s"), "--weights-b", str(weights), "-q"])
+    assert res.exit_code == 0, res.output
