@@ -1,9 +1,14 @@
-"""``streamad eval`` on the real data in ../shared/data, for padim and soe: UCSD Ped2 (clips
-01-06), magnetic tile (MT_Free split into train/test with a fixed seed; the five defect classes
-as anomalies, with their masks) and hazelnut_toy (MVTec layout). Prints the exact commands and a
-Markdown table.
+"""``streamad eval`` on the real data in ../shared/data, for padim and soe (and pfm, pefm with
+``--method``): UCSD Ped2 (clips 01-06), magnetic tile (MT_Free split into train/test with a fixed
+seed; the five defect classes as anomalies, with their masks), hazelnut_toy (MVTec layout) and
+KolektorSDD. Prints the exact commands, each fit's wall time and peak memory (max RSS of the
+fit process), and a Markdown table.
 
     python benchmarks/eval_real.py [--data ../shared/data] [--work /tmp/streamad-eval] [--method padim] [--set ucsd_ped2]
+
+The KolektorSDD split is built the same way: the defect-free parts (all-zero label) of kos01-25,
+named ``kosNN_PartK``, shuffled with default_rng(0); the first 30 % are test/good, the rest
+train/good; every part with a crack is test/crack, its label as the mask.
 
 The magnetic-tile split is a folder of symlinks in MVTec AD layout under --work: MT_Free's images
 in name order, shuffled with numpy's default_rng(0); the first 20 % are test/good, the rest
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -27,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
 TEST_FRACTION, SEED = 0.2, 0
+KOLEKTOR_TEST_FRACTION = 0.3
 
 
 def magnetic_tile_split(data: Path, out: Path) -> Path:
@@ -49,11 +56,36 @@ def magnetic_tile_split(data: Path, out: Path) -> Path:
     return out
 
 
-def run(command: list[str]) -> float:
+def kolektor_split(data: Path, out: Path) -> Path:
+    """The MVTec-layout folder of symlinks for KolektorSDD described above (rebuilt each time)."""
+    import shutil
+
+    import cv2
+
+    shutil.rmtree(out, ignore_errors=True)
+    parts = sorted((data / "kolektorsdd").glob("kos*/Part*.jpg"))
+    good = [p for p in parts if not cv2.imread(str(p.with_name(p.stem + "_label.png")), cv2.IMREAD_GRAYSCALE).any()]
+    order = np.random.default_rng(SEED).permutation(len(good))
+    n_test = int(round(KOLEKTOR_TEST_FRACTION * len(good)))
+    links = [(out / ("test" if rank < n_test else "train") / "good", good[i]) for rank, i in enumerate(order)]
+    for part in sorted(set(parts) - set(good)):
+        links += [(out / "test" / "crack", part), (out / "ground_truth" / "crack", part.with_name(part.stem + "_label.png"))]
+    for folder, source in links:
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{source.parent.name}_{source.stem.removesuffix('_label')}{source.suffix}"
+        (folder / name).symlink_to(source.resolve())
+    return out
+
+
+def run(command: list[str]) -> tuple[float, float]:
+    """Run a command; its wall seconds and peak resident memory in GB."""
     print("$ " + shlex.join(command), flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status:
+        raise subprocess.CalledProcessError(status, command)
+    return time.perf_counter() - start, usage.ru_maxrss / 1e6  # Linux: kB
 
 
 def main() -> None:
@@ -69,6 +101,7 @@ def main() -> None:
         "ucsd_ped2": (args.data / "ucsd_ped2" / "training" / "frames", args.data / "ucsd_ped2", []),
         "magnetic_tile": (None, None, ["--input-size", "256x256"]),
         "hazelnut_toy": (args.data / "hazelnut_toy", args.data / "hazelnut_toy", []),
+        "kolektorsdd": (None, None, []),
     }
     rows = []
     for name in args.sets or list(sets):
@@ -76,21 +109,23 @@ def main() -> None:
         if name == "magnetic_tile":
             test = magnetic_tile_split(args.data / "magnetic_tile", args.work / "magnetic_tile_split")
             train = test
+        if name == "kolektorsdd":
+            test = train = kolektor_split(args.data, args.work / "kolektorsdd_split")
         for method in args.method or ["padim", "soe"]:
             model, out, report = (args.work / f"{name}-{method}{suffix}" for suffix in (".zarr", "-scores", "-report"))
-            fit_s = run([exe, "fit", str(train), "-m", str(model), "--method", method, "--overwrite", "-q", *extra])
-            eval_s = run([exe, "eval", str(test), "-m", str(model), "-o", str(out), "--report", str(report), "-q"])
+            fit_s, fit_gb = run([exe, "fit", str(train), "-m", str(model), "--method", method, "--overwrite", "-q", *extra])
+            eval_s, _ = run([exe, "eval", str(test), "-m", str(model), "-o", str(out), "--report", str(report), "-q"])
             metrics = json.loads((report / "metrics.json").read_text())
             overall = metrics["overall"]
             row = {"set": name, "method": method, "level": metrics["level"], **{k: overall.get(k) for k in ("auroc", "pixel_auroc", "aupro")}}
             row["groups"] = {g: r["auroc"] for g, r in metrics["groups"].items()}
-            row.update(fit_s=round(fit_s, 1), eval_s=round(eval_s, 1))
+            row.update(fit_s=round(fit_s, 1), fit_peak_gb=round(fit_gb, 2), eval_s=round(eval_s, 1))
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print("\n| data | method | image/frame AUROC | pixel AUROC | AUPRO@0.3 |\n|---|---|---|---|---|")
+    print("\n| data | method | image/frame AUROC | pixel AUROC | AUPRO@0.3 | fit s | fit peak GB |\n|---|---|---|---|---|---|---|")
     for row in rows:
         cells = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("auroc", "pixel_auroc", "aupro")]
-        print(f"| {row['set']} ({row['level']}) | {row['method']} | " + " | ".join(cells) + " |")
+        print(f"| {row['set']} ({row['level']}) | {row['method']} | " + " | ".join(cells) + f" | {row['fit_s']} | {row['fit_peak_gb']} |")
 
 
 if __name__ == "__main__":
