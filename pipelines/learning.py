@@ -23,6 +23,7 @@ from streamad.model import Model
 from streamad.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
 from streamad.motion import MotionTracker
 from streamad.preprocess import default_input_hw
+from streamad.scorers import resolve
 from streamad.store import ArrayStore
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class CameraModel:
         advance with the camera (frames dropped under load still let time pass) and run ahead
         of the wall clock for a file. The store is built beside its path and appears at the
         first commit, so a crash while learning leaves no half-learned store."""
-        config = self.options.learn_config
+        config = resolve(self.options.learn_config)
         if config.motion != "off" and config.motion_lag_s is None:  # one frame step of the camera
             fps = self.frame_rate() if self.frame_rate is not None else None
             config = replace(config, motion_lag_s=1.0 / fps) if fps else replace(config, motion="off")

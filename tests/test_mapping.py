@@ -190,3 +190,19 @@ def test_a_torchvision_second_backbone_with_its_weights_file(tmp_path: Path) -> 
     assert res.exit_code == 1 and "expected --weights-b FILE for backbone resnet18" in res.output, res.output
     res = runner.invoke(main, ["score", str(root / "test"), "-m", model, "-o", str(tmp_path / "s"), "--weights-b", str(weights), "-q"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_live_camera_learns_pefm_in_one_pass(tmp_path: Path) -> None:
+    from streamad.cameras import Camera
+    from streamad.decode import VideoWriter
+    from streamad.pipelines.watch import WatchOptions, watch
+
+    video = tmp_path / "cam.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for t in range(130):
+            writer.write(scene(t))
+    options = WatchOptions(learn_for_s=9.0, learn_config=ModelConfig(method="pefm", input_hw=(64, 96)))
+    summary = watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    state = read_state(open_store(tmp_path / "m.zarr"))
+    assert summary.streams["cam"].learned >= 80 and state is not None
+    assert state.attrs["finalised"] and state.attrs["steps"] > 0 and state.attrs["epoch"] == 0  # streamed steps, no epochs
