@@ -400,7 +400,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--categories", multiple=True, help="Evaluate these categories (subfolders of TESTSET), each with its own model (repeatable).")
 @click.option("--masks", default=None, help="Generic layout: a folder of masks for the images in TESTSET.")
 @click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
-@click.option("--max-fpr", type=float, default=0.3, show_default=True, help="AUPRO integration limit.")
+@click.option("--max-fpr", type=float, default=None, help="Integration limit of AUPRO (default 0.3) or, for MVTec LOCO, of sPRO (default 0.05).")
 @with_frame_score
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")

@@ -20,7 +20,7 @@ import numpy as np
 from streamad import pictures
 from streamad.errors import ConfigError
 from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth
-from streamad.metrics import PixelMetrics, auroc, roc_curve
+from streamad.metrics import PixelMetrics, SproMetrics, auroc, roc_curve
 from streamad.pipelines.common import Progress, no_progress
 from streamad.pipelines.score import ScoreOptions, score
 from streamad.score_store import open_scores, read_source
@@ -29,6 +29,7 @@ from streamad.sources import read_image
 logger = logging.getLogger(__name__)
 
 VIDEO_LAYOUTS = ("ucsd", "mstc")
+MAX_FPR = {"loco": 0.05}  # each protocol's integration limit of its region metric (sPRO); AUPRO: 0.3
 MAP_BLOCK = 16  # maps read per zarr request (the store's chunk)
 
 
@@ -39,6 +40,7 @@ class _Group:
     scores: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     pixels: PixelMetrics | None = None
+    spro: SproMetrics | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.concatenate(self.scores) if self.scores else np.zeros(0)), (np.concatenate(self.labels) if self.labels else np.zeros(0, bool))
@@ -61,7 +63,7 @@ class Evaluation:
 
     metrics: dict[str, Any]
     roc: dict[str, tuple[np.ndarray, np.ndarray]]
-    pro: tuple[np.ndarray, np.ndarray] | None
+    pro: tuple[np.ndarray, np.ndarray] | None  # (fpr, PRO), or (fpr, sPRO) for MVTec LOCO
     scores: tuple[np.ndarray, np.ndarray]
     worst_normal: list[Case]
     missed: list[Case]
@@ -72,9 +74,17 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-def _row(scores: np.ndarray, labels: np.ndarray, pixels: PixelMetrics | None, *, max_fpr: float, normal_pool: np.ndarray) -> dict[str, Any]:
+def max_fpr_for(layout: str, max_fpr: float | None) -> float:
+    """The integration limit: the one given, else the layout's protocol (sPRO 0.05, AUPRO 0.3)."""
+    return max_fpr if max_fpr is not None else MAX_FPR.get(layout, 0.3)
+
+
+def _row(group: _Group, *, max_fpr: float, normal_pool: np.ndarray, normal_pixels: np.ndarray | None) -> dict[str, Any]:
     """One table row. A row of anomalies only is ranked against every normal frame of the set
-    (the MVTec AD per-defect convention); a row of normal frames only has no AUROC."""
+    (the MVTec AD per-defect convention); a row of normal frames only has no AUROC. sPRO
+    (LOCO) takes its false-positive rate from every defect-free image's pixels
+    (``normal_pixels``) and replaces AUPRO."""
+    scores, labels = group.arrays()
     row: dict[str, Any] = {"frames": int(labels.size), "anomalous": int(labels.sum())}
     if labels.any() and not labels.all():
         row["auroc"] = _rounded(auroc(scores, labels))
@@ -82,9 +92,14 @@ def _row(scores: np.ndarray, labels: np.ndarray, pixels: PixelMetrics | None, *,
         row["auroc"] = _rounded(auroc(np.r_[scores, normal_pool], np.r_[labels, np.zeros(normal_pool.size, bool)]))
     else:
         row["auroc"] = None
-    if pixels is not None:
-        result = pixels.result(max_fpr=max_fpr)
-        row["pixel_auroc"], row["aupro"], row["regions"] = _rounded(result.auroc), _rounded(result.aupro), result.regions
+    if group.pixels is not None:
+        result = group.pixels.result(max_fpr=max_fpr)
+        row["pixel_auroc"] = _rounded(result.auroc)
+        if group.spro is None:
+            row["aupro"], row["regions"] = _rounded(result.aupro), result.regions
+    if group.spro is not None:
+        spro = group.spro.result(max_fpr=max_fpr, normal=normal_pixels)
+        row["spro"], row["defects"] = _rounded(spro.spro), spro.defects
     return row
 
 
@@ -92,7 +107,7 @@ def evaluate_predictions(
     store_path: str | Path,
     truth: GroundTruth,
     *,
-    max_fpr: float = 0.3,
+    max_fpr: float | None = None,
     worst: int = 8,
     pixels: bool = True,
     progress: Progress = no_progress,
@@ -108,14 +123,18 @@ def evaluate_predictions(
             frames the ground truth has no label for.
     """
     store, attrs = open_scores(store_path)
+    max_fpr = max_fpr_for(truth.layout, max_fpr)
     pixel_level = pixels and truth.has_masks
+    regional = pixel_level and truth.has_defects
     groups: dict[str, _Group] = {}
-    overall = _Group(pixels=PixelMetrics() if pixel_level else None)
+    overall = _new_group(pixel_level, regional)
     progress.start("evaluating", sum(len(s.labels) for s in truth.sources))
-    frames = [case for labelled in truth.sources for case in _add_source(store, attrs, store_path, labelled, groups, overall, pixel_level, progress)]
+    levels = (pixel_level, regional)
+    frames = [case for labelled in truth.sources for case in _add_source(store, attrs, store_path, labelled, groups, overall, levels, progress)]
     progress.finish()
     all_scores, all_labels = overall.arrays()
     normal_pool = all_scores[~all_labels]
+    normal_pixels = overall.spro.normal if overall.spro is not None else None
     video = truth.layout in VIDEO_LAYOUTS
     every = attrs.get("every", 1)
     metrics: dict[str, Any] = {
@@ -128,8 +147,9 @@ def evaluate_predictions(
         "frame_score": attrs.get("frame_score"),
         "model": attrs.get("model"),
         "max_fpr": max_fpr,
-        "overall": _row(all_scores, all_labels, overall.pixels, max_fpr=max_fpr, normal_pool=normal_pool),
-        "groups": {name: _row(*g.arrays(), g.pixels, max_fpr=max_fpr, normal_pool=normal_pool) for name, g in groups.items()},
+        "normal_images": truth.normal_from,
+        "overall": _row(overall, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels),
+        "groups": {name: _row(g, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels) for name, g in groups.items()},
     }
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if all_labels.any() and not all_labels.all():
@@ -141,9 +161,15 @@ def evaluate_predictions(
         if result.auroc is not None:
             roc[f"pixel ({result.auroc:.3f})"] = result.roc
             pro = result.pro
+    if overall.spro is not None and overall.spro.defects and normal_pixels is not None and normal_pixels.any():
+        pro = overall.spro.result(max_fpr=max_fpr).curve
     normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
     missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
     return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path))
+
+
+def _new_group(pixel_level: bool, regional: bool) -> _Group:
+    return _Group(pixels=PixelMetrics() if pixel_level else None, spro=SproMetrics() if regional else None)
 
 
 def _add_source(
@@ -153,10 +179,12 @@ def _add_source(
     labelled: LabelledSource,
     groups: dict[str, _Group],
     overall: _Group,
-    pixel_level: bool,
+    levels: tuple[bool, bool],
     progress: Progress,
 ) -> list[Case]:
-    """One labelled source's predictions into its group and the overall row; its frames as cases."""
+    """One labelled source's predictions into its group and the overall row; its frames as cases.
+    ``levels``: (pixel metrics, per-defect sPRO)."""
+    pixel_level, regional = levels
     sid = labelled.source_id
     if not store.exists(f"{sid}/score"):
         there = sorted(attrs.get("sources", {}))
@@ -169,19 +197,20 @@ def _add_source(
     if pixel_level and pred.maps is None:
         raise GroundTruthError(f"expected anomaly maps for source {sid!r} in {store_path}, got none; hint: score without --no-maps")
     labels = labelled.labels[pred.index]
-    group = groups.setdefault(labelled.group, _Group(pixels=PixelMetrics() if pixel_level else None))
+    group = groups.setdefault(labelled.group, _new_group(pixel_level, regional))
     for target in (group, overall):
         target.scores.append(pred.score.astype(np.float64))
         target.labels.append(labels)
     if pixel_level:
-        _add_pixels(labelled, pred.index, pred.maps, (group.pixels, overall.pixels), progress)
+        _add_pixels(labelled, pred.index, pred.maps, (group, overall), progress)
     else:
         progress.advance(len(pred.index))
     return [Case(sid, int(i), float(s), bool(y), str(labelled.source.paths[i])) for i, s, y in zip(pred.index, pred.score, labels, strict=True)]
 
 
-def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, targets: tuple[PixelMetrics | None, ...], progress: Progress) -> None:
-    """Each map, resized to its frame's original size, against that frame's mask."""
+def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, targets: tuple[_Group, ...], progress: Progress) -> None:
+    """Each map, resized to its frame's original size, against that frame's mask (and its
+    annotated defects, for sPRO)."""
     assert labelled.mask_of is not None  # pixel_level guarantees it
     for start in range(0, len(indices), MAP_BLOCK):
         block = np.asarray(maps[start : start + MAP_BLOCK])
@@ -191,9 +220,12 @@ def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, target
             if mask is None:
                 mask = np.zeros(image_hw(labelled.source.paths[index]), bool)
             resized = cv2.resize(anomaly_map.astype(np.float32), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+            defects = labelled.defects_of(index) if labelled.defects_of is not None else []
             for target in targets:
-                if target is not None:
-                    target.add(resized, mask)
+                if target.pixels is not None:
+                    target.pixels.add(resized, mask)
+                if target.spro is not None:
+                    target.spro.add(resized, defects)
         progress.advance(len(block))
 
 
@@ -205,7 +237,7 @@ def evaluate_model(
     options: ScoreOptions = ScoreOptions(),
     weights: str | None = None,
     weights_b: str | None = None,
-    max_fpr: float = 0.3,
+    max_fpr: float | None = None,
     progress: Progress = no_progress,
 ) -> Evaluation:
     """Score the test set with the model (writing ``out_dir/scores.zarr``), then evaluate it."""
@@ -236,7 +268,7 @@ def evaluate(
     categories: Sequence[str] = (),
     masks: str | Path | None = None,
     labels: str | Path | None = None,
-    max_fpr: float = 0.3,
+    max_fpr: float | None = None,
     options: ScoreOptions = ScoreOptions(),
     weights: str | None = None,
     weights_b: str | None = None,
@@ -279,29 +311,45 @@ def evaluate(
 def mean_row(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean of each metric over categories (those that have it)."""
     out: dict[str, Any] = {}
-    for key in ("auroc", "pixel_auroc", "aupro"):
+    for key in ("auroc", "pixel_auroc", "aupro", "spro"):
         values = [r[key] for r in rows.values() if r.get(key) is not None]
         out[key] = _rounded(float(np.mean(values))) if values else None
     return out
+
+
+def region_metric(metrics: dict[str, Any]) -> tuple[str, str]:
+    """(key, column title) of the set's region metric: sPRO for MVTec LOCO, else AUPRO."""
+    key = "spro" if "spro" in metrics["overall"] else "aupro"
+    return key, f"{'sPRO' if key == 'spro' else 'AUPRO'}@{metrics['max_fpr']:g}"
 
 
 def markdown(metrics: dict[str, Any]) -> str:
     """The metrics as a Markdown table (one row per group, then the overall row)."""
     level = metrics["level"]
     pixel = "pixel_auroc" in metrics["overall"]
-    head = ["", f"{level} AUROC", "frames", "anomalous"] + (["pixel AUROC", "AUPRO@0.3"] if pixel else [])
+    key, title = region_metric(metrics)
+    head = ["", f"{level} AUROC", "frames", "anomalous"] + (["pixel AUROC", title] if pixel else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(value: Any) -> str:
         return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
     for name, row in [*metrics["groups"].items(), ("**overall**", metrics["overall"])]:
-        cells = [name, fmt(row["auroc"]), fmt(row["frames"]), fmt(row["anomalous"])] + ([fmt(row.get("pixel_auroc")), fmt(row.get("aupro"))] if pixel else [])
+        cells = [name, fmt(row["auroc"]), fmt(row["frames"]), fmt(row["anomalous"])] + ([fmt(row.get("pixel_auroc")), fmt(row.get(key))] if pixel else [])
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"\n\n{metrics['frames_evaluated']} of {metrics['frames_labelled']} labelled frames evaluated"]
     if metrics.get("every", 1) != 1:
         notes.append(f" (every {metrics['every']}-th frame, as scored)")
-    notes.append(". Pixel metrics compare maps resized to each image's size with its mask; AUPRO is integrated to FPR 0.3 and normalised.\n")
+    if metrics.get("normal_images") == "validation":
+        notes.append("; the normal test images are validation/good (the set has no test/good)")
+    if key == "spro":
+        notes.append(
+            f". Pixel metrics compare maps resized to each image's size with its masks; sPRO (per annotated defect, saturated) is integrated "
+            f"over the false-positive rate of the defect-free images' pixels to {metrics['max_fpr']:g} and normalised.\n"
+        )
+    else:
+        limit = metrics["max_fpr"]
+        notes.append(f". Pixel metrics compare maps resized to each image's size with its mask; AUPRO is integrated to FPR {limit:g} and normalised.\n")
     return "\n".join(lines) + "".join(notes)
 
 
@@ -329,13 +377,15 @@ def write_report(evaluation: Evaluation, report_dir: str | Path) -> list[str]:
     if evaluation.pro is not None:
         fpr, pro = evaluation.pro
         keep = fpr <= evaluation.metrics["max_fpr"]
-        aupro = evaluation.metrics["overall"].get("aupro") or 0.0
+        key, _ = region_metric(evaluation.metrics)
+        area = evaluation.metrics["overall"].get(key) or 0.0
+        name = "sPRO" if key == "spro" else "PRO"
         pictures.line_plot(
-            {f"PRO (AUPRO {aupro:.3f})": (fpr[keep], pro[keep])},
+            {f"{name} (area {area:.3f})": (fpr[keep], pro[keep])},
             out / "pro.png",
-            title="per-region overlap",
-            x_label="false positive rate",
-            y_label="PRO",
+            title="saturated per-region overlap" if key == "spro" else "per-region overlap",
+            x_label="false positive rate" + (" (defect-free images)" if key == "spro" else ""),
+            y_label=name,
             limits=(0, evaluation.metrics["max_fpr"], 0, 1),
             size=(720, 480),
         )
@@ -387,12 +437,14 @@ def model_for(template: str, category: str) -> str:
 def summary_markdown(per_category: dict[str, dict[str, Any]]) -> str:
     """One row per category (overall metrics) and their mean."""
     rows = {name: m["overall"] for name, m in per_category.items()}
-    level = next(iter(per_category.values()))["level"] if per_category else "image"
-    lines = [f"| category | {level} AUROC | pixel AUROC | AUPRO@0.3 |", "|---|---|---|---|"]
+    first = next(iter(per_category.values()), None)
+    level = first["level"] if first else "image"
+    key, title = region_metric(first) if first else ("aupro", "AUPRO@0.3")
+    lines = [f"| category | {level} AUROC | pixel AUROC | {title} |", "|---|---|---|---|"]
 
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     for name, row in [*rows.items(), ("**mean**", mean_row(rows))]:
-        lines.append(f"| {name} | {fmt(row.get('auroc'))} | {fmt(row.get('pixel_auroc'))} | {fmt(row.get('aupro'))} |")
+        lines.append(f"| {name} | {fmt(row.get('auroc'))} | {fmt(row.get('pixel_auroc'))} | {fmt(row.get(key))} |")
     return "\n".join(lines) + "\n"

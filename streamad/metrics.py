@@ -12,10 +12,18 @@
   connected ground-truth region of every image (8-connectivity), of the fraction of the region
   above the threshold; AUPRO integrates PRO over the false-positive rate of normal pixels from
   0 to ``max_fpr`` (0.3), with linear interpolation at ``max_fpr``, divided by ``max_fpr``.
+- :class:`SproMetrics` is MVTec LOCO AD's saturated PRO: each annotated defect (one mask file,
+  whatever its connected components) with its saturation threshold ``s`` in pixels counts
+  ``min(overlap / s, 1)``; sPRO at a threshold is the mean over defects, integrated over the
+  false-positive rate of the pixels of the *defect-free* test images up to ``max_fpr`` (0.05)
+  and normalised, as the LOCO evaluation does. It streams like :class:`PixelMetrics`: a
+  defect's pixels, taken from the highest score down, each add ``1/s`` until ``s`` pixels are
+  covered, so per-key weights sum exactly to the saturated overlap at every threshold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -199,3 +207,66 @@ def _integrate_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
         y_at = y[j - 1] + (y[j] - y[j - 1]) * (limit - x[j - 1]) / (x[j] - x[j - 1])
         xs, ys = np.r_[xs, limit], np.r_[ys, y_at]
     return float(np.trapezoid(ys, xs))
+
+
+@dataclass(frozen=True, slots=True)
+class SproResult:
+    spro: float | None
+    curve: tuple[np.ndarray, np.ndarray]  # (fpr, sPRO), thresholds descending
+    defects: int
+    normal_pixels: int
+
+
+class SproMetrics:
+    """Saturated per-region overlap (sPRO, MVTec LOCO AD) over a stream of maps, constant memory.
+
+    ``add`` takes a map with its defects: ``(mask, saturation)`` pairs, the saturation threshold
+    in pixels (relative thresholds already multiplied by the defect's area). A map without
+    defects is a defect-free image: its pixels are the normal pixels of the false-positive rate.
+    The normal pixels of images with defects are not counted, as in the LOCO evaluation.
+
+    Example:
+        >>> m = SproMetrics()
+        >>> m.add(np.array([[0.1, 0.2]]), [])
+        >>> m.add(np.array([[0.9, 0.8], [0.0, 0.0]]), [(np.array([[1, 1], [0, 0]], bool), 1.0)])
+        >>> m.result(max_fpr=1.0).spro
+        1.0
+    """
+
+    def __init__(self) -> None:
+        self.normal = np.zeros(BINS, np.int64)
+        self.weight = np.zeros(BINS, np.float64)
+        self.defects = 0
+
+    def add(self, anomaly_map: np.ndarray, defects: Sequence[tuple[np.ndarray, float]]) -> None:
+        keys = float16_keys(anomaly_map)
+        if not defects:
+            self.normal += np.bincount(keys.ravel(), minlength=BINS)
+            return
+        for mask, saturation in defects:
+            if mask.shape != anomaly_map.shape:
+                raise ShapeError(f"expected a map and a defect mask of one shape, got map {anomaly_map.shape} and mask {mask.shape}")
+            if not saturation > 0:
+                raise ConfigError(f"expected a positive saturation threshold, got {saturation}")
+            inside = np.sort(keys[mask.astype(bool)])[::-1]  # highest score first
+            covered = np.minimum(np.arange(inside.size + 1, dtype=np.float64), saturation) / saturation
+            self.weight += np.bincount(inside, weights=np.diff(covered), minlength=BINS)
+            self.defects += 1
+
+    def merge(self, other: SproMetrics) -> None:
+        self.normal += other.normal
+        self.weight += other.weight
+        self.defects += other.defects
+
+    def result(self, *, max_fpr: float = 0.05, normal: np.ndarray | None = None) -> SproResult:
+        """The normalised area under sPRO(FPR) up to ``max_fpr``; ``normal`` replaces this
+        stream's normal-pixel histogram (a group of anomalies ranked against every good image)."""
+        if not 0 < max_fpr <= 1:
+            raise ConfigError(f"expected 0 < max_fpr <= 1, got {max_fpr}")
+        normal = self.normal if normal is None else normal
+        negatives = int(normal.sum())
+        used = np.flatnonzero((normal > 0) | (self.weight > 0))[::-1]
+        fpr = np.r_[0, np.cumsum(normal[used])] / max(1, negatives)
+        spro = np.r_[0.0, np.cumsum(self.weight[used])] / max(1, self.defects)
+        area = _integrate_to(fpr, spro, max_fpr) / max_fpr if negatives and self.defects else None
+        return SproResult(area, (fpr, spro), self.defects, negatives)

@@ -55,6 +55,41 @@ def ucsd(root: Path, *, anomalous: range = range(8, 14), frames: int = 20) -> Pa
     return root
 
 
+LOCO_CONFIG = [
+    {"defect_name": "red_square", "pixel_value": 255, "saturation_threshold": 200.0, "relative_saturation": False},
+    {"defect_name": "red_corner", "pixel_value": 254, "saturation_threshold": 0.5, "relative_saturation": True},
+]
+
+
+def loco(root: Path, *, test_good: bool = True) -> Path:
+    """A MVTec LOCO category: each anomalous image has two defect files of two types (the second
+    overlapping the first), absolute and relative saturation."""
+    for t in range(24):
+        save(root / "train" / "good" / f"{t:03d}.png", scene(t))
+    for t in range(4):
+        save(root / "validation" / "good" / f"{t:03d}.png", scene(3 * t + 1))
+        if test_good:
+            save(root / "test" / "good" / f"{t:03d}.png", scene(3 * t + 1))
+        for kind in ("logical_anomalies", "structural_anomalies"):
+            save(root / "test" / kind / f"{t:03d}.png", scene(3 * t + 2, anomaly=True))
+            corner = np.zeros((96, 128), np.uint8)
+            corner[24:34, 32:42] = 254
+            save(root / "ground_truth" / kind / f"{t:03d}" / "000.png", square_mask())
+            save(root / "ground_truth" / kind / f"{t:03d}" / "001.png", corner)
+    (root / "defects_config.json").write_text(json.dumps(LOCO_CONFIG))
+    return root
+
+
+def kolektor(root: Path, folders: int = 3, parts: int = 6) -> Path:
+    """KolektorSDD layout: kosNN/PartK.jpg with PartK_label.bmp; part 2 of each folder is cracked."""
+    for f in range(folders):
+        for k in range(parts):
+            bad = k == 2
+            save(root / f"kos{f + 1:02d}" / f"Part{k}.jpg", scene(5 * f + k, anomaly=bad))
+            save(root / f"kos{f + 1:02d}" / f"Part{k}_label.bmp", square_mask() if bad else np.zeros((96, 128), np.uint8))
+    return root
+
+
 @pytest.fixture(scope="module")
 def category(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = mvtec(tmp_path_factory.mktemp("mvtec") / "toy")
@@ -170,8 +205,63 @@ class TestLayouts:
         assert truth.sources[0].source_id == "hole" and truth.sources[0].mask_of(0).sum() > 0  # type: ignore[misc]
 
 
+class TestLoco:
+    def test_layout_defects_and_saturation(self, tmp_path: Path) -> None:
+        truth = load_ground_truth(loco(tmp_path / "juice"))
+        assert truth.layout == "loco" and truth.normal_from == "test" and truth.has_defects
+        assert [s.source_id for s in truth.sources] == ["good", "logical_anomalies", "structural_anomalies"]
+        defects = truth.sources[1].defects_of(0)  # type: ignore[misc]
+        square = square_mask() > 0
+        assert len(defects) == 2 and np.array_equal(defects[0][0], square) and defects[0][1] == 200.0
+        assert defects[1][0].sum() == 100 and defects[1][1] == 50.0  # relative: half of its area
+        assert np.array_equal(truth.sources[1].mask_of(0), square)  # type: ignore[misc]  # the union
+        assert truth.sources[0].defects_of(0) == []  # type: ignore[misc]
+
+    def test_eval_reports_each_anomaly_type_and_spro(self, tmp_path: Path) -> None:
+        root = loco(tmp_path / "juice")
+        model = tmp_path / "m.zarr"
+        fit([str(root / "train" / "good")], model, SMALL, options=FitOptions(holdout_every=4))
+        code, output = TestBadGroundTruth.invoke(["eval", str(root), "-m", str(model), "-o", str(tmp_path / "e"), "--report", str(tmp_path / "r"), "-q"])
+        assert code == 0, output
+        metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+        assert metrics["layout"] == "loco" and metrics["max_fpr"] == 0.05
+        for kind in ("logical_anomalies", "structural_anomalies"):
+            row = metrics["groups"][kind]
+            assert row["auroc"] > 0.9 and row["defects"] == 8 and 0.3 < row["spro"] <= 1.0 and "aupro" not in row
+        overall = metrics["overall"]
+        assert overall["defects"] == 16 and overall["pixel_auroc"] > 0.9 and overall["spro"] > 0.3
+        assert "sPRO@0.05" in output and (tmp_path / "r" / "pro.png").is_file()
+
+    def test_validation_good_when_test_good_is_absent(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        truth = load_ground_truth(loco(tmp_path / "juice", test_good=False))
+        assert truth.normal_from == "validation" and truth.sources[0].source.paths[0].parent.parent.name == "validation"
+        assert "validation/good" in caplog.text
+
+    def test_missing_config_and_unknown_value(self, tmp_path: Path) -> None:
+        root = loco(tmp_path / "juice")
+        (root / "defects_config.json").unlink()
+        with pytest.raises(GroundTruthError, match="defects_config.json"):
+            load_ground_truth(root)
+        (root / "defects_config.json").write_text(json.dumps(LOCO_CONFIG[:1]))
+        truth = load_ground_truth(root)
+        with pytest.raises(GroundTruthError, match=r"001\.png.* 254"):
+            truth.sources[1].defects_of(0)  # type: ignore[misc]
+
+
+class TestKolektor:
+    def test_layout(self, tmp_path: Path) -> None:
+        truth = load_ground_truth(kolektor(tmp_path / "ksdd"))
+        assert truth.layout == "kolektorsdd" and [s.source_id for s in truth.sources] == ["kos01", "kos02", "kos03"]
+        assert all(s.labels.tolist() == [False, False, True, False, False, False] for s in truth.sources)
+        assert all(not p.stem.endswith("_label") for s in truth.sources for p in s.source.paths)
+        (tmp_path / "ksdd" / "kos02" / "Part4_label.bmp").unlink()
+        with pytest.raises(GroundTruthError, match="Part4_label"):
+            load_ground_truth(tmp_path / "ksdd")
+
+
 class TestBadGroundTruth:
-    def invoke(self, args: list[str]) -> tuple[int, str]:
+    @staticmethod
+    def invoke(args: list[str]) -> tuple[int, str]:
         result = CliRunner().invoke(main, args)
         return result.exit_code, result.output
 

@@ -6,7 +6,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from streamad.errors import ConfigError, ShapeError
-from streamad.metrics import PixelMetrics, auroc, float16_keys, key_values
+from streamad.metrics import PixelMetrics, SproMetrics, auroc, float16_keys, key_values
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -130,3 +130,92 @@ def test_f1_threshold_is_the_best_of_every_cut(seed: int) -> None:
     assert f1_score(labels, scores > threshold) == pytest.approx(best, abs=1e-12)
     brute = max(f1_score(labels, scores >= t) for t in np.unique(scores))
     assert best == pytest.approx(brute, abs=1e-12)
+
+
+# -- sPRO (MVTec LOCO) ---------------------------------------------------------------------------
+
+Defects = list[tuple[np.ndarray, float]]
+
+
+def loco_sample(seed: int, shape: tuple[int, int] = (36, 48)) -> list[tuple[np.ndarray, Defects]]:
+    """Good images and images with several, possibly overlapping, defects of several types: an
+    absolute saturation (in pixels, sometimes above the defect's area) or a relative one."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(14):
+        defects: Defects = []
+        if i >= 5:
+            for _ in range(rng.integers(1, 4)):
+                mask = np.zeros(shape, bool)
+                while not mask.any():
+                    mask = blobs(rng, shape)  # a defect may have several connected parts
+                area = int(mask.sum())
+                kind = rng.integers(0, 3)
+                saturation = [float(rng.integers(1, 2 * area + 2)), rng.uniform(0.2, 1.0) * area, float(area)][kind]
+                defects.append((mask, saturation))
+        bump = sum((mask * rng.uniform(0, 0.4) for mask, _ in defects), np.zeros(shape))
+        anomaly_map = ndimage.gaussian_filter(rng.random(shape), 2) + bump
+        out.append((anomaly_map.astype(np.float32), defects))
+    return out
+
+
+def slow_spro(images: list[tuple[np.ndarray, Defects]], max_fpr: float) -> float:
+    """Independent reference: every threshold, each defect's saturated overlap counted directly;
+    the false-positive rate over the pixels of the defect-free images only."""
+    normal = np.concatenate([m.ravel() for m, d in images if not d])
+    defects = [(m[mask], s) for m, d in images for mask, s in d]
+    thresholds = np.unique(np.concatenate([m.ravel() for m, _ in images]))[::-1]
+    fprs, spros = [0.0], [0.0]
+    for t in thresholds:
+        fprs.append(float((normal >= t).mean()))
+        spros.append(float(np.mean([min((values >= t).sum() / s, 1.0) for values, s in defects])))
+    fpr, spro = np.array(fprs), np.array(spros)
+    keep = fpr <= max_fpr
+    j = int(np.argmax(~keep))
+    x = np.r_[fpr[keep], max_fpr]
+    y = np.r_[spro[keep], spro[j - 1] + (spro[j] - spro[j - 1]) * (max_fpr - fpr[j - 1]) / (fpr[j] - fpr[j - 1])]
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("max_fpr", [0.05, 0.3])
+def test_spro_equals_exact_reference(seed: int, max_fpr: float) -> None:
+    images = loco_sample(seed)
+    assert sum(len(d) > 1 for _, d in images) >= 2  # several defects per image, some overlapping
+    metrics = SproMetrics()
+    for anomaly_map, defects in images:
+        metrics.add(anomaly_map, defects)
+    assert metrics.result(max_fpr=max_fpr).spro == pytest.approx(slow_spro(images, max_fpr), abs=1e-3)
+
+
+def test_spro_with_area_saturation_is_the_per_region_overlap() -> None:
+    """Saturation = each defect's area gives the PRO curve: here each defect fills its own image,
+    so PixelMetrics (regions by connectivity, FPR over every normal pixel) sees the same
+    regions and the same normal pixels."""
+    rng = np.random.default_rng(4)
+    spro, pro = SproMetrics(), PixelMetrics()
+    for i in range(12):
+        anomaly_map = ndimage.gaussian_filter(rng.random((20, 24)), 2) + (i >= 6) * rng.uniform(0, 0.3)
+        whole = np.full(anomaly_map.shape, i >= 6)
+        spro.add(anomaly_map, [(whole, float(whole.sum()))] if i >= 6 else [])
+        pro.add(anomaly_map, whole)
+    for limit in (0.05, 0.3, 1.0):
+        assert spro.result(max_fpr=limit).spro == pytest.approx(pro.result(max_fpr=limit).aupro, abs=1e-12)
+    fpr_a, curve_a = spro.result().curve
+    fpr_b, curve_b = pro.result().pro
+    assert np.allclose(fpr_a, fpr_b) and np.allclose(curve_a, curve_b)
+
+
+def test_spro_merge_and_refusals() -> None:
+    images = loco_sample(7)
+    whole, a, b = SproMetrics(), SproMetrics(), SproMetrics()
+    for i, (anomaly_map, defects) in enumerate(images):
+        whole.add(anomaly_map, defects)
+        (a if i % 2 else b).add(anomaly_map, defects)
+    a.merge(b)
+    assert a.result().spro == whole.result().spro and a.defects == whole.defects
+    with pytest.raises(ConfigError, match="positive saturation"):
+        SproMetrics().add(np.zeros((2, 2)), [(np.ones((2, 2), bool), 0.0)])
+    with pytest.raises(ShapeError, match="one shape"):
+        SproMetrics().add(np.zeros((2, 2)), [(np.ones((3, 2), bool), 1.0)])
+    assert SproMetrics().result().spro is None
