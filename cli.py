@@ -401,6 +401,12 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--masks", default=None, help="Generic layout: a folder of masks for the images in TESTSET.")
 @click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
 @click.option("--max-fpr", type=float, default=None, help="Integration limit of AUPRO (default 0.3) or, for MVTec LOCO, of sPRO (default 0.05).")
+@click.option("--folds", type=int, default=None, help="KolektorSDD fold protocol: fit on the defect-free parts of the other folds, test each fold.")
+@click.option("--method", default=None, help="With --folds: the scorer to fit (default padim).")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="With --folds: the backbone (default lite0).")
+@click.option("--input-size", default=None, help="With --folds: HEIGHTxWIDTH of the fitted models.")
+@click.option("-k", "k", type=int, default=None, help="With --folds: projected dimension (default 100).")
+@click.option("--epochs", type=int, default=None, help="With --folds: training epochs of trained scorers.")
 @with_frame_score
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
@@ -420,15 +426,21 @@ def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
     if (testset is None) == (ground_truth is None):
         raise click.UsageError("expected the labelled test set once: as TESTSET or as --ground-truth DIR")
     progress = ClickProgress(not kw["quiet"])
-    names = ("out_dir", "report_dir", "categories", "masks", "labels", "max_fpr", "weights", "weights_b")
-    run = run_evaluate(
-        testset or ground_truth or "",
-        model=kw["model_path"],
-        predictions=kw["predictions"],
-        options=score_options(kw),
-        progress=progress,
-        **{n: kw[n] for n in names},
-    )
+    if kw["folds"] is not None:
+        run = _evaluate_folds(testset or ground_truth or "", kw, progress)
+    else:
+        fold_only = [f"--{n.replace('_', '-')}" for n in ("method", "backbone", "input_size", "epochs") if kw[n] is not None] + (["-k"] if kw["k"] else [])
+        if fold_only:
+            raise click.UsageError(f"expected {fold_only[0]} only with --folds (a model store already fixes it)")
+        names = ("out_dir", "report_dir", "categories", "masks", "labels", "max_fpr", "weights", "weights_b")
+        run = run_evaluate(
+            testset or ground_truth or "",
+            model=kw["model_path"],
+            predictions=kw["predictions"],
+            options=score_options(kw),
+            progress=progress,
+            **{n: kw[n] for n in names},
+        )
     progress.finish()
     for name, table in run.tables.items():
         click.echo((f"\n## {name}\n\n" if name else "") + table)
@@ -436,6 +448,23 @@ def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
         click.echo("\n" + run.summary)
     if run.reports:
         click.echo("report: " + ", ".join(run.reports))
+
+
+def _evaluate_folds(testset: str, kw: dict[str, Any], progress: ClickProgress) -> Any:
+    """``eval --folds K``: fit and evaluate each fold (the models go under --out)."""
+    from streamad.config import ModelConfig
+    from streamad.pipelines.fit import FitOptions
+    from streamad.pipelines.folds import evaluate_folds
+
+    if kw["model_path"] or kw["predictions"] or kw["categories"] or kw["masks"] or kw["labels"]:
+        raise click.UsageError("expected --folds alone: it fits its own models (leave out --model, --predictions, --categories, --masks, --labels)")
+    given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"]}
+    config = ModelConfig(**{name: value for name, value in given.items() if value is not None})
+    fit_options = FitOptions(batch_size=kw["batch_size"], device=kw["device"], workers=kw["workers"], epochs=kw["epochs"])
+    names = ("out_dir", "report_dir", "max_fpr", "weights", "weights_b")
+    return evaluate_folds(
+        testset, kw["folds"], config=config, fit_options=fit_options, options=score_options(kw), progress=progress, **{n: kw[n] for n in names}
+    )
 
 
 @main.command()

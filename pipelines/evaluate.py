@@ -434,13 +434,13 @@ def model_for(template: str, category: str) -> str:
     return str(Path(template) / f"{category}.zarr")
 
 
-def summary_markdown(per_category: dict[str, dict[str, Any]]) -> str:
-    """One row per category (overall metrics) and their mean."""
+def summary_markdown(per_category: dict[str, dict[str, Any]], *, first_column: str = "category") -> str:
+    """One row per category (or fold: its overall metrics) and their mean."""
     rows = {name: m["overall"] for name, m in per_category.items()}
     first = next(iter(per_category.values()), None)
     level = first["level"] if first else "image"
     key, title = region_metric(first) if first else ("aupro", "AUPRO@0.3")
-    lines = [f"| category | {level} AUROC | pixel AUROC | {title} |", "|---|---|---|---|"]
+    lines = [f"| {first_column} | {level} AUROC | pixel AUROC | {title} |", "|---|---|---|---|"]
 
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"

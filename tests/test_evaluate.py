@@ -85,7 +85,7 @@ def kolektor(root: Path, folders: int = 3, parts: int = 6) -> Path:
     for f in range(folders):
         for k in range(parts):
             bad = k == 2
-            save(root / f"kos{f + 1:02d}" / f"Part{k}.jpg", scene(5 * f + k, anomaly=bad))
+            save(root / f"kos{f + 1:02d}" / f"Part{k}.jpg", scene(k + f % 2, anomaly=bad))
             save(root / f"kos{f + 1:02d}" / f"Part{k}_label.bmp", square_mask() if bad else np.zeros((96, 128), np.uint8))
     return root
 
@@ -254,9 +254,31 @@ class TestKolektor:
         assert truth.layout == "kolektorsdd" and [s.source_id for s in truth.sources] == ["kos01", "kos02", "kos03"]
         assert all(s.labels.tolist() == [False, False, True, False, False, False] for s in truth.sources)
         assert all(not p.stem.endswith("_label") for s in truth.sources for p in s.source.paths)
+        assert truth.sources[0].mask_of(2).sum() == (square_mask() > 0).sum()  # type: ignore[misc]
         (tmp_path / "ksdd" / "kos02" / "Part4_label.bmp").unlink()
         with pytest.raises(GroundTruthError, match="Part4_label"):
             load_ground_truth(tmp_path / "ksdd")
+
+    def test_fold_protocol(self, tmp_path: Path) -> None:
+        from streamad.pipelines.folds import split_folds
+
+        root = kolektor(tmp_path / "ksdd", folders=5, parts=11)
+        folds = split_folds(root, 2)
+        assert [[p.name for p in f.held_out] for f in folds] == [["kos01", "kos02", "kos03"], ["kos04", "kos05"]]
+        assert len(folds[0].train) == 2 * 10 and all(p.parent.name in ("kos04", "kos05") and p.name != "Part2.jpg" for p in folds[0].train)
+        args = ["eval", str(root), "--folds", "2", "--input-size", "64x96", "-k", "16", "-o", str(tmp_path / "e"), "--report", str(tmp_path / "r"), "-q"]
+        code, output = TestBadGroundTruth.invoke(args)
+        assert code == 0, output
+        report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+        assert set(report["folds"]) == {"fold1", "fold2"} and report["folds"]["fold1"]["overall"]["frames"] == 33
+        assert report["folds"]["fold2"]["fold"]["held_out"] == ["kos04", "kos05"] and report["folds"]["fold2"]["overall"]["anomalous"] == 2
+        aurocs = [report["folds"][f]["overall"]["auroc"] for f in ("fold1", "fold2")]
+        assert min(aurocs) > 0.9 and report["mean"]["auroc"] == pytest.approx(np.mean(aurocs), abs=1e-6)
+        assert "| fold |" in output and "**mean**" in output
+        code, output = TestBadGroundTruth.invoke(["eval", str(root), "--folds", "9", "-o", str(tmp_path / "e")])
+        assert code != 0 and "--folds <= 5" in output
+        code, output = TestBadGroundTruth.invoke(["eval", str(root), "--method", "soe", "-m", "x.zarr"])
+        assert code != 0 and "--method only with --folds" in output
 
 
 class TestBadGroundTruth:
