@@ -68,6 +68,7 @@ class Evaluation:
     worst_normal: list[Case]
     missed: list[Case]
     store: str
+    truth: GroundTruth | None = None  # the masks the report's worst cases are outlined with
 
 
 def _rounded(value: float | None) -> float | None:
@@ -165,7 +166,7 @@ def evaluate_predictions(
         pro = overall.spro.result(max_fpr=max_fpr).curve
     normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
     missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
-    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path))
+    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path), truth)
 
 
 def _new_group(pixel_level: bool, regional: bool) -> _Group:
@@ -396,19 +397,18 @@ def write_report(evaluation: Evaluation, report_dir: str | Path) -> list[str]:
         written.append(out / "histogram.png")
     tiles = _worst_tiles(evaluation)
     if tiles:
-        pictures.grid(tiles, out / "worst.png")
+        pictures.grid(tiles, out / "worst.png", columns=3, tile_width=560)
         written.append(out / "worst.png")
     return [str(p) for p in written]
 
 
 def _worst_tiles(evaluation: Evaluation) -> list[tuple[np.ndarray, str]]:
+    """Each worst case as the image (ground truth outlined in green) beside its heat map, the
+    maps on one colour scale, so a missed anomaly still shows where the model looked."""
     store, _ = open_scores(evaluation.store)
-    scores, labels = evaluation.scores
-    normal = scores[~labels]
-    vmin = float(np.quantile(normal, 0.5)) if normal.size else float(np.min(scores, initial=0.0))
-    vmax = max(float(np.max(scores, initial=vmin)), vmin + 1e-6)
-    tiles = []
+    sources = {s.source_id: s for s in evaluation.truth.sources} if evaluation.truth is not None else {}
     indices: dict[str, np.ndarray] = {}  # each source's frame indices, read once
+    cases = []
     for kind, chosen in (("top normal", evaluation.worst_normal), ("lowest anomaly", evaluation.missed)):
         for frame in chosen:
             image = read_image(Path(frame.path))
@@ -420,9 +420,19 @@ def _worst_tiles(evaluation: Evaluation) -> list[tuple[np.ndarray, str]]:
                     indices[frame.source] = store.read(f"{frame.source}/index")
                 row = int(np.searchsorted(indices[frame.source], frame.index))
                 anomaly_map = np.asarray(store.read_rows(f"{frame.source}/map", row, row + 1)[0], np.float32)
-            if anomaly_map is not None:
-                image = pictures.overlay(image, anomaly_map, vmin=vmin, vmax=vmax, score=frame.score)
-            tiles.append((image, f"{kind}: {frame.source}/{Path(frame.path).name} {frame.score:.3g}"))
+            labelled = sources.get(frame.source)
+            mask = labelled.mask_of(frame.index) if labelled is not None and labelled.mask_of is not None else None
+            cases.append((kind, frame, image, anomaly_map, mask))
+    maps = [m for *_, m, _ in cases if m is not None]
+    low = min((float(np.quantile(m, 0.05)) for m in maps), default=0.0)
+    high = max((float(m.max()) for m in maps), default=1.0)
+    tiles = []
+    for kind, frame, image, anomaly_map, mask in cases:
+        shown = pictures.outline(image, mask) if mask is not None else image
+        if anomaly_map is not None:
+            heat = pictures.heatmap(anomaly_map, image.shape[:2], vmin=low, vmax=max(high, low + 1e-6))
+            shown = np.concatenate([shown, np.full((image.shape[0], 4, 3), 255, np.uint8), pictures.outline(heat, mask) if mask is not None else heat], axis=1)
+        tiles.append((shown, f"{kind}: {frame.source}/{Path(frame.path).name} {frame.score:.3g}"))
     return tiles
 
 

@@ -33,6 +33,24 @@ def overlay(
     return out
 
 
+def heatmap(anomaly_map: np.ndarray, hw: tuple[int, int], *, vmin: float, vmax: float) -> np.ndarray:
+    """A JET heat map of ``anomaly_map`` at ``hw`` (RGB uint8), every value coloured: ``vmin``
+    and below blue, ``vmax`` and above red."""
+    resized = cv2.resize(anomaly_map.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+    norm = np.clip((resized - vmin) / max(vmax - vmin, 1e-6), 0, 1)
+    return cv2.cvtColor(cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def outline(image: np.ndarray, mask: np.ndarray, *, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """The image with the outline of a boolean mask (any size, resized to the image) drawn on it."""
+    height, width = image.shape[:2]
+    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(resized, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.ascontiguousarray(image.copy())
+    cv2.drawContours(out, contours, -1, colour, max(1, round(max(height, width) / 200)))
+    return out
+
+
 def label(image: np.ndarray, text: str) -> np.ndarray:
     """The image with ``text`` written at its bottom left (white on a dark outline)."""
     out = image.copy()

@@ -205,6 +205,26 @@ class TestLayouts:
         assert truth.sources[0].source_id == "hole" and truth.sources[0].mask_of(0).sum() > 0  # type: ignore[misc]
 
 
+def test_worst_case_tiles_show_map_and_outline(category: tuple[Path, Path], tmp_path: Path) -> None:
+    """Each worst case is the image with its ground truth outlined beside a heat map coloured
+    everywhere (a missed anomaly under any threshold still shows where the model looked)."""
+    from streamad import pictures
+    from streamad.pipelines.evaluate import _worst_tiles
+
+    root, model = category
+    evaluation = evaluate_model(load_ground_truth(root), model, tmp_path / "e")
+    tiles = _worst_tiles(evaluation)
+    assert len(tiles) == 12
+    missed = [image for image, caption in tiles if caption.startswith("lowest anomaly")]
+    image = missed[0]
+    assert image.shape[1] == 2 * 128 + 4  # image | gap | heat map
+    green = (image[..., 1] == 255) & (image[..., 0] == 0) & (image[..., 2] == 0)
+    y, x, side = SQUARE
+    assert green[:, :128].any() and green[y - 2 : y + side + 3, x - 2 : x + side + 3].sum() == green[:, :128].sum()
+    heat = pictures.heatmap(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), (3, 4), vmin=2.0, vmax=3.0)
+    assert (heat == heat[0, 0]).all() and heat[0, 0].tolist() != [0, 0, 0]  # below vmin: coloured blue, not blank
+
+
 class TestLoco:
     def test_layout_defects_and_saturation(self, tmp_path: Path) -> None:
         truth = load_ground_truth(loco(tmp_path / "juice"))
