@@ -15,19 +15,17 @@ moments, epoch and position in the feature cache) is the scorer's state, as arra
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streamad.config import ModelConfig
-from streamad.errors import ConfigError, StoreError
+from streamad.errors import ConfigError
 from streamad.features import SECOND, FeatureExtractor, Features
-from streamad.scorers.base import ScorerState
+from streamad.scorers.trained import NetworkScorer, seeded
 
 LR = 3e-4  # the papers' Adam settings
 WEIGHT_DECAY = 1e-5
@@ -87,7 +85,7 @@ class DualMapping(nn.Module):
         return b_hat, a_hat
 
 
-class MappingScorer:
+class MappingScorer(NetworkScorer):
     """PFM (``position_encoding=False``) or PEFM scorer on a backbone pair's features.
 
     Args:
@@ -98,8 +96,6 @@ class MappingScorer:
         seed: initialises the networks.
     """
 
-    mergeable: ClassVar[bool] = False
-    trainable: ClassVar[bool] = True
     extractors: ClassVar[int] = 2
 
     def __init__(
@@ -114,78 +110,33 @@ class MappingScorer:
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.method, self.seed = method, seed
         self.layers, self.layers_b = layers, tuple(SECOND + name for name in layers_b)
-        self.feature_names = (*self.layers, *self.layers_b)
-        self.device = torch.device(device)
         self.grids = grids
         pe = method == "pefm"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.net = nn.ModuleList(
+        net = seeded(
+            seed,
+            lambda: nn.ModuleList(
                 DualMapping(a, b, max(4, round(LATENT_RATIO * b)), grid=grid if pe else None) for a, b, grid in zip(channels, channels_b, grids, strict=True)
-            ).to(self.device)
-        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        self._frames = 0
-        self._steps = 0
-        self._finalised = False
-        self.epoch = 0  # training epochs over the feature cache completed
-        self.position = 0  # frames of the current epoch's order already trained on
-        self.loss = float("nan")  # the last step's loss
-        self.net.eval()
+            ),
+        )
+        super().__init__(method=method, seed=seed, net=net, lr=LR, weight_decay=WEIGHT_DECAY, feature_names=(*self.layers, *self.layers_b), device=device)
 
-    # -- protocol -------------------------------------------------------------------------
-
-    @property
-    def frames_seen(self) -> int:
-        return self._frames
-
-    @property
-    def finalised(self) -> bool:
-        return self._finalised
-
-    @property
-    def steps(self) -> int:
-        """Optimiser steps taken."""
-        return self._steps
-
-    def attrs(self) -> dict[str, Any]:
-        return {"method": self.method, "seed": self.seed, "layers_b": list(self.layers_b), "lr": LR, "weight_decay": WEIGHT_DECAY}
+    def method_attrs(self) -> dict[str, Any]:
+        return {"layers_b": list(self.layers_b)}
 
     def prepare(self, features: Features) -> Features:
         """Both backbones' maps, L2-normalised over channels at each position (the papers'
         "l2norm"): what the feature cache keeps and the networks read."""
         return {name: F.normalize(features[name].float(), dim=1) for name in self.feature_names}
 
-    def update(self, prepared: Features) -> None:
-        """Streaming learning (a live camera): one optimiser step on this batch."""
-        self._frames += next(iter(prepared.values())).shape[0]
-        self.train_step(prepared)
-
-    def add_frames(self, count: int) -> None:
-        """Count frames that went into the feature cache instead of :meth:`update`."""
-        self._frames += count
-
-    def train_step(self, prepared: Features) -> float:
-        """One Adam step on the summed per-scale, per-direction mean squared errors."""
-        self._finalised = False
-        self.net.train()
-        with torch.enable_grad():
-            loss = torch.zeros((), device=self.device)
-            for mapping, name_a, name_b in zip(self.net, self.layers, self.layers_b, strict=True):
-                a, b = prepared[name_a].to(self.device).float(), prepared[name_b].to(self.device).float()
-                b_hat, a_hat = mapping(a, b)
-                loss = loss + F.mse_loss(b_hat, b) + F.mse_loss(a_hat, a)
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimiser.step()
-        self._steps += 1
-        self.loss = float(loss.detach())
-        return self.loss
-
-    def finalise(self) -> None:
-        self.net.eval()
-        self._finalised = True
+    def loss_of(self, prepared: Features) -> Tensor:
+        """The summed per-scale, per-direction mean squared errors."""
+        loss = torch.zeros((), device=self.device)
+        for mapping, name_a, name_b in zip(self.net, self.layers, self.layers_b, strict=True):
+            a, b = prepared[name_a].to(self.device).float(), prepared[name_b].to(self.device).float()
+            b_hat, a_hat = mapping(a, b)
+            loss = loss + F.mse_loss(b_hat, b) + F.mse_loss(a_hat, a)
+        return loss
 
     @torch.inference_mode()
     def distances(self, prepared: Features) -> Tensor:
@@ -203,65 +154,6 @@ class MappingScorer:
             total = error if total is None else total + error
         assert total is not None
         return (total / len(self.net)).flatten(1)
-
-    def merge(self, other: object) -> None:
-        raise ConfigError(f"expected a mergeable method, got {self.method!r}, whose trained networks cannot merge partial fits; hint: fit once on all sources")
-
-    # -- state ----------------------------------------------------------------------------
-
-    def state(self) -> ScorerState:
-        """Weights and batch-norm buffers as one float64 vector (exact for float32 and counts),
-        Adam's moments as float32 vectors in parameter order, plus the training position."""
-        tensors = self.net.state_dict().values()
-        arrays = {"net": torch.cat([t.detach().reshape(-1).to("cpu", torch.float64) for t in tensors]).numpy()}
-        params = list(self.net.parameters())
-        moments = [self.optimiser.state.get(p) for p in params]
-        if all(moments):
-            arrays["adam_exp_avg"] = torch.cat([m["exp_avg"].reshape(-1).cpu() for m in moments]).numpy()  # type: ignore[index]
-            arrays["adam_exp_avg_sq"] = torch.cat([m["exp_avg_sq"].reshape(-1).cpu() for m in moments]).numpy()  # type: ignore[index]
-            arrays["adam_step"] = np.array([float(m["step"]) for m in moments], np.float64)  # type: ignore[index]
-        attrs = {
-            **self.attrs(),
-            "frames_seen": self._frames,
-            "steps": self._steps,
-            "epoch": self.epoch,
-            "position": self.position,
-            "loss": None if math.isnan(self.loss) else self.loss,
-            "finalised": self._finalised,
-        }
-        revision = hashlib.sha256(f"{self.method}:{self.seed}:{self._steps}:{self._frames}".encode()).hexdigest()[:16]
-        return ScorerState(arrays, attrs, revision)
-
-    def load_state(self, state: ScorerState) -> None:
-        if state.attrs.get("method") != self.method or state.attrs.get("seed") != self.seed:
-            raise StoreError(f"expected the state of method {self.method} with seed {self.seed}, got {state.attrs.get('method')} / {state.attrs.get('seed')}")
-        current = self.net.state_dict()
-        flat = torch.from_numpy(np.asarray(state.arrays.get("net", np.zeros(0))))
-        if flat.numel() != sum(t.numel() for t in current.values()):
-            raise StoreError(f"expected {sum(t.numel() for t in current.values())} network values, got {flat.numel()}")
-        loaded, at = {}, 0
-        for key, t in current.items():
-            loaded[key] = flat[at : at + t.numel()].view(t.shape).to(t.dtype)
-            at += t.numel()
-        self.net.load_state_dict(loaded)
-        if "adam_exp_avg" in state.arrays:
-            avg, avg_sq = (torch.from_numpy(np.asarray(state.arrays[name])) for name in ("adam_exp_avg", "adam_exp_avg_sq"))
-            at = 0
-            for param, step in zip(self.net.parameters(), state.arrays["adam_step"], strict=True):
-                n = param.numel()
-                self.optimiser.state[param] = {
-                    "step": torch.tensor(float(step), dtype=torch.float32),
-                    "exp_avg": avg[at : at + n].view(param.shape).to(self.device).clone(),
-                    "exp_avg_sq": avg_sq[at : at + n].view(param.shape).to(self.device).clone(),
-                }
-                at += n
-        self._frames = int(state.attrs.get("frames_seen", 0))
-        self._steps = int(state.attrs.get("steps", 0))
-        self.epoch, self.position = int(state.attrs.get("epoch", 0)), int(state.attrs.get("position", 0))
-        loss = state.attrs.get("loss")
-        self.loss = float("nan") if loss is None else float(loss)
-        self._finalised = bool(state.attrs.get("finalised"))
-        self.net.eval()
 
 
 def default_pair(backbone: str) -> str:
