@@ -197,7 +197,7 @@ def main(context: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
-@click.option("--method", default=None, help="Scorer: padim, soe, pfm, pefm, or any registered method (default padim).")
+@click.option("--method", default=None, help="Scorer: padim, soe, pfm, pefm, ae-l2, ae-ssim, or any registered method (default padim).")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
@@ -207,8 +207,10 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--motion", type=click.Choice(["off", "feat", "flow", "both"]), default=None, help="Motion cues for video (see README); default off.")
 @click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file for a torchvision --backbone-b.")
-@click.option("--epochs", type=int, default=None, help="Training epochs of pfm/pefm (default: the papers' schedule scaled to the data).")
-@click.option("--cache-frames", type=int, default=None, help="pfm/pefm: frames kept (reservoir-sampled) to train on (default 1000).")
+@click.option(
+    "--epochs", type=int, default=None, help="Training epochs of trained scorers (pfm, pefm, ae-*; default: the papers' schedule scaled to the data)."
+)
+@click.option("--cache-frames", type=int, default=None, help="Trained scorers: frames kept (reservoir-sampled) to train on (default 1000).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
 @click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")

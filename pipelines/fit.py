@@ -142,7 +142,8 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, every: int, *, where
     if stored_every != every and store.attrs().get("frames_seen"):
         raise ConfigError(f"expected --every {stored_every}, as {where} was fitted with, got {every}; hint: pass --every {stored_every}")
     if config is not None:
-        _check_same(replace(config, input_hw=config.input_hw or stored.input_hw, motion_lag_s=config.motion_lag_s or stored.motion_lag_s), stored, where)
+        config = resolve(replace(config, input_hw=config.input_hw or stored.input_hw, motion_lag_s=config.motion_lag_s or stored.motion_lag_s))
+        _check_same(config, stored, where)
     return load(store, where=where, device=device, weights=stored.weights, fitted=False)
 
 

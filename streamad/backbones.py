@@ -47,6 +47,8 @@ SPECS: dict[str, BackboneSpec] = {
     "lite0": BackboneSpec("lite0", ("_blocks.2", "_blocks.4", "_blocks.10"), (24, 40, 112), (4, 8, 16)),
     "lite1": BackboneSpec("lite1", ("_blocks.3", "_blocks.6", "_blocks.14"), (24, 40, 112), (4, 8, 16)),
     "lite2": BackboneSpec("lite2", ("_blocks.3", "_blocks.6", "_blocks.14"), (24, 48, 120), (4, 8, 16)),
+    # no network: the preprocessed image itself, in [0, 1] (the autoencoder baselines read pixels)
+    "pixels": BackboneSpec("pixels", ("image",), (3,), (1,), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
     "resnet18": BackboneSpec("resnet18", ("layer1", "layer2", "layer3"), (64, 128, 256), (4, 8, 16), needs_weights_file=True),
     "wide_resnet50_2": BackboneSpec(
         "wide_resnet50_2",
@@ -140,6 +142,16 @@ class TorchvisionFeatures(nn.Module):
         return out
 
 
+class Pixels(nn.Module):
+    """The ``pixels`` pseudo-backbone: the images themselves as the one feature map."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"image": x}
+
+
+PIXELS_SHA256 = hashlib.sha256(b"streamad:pixels").hexdigest()  # stands for weights it has none of
+
+
 def build_classifier(name: str, *, weights: str | Path | None = None) -> nn.Module:
     """The whole pretrained network with its ImageNet classifier, in eval mode (for checks)."""
     spec = backbone_spec(name)
@@ -205,6 +217,10 @@ def build_backbone(name: str, *, weights: str | Path | None = None, option: str 
         The module (eval mode, no gradients), its spec and the weights' sha256.
     """
     spec = backbone_spec(name)
+    if name == "pixels":
+        if weights is not None:
+            raise ConfigError(f"expected no {option} for the pixels input (it has no network), got {weights}")
+        return Pixels().eval(), spec, PIXELS_SHA256
     path = resolve_weights(spec, weights, option=option)
     net = build_classifier(name, weights=path)
     features: nn.Module

@@ -116,6 +116,8 @@ def scores_of(csv: str | Path) -> np.ndarray:
         ModelConfig(method="soe", input_hw=(64, 96), k=16),
         resolve(ModelConfig(method="pfm", input_hw=(64, 96))),
         resolve(ModelConfig(method="pefm", input_hw=(64, 96))),
+        resolve(ModelConfig(method="ae-l2", input_hw=(64, 96))),
+        resolve(ModelConfig(method="ae-ssim", input_hw=(64, 96))),
     ],
 )
 def test_protocol_conformance(config: ModelConfig) -> None:

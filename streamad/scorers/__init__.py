@@ -1,7 +1,9 @@
 """The scorer registry: ``--method`` names to scorer factories.
 
 Built in: ``padim`` and ``soe`` (:class:`~streamad.scorers.gaussian.GaussianScorer`), ``pfm``
-and ``pefm`` (:class:`~streamad.scorers.mapping.MappingScorer`, on a pair of backbones). Another
+and ``pefm`` (:class:`~streamad.scorers.mapping.MappingScorer`, on a pair of backbones),
+``ae-l2`` and ``ae-ssim`` (:class:`~streamad.scorers.autoencoder.AutoencoderScorer`, on the
+pixels). Another
 method plugs in with :func:`register_scorer` and then runs in every job (fit, score, eval,
 calibrate, watch; merge when it is mergeable) without touching them.
 """
@@ -27,6 +29,8 @@ _BUILTIN = {
     "soe": "streamad.scorers.gaussian:build",
     "pfm": "streamad.scorers.mapping:build",
     "pefm": "streamad.scorers.mapping:build",
+    "ae-l2": "streamad.scorers.autoencoder:build",
+    "ae-ssim": "streamad.scorers.autoencoder:build",
 }
 _REGISTERED: dict[str, ScorerFactory] = {}
 
@@ -67,8 +71,18 @@ def scorer_factory(name: str) -> ScorerFactory:
 
 def resolve(config: ModelConfig) -> ModelConfig:
     """The config with the method's defaults filled in: the second backbone of a method that
-    reads two (a factory's ``extractors = 2`` and ``default_pair``), none for the others."""
+    reads two (a factory's ``extractors = 2`` and ``default_pair``), none for the others; the
+    input of a method that reads no backbone (a factory's ``backbone`` and ``input_hw``)."""
     factory = scorer_factory(config.method)
+    fixed = getattr(factory, "backbone", None)
+    if fixed is not None:
+        from streamad.config import ModelConfig
+
+        if config.backbone not in (fixed, ModelConfig().backbone):
+            raise ConfigError(f"expected no --backbone for --method {config.method} (it reads the {fixed} input), got {config.backbone}")
+        if config.motion != "off":
+            raise ConfigError(f"expected --motion off for --method {config.method}, got {config.motion!r}; hint: motion cues are for padim and soe")
+        config = dataclasses.replace(config, backbone=fixed, input_hw=config.input_hw or getattr(factory, "input_hw", None))
     if getattr(factory, "extractors", 1) == 2:
         if config.motion != "off":
             raise ConfigError(f"expected --motion off for --method {config.method}, got {config.motion!r}; hint: motion cues are for padim and soe")
