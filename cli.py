@@ -144,6 +144,7 @@ with_frame_score = options(
     click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
     click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."),
     click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
+    click.option("--branch", type=click.Choice(["local", "global", "both"]), default="both", show_default=True, help="gcad: score one branch alone."),
 )
 
 
@@ -151,7 +152,7 @@ def frame_score_config(kw: dict[str, Any]) -> FrameScoreConfig:
     """The frame-score options as a config (torch is imported only when a command runs)."""
     from streamad.config import FrameScoreConfig
 
-    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"])
+    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"], branch=kw["branch"])
 
 
 def score_options(kw: dict[str, Any], **extra: Any) -> Any:
@@ -253,7 +254,12 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Fitted model store.")
 @click.option("--out", "-o", "out_dir", default="scores", show_default=True, help="Folder for scores.csv and scores.zarr.")
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Write a heatmap overlay video (one per source when several).")
-@click.option("--overlay-layers", default="combined", show_default=True, help="Overlay panels side by side: combined, appearance, motion (comma-separated).")
+@click.option(
+    "--overlay-layers",
+    default="combined",
+    show_default=True,
+    help="Overlay panels side by side: combined and the model's cues (appearance, motion, flow; gcad: local, global), comma-separated.",
+)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
 @with_frame_score
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")

@@ -20,10 +20,10 @@ from streamad.pipelines.common import Progress, graceful_interrupt, no_progress,
 from streamad.preprocess import default_input_hw
 from streamad.runner import Runner
 from streamad.runtime import pick_device
-from streamad.scorers import resolve
+from streamad.scorers import resolve, scorer_factory
 from streamad.sources import Source, resolve_sources
 from streamad.store import ArrayStore
-from streamad.training import CACHE_FRAMES, TrainableScorer, default_epochs
+from streamad.training import CACHE_FRAMES, PAPER_STEPS, TrainableScorer, default_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def fit(
         normalisation = None
         if total >= 2:
             sampled = options.holdout.sampler(total, options.calibration_frames)
-            lagged = (lambda i: sampled(i) or sampled(i + options.every)) if len(model.cues) > 1 else sampled  # with each, its motion reference
+            lagged = (lambda i: sampled(i) or sampled(i + options.every)) if model.has_motion else sampled  # with each, its motion reference
             sample = Reading(options.every, (options.start, options.stop), keep=lagged)
             normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress, measured=sampled)
             summary.calibrated_on = normalisation.frames
@@ -267,7 +267,8 @@ def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOpt
     trained on and on Ctrl-C."""
     assert model.cache is not None
     size = model.cache.size(model.frames_seen)
-    epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size)
+    steps = getattr(scorer_factory(model.config.method), "steps", PAPER_STEPS)
+    epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size, steps)
     extra = {"every": options.every, "epochs": epochs}
     scorer: TrainableScorer = model.scorer  # type: ignore[assignment]
     shown = [-1]

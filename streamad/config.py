@@ -75,11 +75,14 @@ class FrameScoreConfig:
             normalisation stored by ``fit``. ``--raw`` turns it off.
         topk_fraction: frame score = mean of the top fraction of map pixels (0 = the maximum).
         window: causal moving average over the last ``window`` frames of the same source.
+        branch: one cue of a model with several (gcad: ``local`` or ``global``) scored alone,
+            the others counted at their normal level; ``both``: all cues (the default).
     """
 
     normalised: bool = True
     topk_fraction: float = 0.01
     window: int = 1
+    branch: str = "both"
 
     def __post_init__(self) -> None:
         if not 0 <= self.topk_fraction <= 1:
@@ -89,4 +92,5 @@ class FrameScoreConfig:
 
     def attrs(self) -> dict[str, object]:
         """As stored with scores and thresholds (a threshold holds only for the same settings)."""
-        return {"normalised": self.normalised, "topk_fraction": self.topk_fraction, "window": self.window}
+        chosen = {"branch": self.branch} if self.branch != "both" else {}  # stores from before --branch stay valid
+        return {"normalised": self.normalised, "topk_fraction": self.topk_fraction, "window": self.window, **chosen}

@@ -75,7 +75,8 @@ class FeatureExtractor(nn.Module):
         self.backbone_b: nn.Module | None = None
         if backbone_b is not None:
             net_b, self.spec_b, self.weights_b_sha256 = build_backbone(backbone_b, weights=weights_b, option="--weights-b")
-            if (self.spec_b.mean, self.spec_b.std, self.spec_b.strides) != (spec.mean, spec.std, spec.strides):
+            pixels = self.spec_b.name == "pixels"  # the image itself, as normalised for the first backbone
+            if not pixels and (self.spec_b.mean, self.spec_b.std, self.spec_b.strides) != (spec.mean, spec.std, spec.strides):
                 raise ConfigError(f"expected a second backbone with {backbone}'s input normalisation and strides, got {backbone_b}")
             self.backbone_b = self._placed(net_b)
         self.preprocessor = Preprocessor(self.input_hw, mean=spec.mean, std=spec.std)

@@ -143,6 +143,11 @@ class Model:
         return tuple(getattr(self.scorer, "cues", ("appearance",)))
 
     @property
+    def has_motion(self) -> bool:
+        """Whether a cue measures change over time (each frame then needs its predecessor)."""
+        return any(cue in ("motion", "flow") for cue in self.cues)
+
+    @property
     def needs_images(self) -> bool:
         """Whether jobs must keep each frame's original image for the scorer's tracker (flow)."""
         return bool(getattr(self.scorer, "needs_images", False))
@@ -173,6 +178,16 @@ class Model:
         """
         relative = normalise(distances, normalisation) if per_position else distances / cue_scales(normalisation, distances)
         return torch.where(relative.isnan(), torch.ones_like(relative), relative).mean(1)
+
+    def branch(self, distances: Tensor, branch: str) -> Tensor:
+        """(B, C, P) with every cue but ``branch`` unmeasured (NaN: counted at its normal level,
+        so maps and scores rank as that cue's alone); ``both`` keeps all."""
+        if branch == "both":
+            return distances
+        if branch not in self.cues or len(self.cues) < 2:
+            raise ConfigError(f"expected --branch among {['both', *self.cues] if len(self.cues) > 1 else ['both']} for this model, got {branch!r}")
+        keep = torch.tensor([cue == branch for cue in self.cues], device=distances.device).view(1, -1, 1)
+        return torch.where(keep, distances, torch.full_like(distances, float("nan")))
 
     def merge(self, other: Model) -> None:
         """Add another partial fit of the same model (mergeable scorers only)."""
@@ -213,7 +228,7 @@ class Model:
             layers: also each cue's map (``ScoreMap.layers``; NaN-free: a cue without a
                 measure shows its normal level).
         """
-        distances = distances.unsqueeze(1) if distances.ndim == 2 else distances
+        distances = self.branch(distances.unsqueeze(1) if distances.ndim == 2 else distances, frame_score.branch)
         if frame_score.normalised:
             normalisation = normalisation or self.normalisation
             if normalisation is None:

@@ -44,16 +44,17 @@ class TrainableScorer(Protocol):
     def add_frames(self, count: int) -> None: ...
 
 
-def default_epochs(frames: int, batch_size: int) -> int:
+def default_epochs(frames: int, batch_size: int, steps: int = PAPER_STEPS) -> int:
     """The papers' schedule scaled to the data: about as many optimiser steps as 200 epochs on
-    an MVTec AD category, within [5, 200] epochs (few frames: more epochs; many: fewer).
+    an MVTec AD category (or a method's own ``steps``), within [5, 200] epochs (few frames:
+    more epochs; many: fewer).
 
     Example:
         >>> default_epochs(200, 16), default_epochs(5000, 16), default_epochs(20, 16)
         (200, 10, 200)
     """
     steps_per_epoch = max(1, math.ceil(frames / batch_size))
-    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(PAPER_STEPS / steps_per_epoch))))
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(steps / steps_per_epoch))))
 
 
 def reservoir_slot(seed: int, offered: int, capacity: int) -> int | None:

@@ -138,7 +138,7 @@ def _images(root: Path, n: int) -> Path:
     return root
 
 
-@pytest.mark.parametrize("method", ["pefm"])
+@pytest.mark.parametrize("method", ["pefm", "gcad", "ae-ssim"])
 def test_sigint_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path: Path, method: str) -> None:
     images = _images(tmp_path / "imgs", 24)
     config = ModelConfig(method=method, input_hw=(64, 64))

@@ -118,6 +118,7 @@ def scores_of(csv: str | Path) -> np.ndarray:
         resolve(ModelConfig(method="pefm", input_hw=(64, 96))),
         resolve(ModelConfig(method="ae-l2", input_hw=(64, 96))),
         resolve(ModelConfig(method="ae-ssim", input_hw=(64, 96))),
+        resolve(ModelConfig(method="gcad", input_hw=(64, 96))),
     ],
 )
 def test_protocol_conformance(config: ModelConfig) -> None:

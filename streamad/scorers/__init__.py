@@ -3,7 +3,7 @@
 Built in: ``padim`` and ``soe`` (:class:`~streamad.scorers.gaussian.GaussianScorer`), ``pfm``
 and ``pefm`` (:class:`~streamad.scorers.mapping.MappingScorer`, on a pair of backbones),
 ``ae-l2`` and ``ae-ssim`` (:class:`~streamad.scorers.autoencoder.AutoencoderScorer`, on the
-pixels). Another
+pixels), ``gcad`` (:class:`~streamad.scorers.gcad.GcadScorer`, a teacher backbone and the pixels). Another
 method plugs in with :func:`register_scorer` and then runs in every job (fit, score, eval,
 calibrate, watch; merge when it is mergeable) without touching them.
 """
@@ -31,6 +31,7 @@ _BUILTIN = {
     "pefm": "streamad.scorers.mapping:build",
     "ae-l2": "streamad.scorers.autoencoder:build",
     "ae-ssim": "streamad.scorers.autoencoder:build",
+    "gcad": "streamad.scorers.gcad:build",
 }
 _REGISTERED: dict[str, ScorerFactory] = {}
 
