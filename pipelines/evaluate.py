@@ -152,6 +152,15 @@ def evaluate_predictions(
         "overall": _row(overall, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels),
         "groups": {name: _row(g, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels) for name, g in groups.items()},
     }
+    roc, pro = _curves(overall, metrics, max_fpr)
+    normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
+    missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
+    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path), truth)
+
+
+def _curves(overall: _Group, metrics: dict[str, Any], max_fpr: float) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray] | None]:
+    """The report's ROC curves (image/frame, pixel) and its region curve: PRO, or sPRO for LOCO."""
+    all_scores, all_labels = overall.arrays()
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if all_labels.any() and not all_labels.all():
         fpr, tpr, _ = roc_curve(all_scores, all_labels)
@@ -162,11 +171,9 @@ def evaluate_predictions(
         if result.auroc is not None:
             roc[f"pixel ({result.auroc:.3f})"] = result.roc
             pro = result.pro
-    if overall.spro is not None and overall.spro.defects and normal_pixels is not None and normal_pixels.any():
+    if overall.spro is not None and overall.spro.defects and overall.spro.normal.any():
         pro = overall.spro.result(max_fpr=max_fpr).curve
-    normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
-    missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
-    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path), truth)
+    return roc, pro
 
 
 def _new_group(pixel_level: bool, regional: bool) -> _Group:
