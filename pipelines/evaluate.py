@@ -305,15 +305,21 @@ def evaluate(
         results[name], tables[name] = evaluation.metrics, markdown(evaluation.metrics)
         if report_dir is not None:
             reports += write_report(evaluation, Path(report_dir) / name)
-    summary = None
-    if categories:
-        summary = summary_markdown(results)
-        if report_dir is not None:
-            Path(report_dir).mkdir(parents=True, exist_ok=True)
-            (Path(report_dir) / "metrics.md").write_text(summary)
-            mean = mean_row({k: v["overall"] for k, v in results.items()})
-            (Path(report_dir) / "metrics.json").write_text(json.dumps({"categories": results, "mean": mean}, indent=2))
+    summary = summarise(results, report_dir) if categories else None
     return EvalRun(tables, summary, reports, results)
+
+
+def summarise(results: dict[str, dict[str, Any]], report_dir: str | Path | None, *, kind: str = "categories", column: str = "category") -> str:
+    """The summary table over categories (or folds: ``kind``, rows named in ``column``) and
+    their mean; with a report folder also its ``metrics.md`` and ``metrics.json``
+    ``{kind: ..., "mean": ...}``."""
+    summary = summary_markdown(results, first_column=column)
+    if report_dir is not None:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        (Path(report_dir) / "metrics.md").write_text(summary)
+        mean = mean_row({name: m["overall"] for name, m in results.items()})
+        (Path(report_dir) / "metrics.json").write_text(json.dumps({kind: results, "mean": mean}, indent=2))
+    return summary
 
 
 def mean_row(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ fold; each fold's metrics and their mean are reported. Models, scores and report
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from streamad.config import ModelConfig
 from streamad.errors import ConfigError
 from streamad.ground_truth import GroundTruth, kolektor, kolektor_folders, kolektor_parts, read_mask
 from streamad.pipelines.common import Progress, no_progress
-from streamad.pipelines.evaluate import EvalRun, evaluate_model, markdown, mean_row, summary_markdown, write_report
+from streamad.pipelines.evaluate import EvalRun, evaluate_model, markdown, summarise, write_report
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import ScoreOptions
 from streamad.sources import ImageSequence
@@ -90,10 +89,4 @@ def evaluate_folds(
         results[fold.name], tables[fold.describe()] = evaluation.metrics, markdown(evaluation.metrics)
         if report_dir is not None:
             reports += write_report(evaluation, Path(report_dir) / fold.name)
-    summary = summary_markdown(results, first_column="fold")
-    if report_dir is not None:
-        Path(report_dir).mkdir(parents=True, exist_ok=True)
-        (Path(report_dir) / "metrics.md").write_text(summary)
-        mean = mean_row({name: m["overall"] for name, m in results.items()})
-        (Path(report_dir) / "metrics.json").write_text(json.dumps({"folds": results, "mean": mean}, indent=2))
-    return EvalRun(tables, summary, reports, results)
+    return EvalRun(tables, summarise(results, report_dir, kind="folds", column="fold"), reports, results)
