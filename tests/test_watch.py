@@ -183,9 +183,13 @@ def test_watchdog_reconnects_a_stream_that_stops_sending(monkeypatch: pytest.Mon
 def test_overload_drops_oldest_with_bounded_latency(model: Path, tmp_path: Path) -> None:
     video = clip(tmp_path / "fast.mp4", 120, fps=40)
     options = WatchOptions(live=LiveOptions(realtime=True), queue_size=2, max_batch=2)
-    summary = watch(
-        [Camera("cam", str(video), str(model))], tmp_path / "w", options=options, print_stats=lambda line: None, scorer_hook=lambda refs: time.sleep(0.25)
-    )
+    batches: list[float] = []
+
+    def slow(refs: object) -> None:
+        batches.append(time.monotonic())
+        time.sleep(0.25)
+
+    summary = watch([Camera("cam", str(video), str(model))], tmp_path / "w", options=options, print_stats=lambda line: None, scorer_hook=slow)
     cam = summary.streams["cam"]
     assert cam.received == 120 and cam.dropped.get("queue full (drop-oldest)", 0) > 20
     assert cam.received == cam.scored + cam.dropped_total
@@ -193,7 +197,10 @@ def test_overload_drops_oldest_with_bounded_latency(model: Path, tmp_path: Path)
     # the last of the 120 frames (arriving at 3 s) would be scored at about 15 s, 12 s late.
     latencies = list(cam.latencies)
     assert np.mean(latencies[-10:]) < 2 * np.mean(latencies[5:15]) + 0.5  # bounded: no growth with the backlog
-    assert cam.percentile(95) < 4.0  # type: ignore[operator]
+    # a frame waits behind at most the queue (one batch) and the batch being scored: a few batch
+    # times, measured, whatever the machine's load (without drops: about 60 batch times)
+    batch_time = float(np.median(np.diff(batches)))
+    assert cam.percentile(95) < 5 * batch_time  # type: ignore[operator]
 
 
 def test_file_source_blocks_and_drops_nothing(model: Path, tmp_path: Path) -> None:
