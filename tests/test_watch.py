@@ -197,10 +197,11 @@ def test_overload_drops_oldest_with_bounded_latency(model: Path, tmp_path: Path)
     # the last of the 120 frames (arriving at 3 s) would be scored at about 15 s, 12 s late.
     latencies = list(cam.latencies)
     assert np.mean(latencies[-10:]) < 2 * np.mean(latencies[5:15]) + 0.5  # bounded: no growth with the backlog
-    # a frame waits behind at most the queue (one batch) and the batch being scored: a few batch
-    # times, measured, whatever the machine's load (without drops: about 60 batch times)
+    # beyond the least latency (start-up and one batch), a frame waits behind at most the queue
+    # (one batch) and the batch being scored: a few batch times, measured, whatever the machine's
+    # load (without drops the backlog would add about 60 batch times)
     batch_time = float(np.median(np.diff(batches)))
-    assert cam.percentile(95) < 5 * batch_time  # type: ignore[operator]
+    assert cam.percentile(95) < min(latencies) + 5 * batch_time  # type: ignore[operator]
 
 
 def test_file_source_blocks_and_drops_nothing(model: Path, tmp_path: Path) -> None:
