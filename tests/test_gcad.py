@@ -108,3 +108,22 @@ def test_refusals() -> None:
         Model(resolve(ModelConfig(method="gcad", backbone_b="lite2", input_hw=(64, 64))))
     with pytest.raises(ConfigError, match="--motion off"):
         resolve(ModelConfig(method="gcad", motion="feat"))
+
+
+def test_watch_scores_a_file_as_score_does(fitted: tuple[Path, Path], tmp_path: Path) -> None:
+    """A trained scorer runs in watch unchanged: the same frame scores as score on the file."""
+    from streamad.cameras import Camera
+    from streamad.decode import VideoWriter
+    from streamad.pipelines.score import ScoreOptions, score
+    from streamad.pipelines.watch import WatchOptions, watch
+
+    video = tmp_path / "cam.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for t in range(24):
+            writer.write(scene(t, anomaly=t >= 16))
+    model = fitted[1]
+    summary = watch([Camera("cam", str(video), str(model))], tmp_path / "w", options=WatchOptions(), print_stats=lambda line: None)
+    assert summary.streams["cam"].scored == 24
+    watched = np.loadtxt(tmp_path / "w" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
+    scored = np.loadtxt(score([str(video)], model, tmp_path / "s", options=ScoreOptions(write_maps=False)).csv, delimiter=",", skiprows=1, usecols=3)
+    np.testing.assert_allclose(watched, scored, rtol=1e-5)
