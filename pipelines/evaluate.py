@@ -19,7 +19,7 @@ import numpy as np
 
 from streamad import pictures
 from streamad.errors import ConfigError
-from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth
+from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth, union
 from streamad.metrics import PixelMetrics, SproMetrics, auroc, roc_curve
 from streamad.pipelines.common import Progress, no_progress
 from streamad.pipelines.score import ScoreOptions, score
@@ -224,11 +224,12 @@ def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, target
         block = np.asarray(maps[start : start + MAP_BLOCK])
         for offset, anomaly_map in enumerate(block):
             index = int(indices[start + offset])
-            mask = labelled.mask_of(index)
+            # LOCO: the defect files are read once, for sPRO and for their union as the mask
+            defects = labelled.defects_of(index) if labelled.defects_of is not None else []
+            mask = union(defects) if labelled.defects_of is not None else labelled.mask_of(index)
             if mask is None:
                 mask = np.zeros(image_hw(labelled.source.paths[index]), bool)
             resized = cv2.resize(anomaly_map.astype(np.float32), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
-            defects = labelled.defects_of(index) if labelled.defects_of is not None else []
             for target in targets:
                 if target.pixels is not None:
                     target.pixels.add(resized, mask)

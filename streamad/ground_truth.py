@@ -299,12 +299,13 @@ def _defects_from(images: Sequence[Path], folder: Path, types: dict[int, DefectT
     return lambda index: _loco_defects(images[index], folder / images[index].stem, types, config)
 
 
-def _union_of(defects_of: DefectsOf) -> MaskOf:
-    def mask_of(index: int) -> np.ndarray | None:
-        defects = defects_of(index)
-        return np.logical_or.reduce([mask for mask, _ in defects]) if defects else None
+def union(defects: Sequence[Defect]) -> np.ndarray | None:
+    """The pixels of any of the defects (None: no defect)."""
+    return np.logical_or.reduce([mask for mask, _ in defects]) if defects else None
 
-    return mask_of
+
+def _union_of(defects_of: DefectsOf) -> MaskOf:
+    return lambda index: union(defects_of(index))
 
 
 def _loco(root: Path) -> GroundTruth:
