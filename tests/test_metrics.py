@@ -64,11 +64,15 @@ def slow_aupro(pairs: list[tuple[np.ndarray, np.ndarray]], max_fpr: float = 0.3)
     for t in thresholds:
         fprs.append(float((normal >= t).mean()))
         pros.append(float(np.mean([(r >= t).mean() for r in regions])))
-    fpr, pro = np.array(fprs), np.array(pros)
+    return area_to(np.array(fprs), np.array(pros), max_fpr)
+
+
+def area_to(fpr: np.ndarray, curve: np.ndarray, max_fpr: float) -> float:
+    """The normalised trapezoid area under curve(fpr) up to max_fpr, interpolated there."""
     keep = fpr <= max_fpr
     j = int(np.argmax(~keep))
     x = np.r_[fpr[keep], max_fpr]
-    y = np.r_[pro[keep], pro[j - 1] + (pro[j] - pro[j - 1]) * (max_fpr - fpr[j - 1]) / (fpr[j] - fpr[j - 1])]
+    y = np.r_[curve[keep], curve[j - 1] + (curve[j] - curve[j - 1]) * (max_fpr - fpr[j - 1]) / (fpr[j] - fpr[j - 1])]
     return float(np.trapezoid(y, x) / max_fpr)
 
 
@@ -169,12 +173,7 @@ def slow_spro(images: list[tuple[np.ndarray, Defects]], max_fpr: float) -> float
     for t in thresholds:
         fprs.append(float((normal >= t).mean()))
         spros.append(float(np.mean([min((values >= t).sum() / s, 1.0) for values, s in defects])))
-    fpr, spro = np.array(fprs), np.array(spros)
-    keep = fpr <= max_fpr
-    j = int(np.argmax(~keep))
-    x = np.r_[fpr[keep], max_fpr]
-    y = np.r_[spro[keep], spro[j - 1] + (spro[j] - spro[j - 1]) * (max_fpr - fpr[j - 1]) / (fpr[j] - fpr[j - 1])]
-    return float(np.trapezoid(y, x) / max_fpr)
+    return area_to(np.array(fprs), np.array(spros), max_fpr)
 
 
 @pytest.mark.parametrize("seed", range(3))
