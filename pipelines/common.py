@@ -15,7 +15,7 @@ from streamad import stages
 from streamad.calibration import Normalisation, measure_normalisation
 from streamad.config import FrameScoreConfig
 from streamad.engine import Engine, Reading
-from streamad.frames import FrameRef
+from streamad.frames import Frame, FrameRef
 from streamad.model import Model
 from streamad.runner import Runner
 from streamad.sources import Source
@@ -89,18 +89,21 @@ def normalise_on(
     workers: int | None = None,
     progress: Progress = no_progress,
     measured: Callable[[int], bool] | None = None,
+    frames: Sequence[Frame] | None = None,
 ) -> Normalisation:
     """Distances on normal frames through the engine: per-position mean/std, then the default
     frame scores they give (:func:`streamad.calibration.measure_normalisation`).
 
     ``measured``: of the frames read, those measured (the others only give the motion cue the
-    frame one lag before a measured one)."""
+    frame one lag before a measured one). ``frames``: the frames ``reading`` selects, already
+    read (a fit sets them aside as it decodes), so the sources are not decoded again."""
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=batch_size, workers=workers)
     kept: list[tuple[tuple[FrameRef, ...], torch.Tensor]] = []
     tracker = model.tracker()
-    progress.start("normalising", reading.expected(sources))
-    features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, keep_originals=model.needs_images)
+    progress.start("normalising", reading.expected(sources) if frames is None else len(frames))
+    read = engine.read(sources, reading) if frames is None else engine.replay(frames)
+    features = engine.features(read, model.extractor, prepare=model.prepare, keep_originals=model.needs_images)
     for batch in engine.consume(features):
         progress.advance(len(batch.refs))
         batch = tracker(batch) if tracker is not None else batch

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from streamad import stages
-from streamad.calibration import HoldOut
+from streamad.calibration import HoldOut, Normalisation
 from streamad.config import ModelConfig
 from streamad.engine import Engine, Reading
 from streamad.errors import ConfigError, StoreError
+from streamad.frames import Frame
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
 from streamad.model_store import commit, config_from_attrs, create, load, open_store, read_progress
@@ -81,13 +83,6 @@ class FitSummary:
     drop_report: list[str] = field(default_factory=list)
 
 
-def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
-    for source in sources:
-        for frame in source.frames():
-            return frame.image.shape[0], frame.image.shape[1]
-    raise ConfigError("expected at least one readable frame in the sources, got none")
-
-
 def _open(
     sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, every: int, device: str
 ) -> tuple[ArrayStore, Model, FitProgress]:
@@ -110,7 +105,7 @@ def _open(
             raise
     config = _motion_for(sources, resolve(config or ModelConfig()), every)
     if config.input_hw is None:
-        config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
+        config = replace(config, input_hw=default_input_hw(sources[0].frame_hw()))
     model = Model(config, device=device)
     store = open_store(path, mode="w") if path is not None else target
     assert not isinstance(store, str | Path)
@@ -178,9 +173,10 @@ def fit(
     target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, every=options.every, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
     try:
+        calibration = _Calibration.plan(sources, model, options, continued=bool(state.next_index))
         if model.trainable:
             _use_cache(target, model, options.cache_frames)
-        _fit_pass(sources, target, model, state, options, summary, progress)
+        _fit_pass(sources, target, model, state, options, summary, progress, aside=calibration.aside())
         if summary.interrupted:
             logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
             return summary
@@ -189,16 +185,8 @@ def fit(
             logger.warning("training interrupted; continue with --resume")
             return summary
         model.finalise()
-        total = Reading(options.every, (options.start, options.stop), keep=options.holdout.held_out).expected(sources)
-        normalisation = None
-        if total >= 2:
-            sampled = options.holdout.sampler(total, options.calibration_frames)
-            lagged = (lambda i: sampled(i) or sampled(i + options.every)) if model.has_motion else sampled  # with each, its motion reference
-            sample = Reading(options.every, (options.start, options.stop), keep=lagged)
-            normalisation = normalise_on(model, sources, sample, batch_size=options.batch_size, workers=options.workers, progress=progress, measured=sampled)
-            summary.calibrated_on = normalisation.frames
-        else:
-            logger.warning("only %d held-out frame(s): the model is not normalised; score it with --raw or fit on more frames", total)
+        normalisation = calibration.measure(model, sources, options, progress)
+        summary.calibrated_on = normalisation.frames if normalisation is not None else 0
         commit(target, model, state, normalisation=normalisation, extra={"every": options.every})
         if model.cache is not None:
             model.cache.clear()  # trained: the cache has done its work
@@ -208,10 +196,59 @@ def fit(
             target.close()
 
 
+@dataclass(slots=True)
+class _Calibration:
+    """The held-out frames a fit normalises on (at most ``--calibration-frames``, spread evenly;
+    with motion, each with the frame one lag before it).
+
+    A fit that reads every source from its start sets them aside as it decodes (resized to the
+    input size), so nothing is decoded twice; a resumed fit, which did not see the start, and a
+    flow model, which needs the frames at their own size, read them again after finalising.
+    """
+
+    total: int
+    sampled: Callable[[int], bool] | None = None
+    read: Callable[[int], bool] | None = None
+    kept: list[Frame] | None = None
+
+    @classmethod
+    def plan(cls, sources: Sequence[Source], model: Model, options: FitOptions, *, continued: bool) -> _Calibration:
+        total = Reading(options.every, (options.start, options.stop), keep=options.holdout.held_out).expected(sources)
+        if total < 2:
+            return cls(total)
+        sampled = options.holdout.sampler(total, options.calibration_frames)
+        read = (lambda i: sampled(i) or sampled(i + options.every)) if model.has_motion else sampled  # with each, its motion reference
+        return cls(total, sampled, read, None if continued or model.needs_images else [])
+
+    def aside(self) -> tuple[Callable[[int], bool], list[Frame]] | None:
+        return (self.read, self.kept) if self.read is not None and self.kept is not None else None
+
+    def measure(self, model: Model, sources: Sequence[Source], options: FitOptions, progress: Progress) -> Normalisation | None:
+        if self.sampled is None:
+            logger.warning("only %d held-out frame(s): the model is not normalised; score it with --raw or fit on more frames", self.total)
+            return None
+        reading = Reading(options.every, (options.start, options.stop), keep=self.read)
+        try:
+            return normalise_on(
+                model, sources, reading, batch_size=options.batch_size, workers=options.workers, progress=progress, measured=self.sampled, frames=self.kept
+            )
+        finally:
+            self.kept = None
+
+
 def _fit_pass(
-    sources: Sequence[Source], target: ArrayStore, model: Model, state: FitProgress, options: FitOptions, summary: FitSummary, progress: Progress
+    sources: Sequence[Source],
+    target: ArrayStore,
+    model: Model,
+    state: FitProgress,
+    options: FitOptions,
+    summary: FitSummary,
+    progress: Progress,
+    *,
+    aside: tuple[Callable[[int], bool], list[Frame]] | None = None,
 ) -> None:
-    """The fitting pass: fitted frames into the scorer, a checkpoint every so often and at the end."""
+    """The fitting pass: fitted frames into the scorer, a checkpoint every so often and at the
+    end. ``aside``: which frames to keep, resized, in which list (the calibration's)."""
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=options.batch_size, workers=options.workers)
     tracker = model.tracker()
@@ -222,12 +259,18 @@ def _fit_pass(
     # With motion, held-out frames are read too, only as the motion reference of the next
     # frame: otherwise the motion after every held-out frame would be missing from the fit
     # (and a camera whose keyframes fall on them would never show the fit a keyframe's change).
-    reading = Reading(options.every, (options.start, options.stop), start=start, keep=None if tracker is not None else options.holdout.fitted)
+    passed = None if tracker is not None else options.holdout.fitted
+    then = None
+    if aside is not None:
+        wanted, into = aside
+        then = functools.partial(stages.set_aside, wanted=wanted, into=into, resize=model.extractor.resize, passed=passed)
+        passed = None if passed is None else (lambda i: options.holdout.fitted(i) or wanted(i))
+    reading = Reading(options.every, (options.start, options.stop), start=start, keep=passed)
     extra = {"every": options.every}
     since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted:
-        features = engine.features(engine.read(sources, reading), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images)
+        features = engine.features(engine.read(sources, reading, then=then), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images)
         for batch in engine.consume(track(stages.rebatch(features, min_frames=options.accumulate_frames), tracker)):
             batch = stages.select(batch, [i for i, r in enumerate(batch.refs) if r.index >= primed.get(r.source_id, 0) and options.holdout.fitted(r.index)])
             if not batch.refs:

@@ -166,6 +166,8 @@ def decode_video(
     stop_index: int | None = None,
     on_drop: DropCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    keep: Callable[[int], bool] | None = None,
+    info: VideoInfo | None = None,
 ) -> Iterator[Frame]:
     """Decode a video file into frames, keeping presentation times.
 
@@ -182,11 +184,14 @@ def decode_video(
         stop_index: stop before this index (None: the end of the stream).
         on_drop: told about every lost frame (damage is reported, not fatal).
         should_stop: polled between packets; decoding ends when it returns true.
+        keep: of the frames selected so, those to convert and yield (the codec still decodes
+            the others: later frames depend on them; a lost one is still reported).
+        info: the file's :func:`probe` (None: probed here).
 
     Yields:
         Frames with ``index`` their 0-based position in the stream.
     """
-    info = probe(path)
+    info = info or probe(path)
     fps = info.fps or 25.0
 
     def wanted(sid: str, index: int, reason: str) -> None:
@@ -202,7 +207,7 @@ def decode_video(
         stream.thread_type = "AUTO"
         packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=wanted, should_stop=should_stop, stop_index=stop_index, by_pts=True)
         for index, vframe in packets:
-            if index >= start_index and index % every == 0:
+            if index >= start_index and index % every == 0 and (keep is None or keep(index)):
                 pts_s = float(vframe.time) if vframe.time is not None else index / fps
                 yield Frame(
                     source_id=source_id,

@@ -51,11 +51,9 @@ class Reading:
         for source in sources:
             if should_stop():  # stopped: the next source is not started
                 return
-            for frame in source.frames(
-                every=self.every, start_index=self.begin(source), stop_index=self.frame_range[1], on_drop=drops, should_stop=should_stop
-            ):
-                if self.keep is None or self.keep(frame.index):
-                    yield frame
+            yield from source.frames(
+                every=self.every, start_index=self.begin(source), stop_index=self.frame_range[1], on_drop=drops, should_stop=should_stop, keep=self.keep
+            )
 
     def expected(self, sources: Sequence[Source]) -> int:
         """How many frames :meth:`frames` will yield (from container metadata for videos)."""
@@ -112,9 +110,15 @@ class Engine:
         self.plan = thread_plan(device, workers=workers)
         self.drops = DropLog()
 
-    def read(self, sources: Sequence[Source], reading: Reading) -> Iterator[Frame]:
-        """Decode ``sources`` in a thread (blocking queue: files lose nothing)."""
-        return self.runner.source(lambda: reading.frames(sources, drops=self.drops, should_stop=self.runner.stopping.is_set), maxsize=32, name="decode")
+    def read(self, sources: Sequence[Source], reading: Reading, *, then: Callable[[Iterator[Frame]], Iterator[Frame]] | None = None) -> Iterator[Frame]:
+        """Decode ``sources`` in a thread (blocking queue: files lose nothing); ``then`` (a stage
+        such as :func:`stages.set_aside`) runs in the same thread."""
+        stage = then or (lambda frames: frames)
+        return self.runner.source(lambda: stage(reading.frames(sources, drops=self.drops, should_stop=self.runner.stopping.is_set)), maxsize=32, name="decode")
+
+    def replay(self, frames: Sequence[Frame]) -> Iterator[Frame]:
+        """Frames kept in memory, in order, as a source thread (stops like any source)."""
+        return self.runner.source(lambda: iter(frames), maxsize=32, name="replay")
 
     def features(
         self,

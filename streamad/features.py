@@ -95,6 +95,10 @@ class FeatureExtractor(nn.Module):
         """RGB uint8 frames (H, W, 3) to normalised images (B, 3, H', W') on the device."""
         return self.preprocessor(frames, self.device)
 
+    def resize(self, frame: np.ndarray) -> np.ndarray:
+        """One RGB uint8 frame at the input size, on the host (:meth:`Preprocessor.resize`)."""
+        return self.preprocessor.resize(frame, self.device)
+
     @torch.inference_mode()
     def forward(self, images: Tensor) -> Features:
         """Normalised images (B, 3, H, W) to float32 maps (B, C_l, h_l, w_l) by layer name."""

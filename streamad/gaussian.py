@@ -25,6 +25,23 @@ def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
     return x.shape[0], mean, m2
 
 
+BLOCK_BYTES = 8 << 20
+"""The float64 working set of one block of positions (updates, merges, factorisations)."""
+
+
+def position_blocks(positions: int, per_position: int) -> list[slice]:
+    """Slices of positions holding about :data:`BLOCK_BYTES` of float64 ``per_position`` values each.
+
+    Example:
+        >>> position_blocks(5, 1 << 20)
+        [slice(0, 1, None), slice(1, 2, None), slice(2, 3, None), slice(3, 4, None), slice(4, 5, None)]
+        >>> position_blocks(5, 10)
+        [slice(0, 5, None)]
+    """
+    size = max(1, BLOCK_BYTES // (8 * max(1, per_position)))
+    return [slice(start, min(positions, start + size)) for start in range(0, positions, size)]
+
+
 def chan_merge(n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor) -> tuple[int, Tensor, Tensor]:
     """Merge two sets of moments (Chan, Golub and LeVeque's pairwise update).
 
@@ -81,34 +98,41 @@ class RunningGaussian(nn.Module):
         """Add a batch of embeddings of shape (B, P, k).
 
         Same result as ``chan_merge`` with the batch's moments, done in place with one pass over
-        ``m2``: ``m2 += C C^T + w d d^T`` is a single ``baddbmm`` on ``[C, sqrt(w) d]``.
+        ``m2``: ``m2 += C C^T + w d d^T`` is a single ``baddbmm`` on ``[C, sqrt(w) d]``. Positions
+        are taken a block at a time, so the float64 temporaries stay a few MB (not several times
+        the batch) and each block of ``m2`` is updated while it is in cache.
         """
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.positions, self.k):
             raise ShapeError(f"expected embeddings of shape (B, {self.positions}, {self.k}), got {tuple(x.shape)}")
-        x64 = x.to(self.mean.device, torch.float64)
         n_a, n_b = self.n, x.shape[0]
         n = n_a + n_b
-        mean_b = x64.mean(0)
-        delta = mean_b - self.mean  # (P, k)
-        columns = (x64 - mean_b).permute(1, 2, 0)  # (P, k, B)
-        if n_a > 0:
-            weight = (n_a * n_b / n) ** 0.5
-            columns = torch.cat([columns, (delta * weight).unsqueeze(-1)], dim=2)
-        self.m2.baddbmm_(columns, columns.transpose(1, 2))
-        self.mean.add_(delta, alpha=n_b / n)
+        weight = (n_a * n_b / n) ** 0.5
+        x = x.to(self.mean.device)
+        for block in position_blocks(self.positions, self.k * (n_b + 1)):
+            x64 = x[:, block].to(torch.float64, copy=True)
+            mean_b = x64.mean(0)
+            delta = mean_b - self.mean[block]  # (p, k)
+            columns = x64.sub_(mean_b).permute(1, 2, 0)  # (p, k, B)
+            if n_a > 0:
+                columns = torch.cat([columns, (delta * weight).unsqueeze(-1)], dim=2)
+            self.m2[block].baddbmm_(columns, columns.transpose(1, 2))
+            self.mean[block].add_(delta, alpha=n_b / n)
         self.count.fill_(n)
 
     @torch.no_grad()
     def merge(self, other: RunningGaussian) -> None:
-        """Add another partial fit's statistics (exact; any order gives the same result)."""
+        """Add another partial fit's statistics (exact; any order gives the same result), in
+        place a block of positions at a time."""
         if (other.positions, other.k) != (self.positions, self.k):
             raise ShapeError(f"expected statistics of shape ({self.positions}, {self.k}), got ({other.positions}, {other.k})")
-        self._set(*chan_merge(self.n, self.mean, self.m2, other.n, other.mean.to(self.mean.device), other.m2.to(self.m2.device)))
-
-    def _set(self, n: int, mean: Tensor, m2: Tensor) -> None:
-        self.count.fill_(n)
-        self.mean.copy_(mean)
-        self.m2.copy_(m2)
+        n_a, n_b = self.n, other.n
+        for block in position_blocks(self.positions, self.k * self.k):
+            _, mean, m2 = chan_merge(
+                n_a, self.mean[block], self.m2[block], n_b, other.mean[block].to(self.mean.device), other.m2[block].to(self.m2.device)
+            )
+            self.mean[block] = mean
+            self.m2[block] = m2
+        self.count.fill_(n_a + n_b)
 
     def covariance(self) -> Tensor:
         """Unbiased covariance ``m2 / (n - 1)``, shape (P, k, k), float64."""

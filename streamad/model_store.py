@@ -40,7 +40,8 @@ from streamad.store import ArrayStore, ZarrStore
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)  # the scorers read the arrays of both (README, "Store format")
 KIND = "streamad-model"
 CHUNK_BYTES = 4 << 20
 _KEEP: Any = object()  # commit(): leave the stored normalisation / threshold as they are
@@ -69,9 +70,9 @@ def check_format(store: ArrayStore, where: str) -> dict[str, Any]:
     attrs = store.attrs()
     if attrs.get("kind") != KIND:
         raise StoreError(f"expected a streamad model store at {where}, got a zarr store without streamad metadata; hint: create one with `streamad fit`")
-    if attrs.get("format_version") != FORMAT_VERSION:
+    if attrs.get("format_version") not in READABLE_FORMATS:
         raise StoreError(
-            f"expected model store format {FORMAT_VERSION} at {where}, got {attrs.get('format_version')} "
+            f"expected model store format {' or '.join(map(str, READABLE_FORMATS))} at {where}, got {attrs.get('format_version')} "
             f"(written by streamad {attrs.get('streamad_version')}); hint: refit with this version"
         )
     return attrs
@@ -197,6 +198,7 @@ def commit(
         attrs["threshold"] = None if threshold is None else {**dataclasses.asdict(threshold), "of": state.revision}
     attrs.update(extra or {})
     attrs.update(
+        format_version=FORMAT_VERSION,
         generation=gen,
         frames_seen=progress.frames_seen,
         sources={sid: {"next_index": n} for sid, n in progress.next_index.items()},

@@ -89,3 +89,8 @@ class Preprocessor(nn.Module):
 
     def forward(self, images: Sequence[np.ndarray], device: torch.device) -> Tensor:
         return normalize_images(to_tensor(images, self.input_hw, device=device), mean=self.mean, std=self.std)
+
+    def resize(self, image: np.ndarray, device: torch.device) -> np.ndarray:
+        """One frame at the input size, still RGB uint8 (H', W', 3), on the host: what
+        :meth:`forward` would make of it before normalising (it leaves a frame at size as it is)."""
+        return to_tensor([image], self.input_hw, device=device)[0].permute(1, 2, 0).cpu().numpy()

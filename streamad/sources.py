@@ -79,6 +79,14 @@ class ImageSequence:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def frame_hw(self) -> tuple[int, int]:
+        """(height, width) of the first readable image."""
+        for path in self.paths:
+            image = read_image(path)
+            if image is not None:
+                return image.shape[0], image.shape[1]
+        raise EmptySourceError(f"expected at least one readable image in {self.source_id}, got none; hint: check the files are images")
+
     def frames(
         self,
         *,
@@ -87,9 +95,13 @@ class ImageSequence:
         stop_index: int | None = None,
         on_drop: DropCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        keep: Callable[[int], bool] | None = None,
     ) -> Iterator[Frame]:
-        """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``."""
+        """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``
+        (and ``keep(index)``: the others are not read)."""
         for index in selected(len(self.paths), every=every, start_index=start_index, stop_index=stop_index, should_stop=should_stop):
+            if keep is not None and not keep(index):
+                continue
             path = self.paths[index]
             image = read_image(path)
             if image is None:
@@ -101,18 +113,29 @@ class ImageSequence:
 
 @dataclass(frozen=True, slots=True)
 class VideoFile:
-    """A video file decoded with PyAV."""
+    """A video file decoded with PyAV; ``info`` is what its container said when it was named
+    (probed once: lengths, rates and sizes are read from it, the file is opened again only to
+    decode)."""
 
     source_id: str
     path: Path
     policy: str = "block"
+    info: decode.VideoInfo | None = None
+
+    def _info(self) -> decode.VideoInfo:
+        return self.info if self.info is not None else decode.probe(self.path)
 
     def __len__(self) -> int:
-        return decode.probe(self.path).frames
+        return self._info().frames
 
     @property
     def fps(self) -> float:
-        return decode.probe(self.path).fps or 25.0
+        return self._info().fps or 25.0
+
+    def frame_hw(self) -> tuple[int, int]:
+        """(height, width) from the container's metadata (no frame is decoded)."""
+        info = self._info()
+        return info.height, info.width
 
     def frames(
         self,
@@ -122,8 +145,10 @@ class VideoFile:
         stop_index: int | None = None,
         on_drop: DropCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        keep: Callable[[int], bool] | None = None,
     ) -> Iterator[Frame]:
-        """Yield decoded frames with ``start_index <= index < stop_index``, ``index % every == 0``."""
+        """Yield decoded frames with ``start_index <= index < stop_index``, ``index % every == 0``
+        (and ``keep(index)``: the others are decoded, as the codec needs, but not converted)."""
         return decode.decode_video(
             self.path,
             source_id=self.source_id,
@@ -132,6 +157,8 @@ class VideoFile:
             stop_index=stop_index,
             on_drop=on_drop,
             should_stop=should_stop,
+            keep=keep,
+            info=self._info(),
         )
 
 
@@ -147,6 +174,12 @@ class FrameArrays:
     def __len__(self) -> int:
         return len(self.images)
 
+    def frame_hw(self) -> tuple[int, int]:
+        if not len(self.images):
+            raise EmptySourceError(f"expected at least one frame in {self.source_id}, got none")
+        shape = np.shape(self.images[0])
+        return int(shape[0]), int(shape[1])
+
     def frames(
         self,
         *,
@@ -155,9 +188,13 @@ class FrameArrays:
         stop_index: int | None = None,
         on_drop: DropCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        keep: Callable[[int], bool] | None = None,
     ) -> Iterator[Frame]:
-        """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``."""
+        """Yield the frames with ``start_index <= index < stop_index`` and ``index % every == 0``
+        (and ``keep(index)``)."""
         for index in selected(len(self.images), every=every, start_index=start_index, stop_index=stop_index, should_stop=should_stop):
+            if keep is not None and not keep(index):
+                continue
             image = np.asarray(self.images[index])
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise UnsupportedSourceError(
@@ -180,8 +217,7 @@ def _videos_in(folder: Path) -> list[Path]:
 
 
 def _open_video(path: Path, source_id: str) -> VideoFile:
-    decode.probe(path)  # raises UnsupportedSourceError with the path and a hint
-    return VideoFile(source_id, path)
+    return VideoFile(source_id, path, info=decode.probe(path))  # raises UnsupportedSourceError with the path and a hint
 
 
 def _resolve_one(spec: str) -> list[Source]:

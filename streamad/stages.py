@@ -7,7 +7,9 @@ frames -> batch_frames -> preprocess -> extract (backbone, + the scorer's prepar
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 
+import numpy as np
 import torch
 
 from streamad.anomaly_map import TemporalMean
@@ -20,6 +22,29 @@ Prepare = Callable[[Features], Features]
 
 def ref_of(frame: Frame) -> FrameRef:
     return FrameRef(frame.source_id, frame.index, frame.pts_s, frame.name, frame.t_decoded_s)
+
+
+def set_aside(
+    frames: Iterable[Frame], wanted: Callable[[int], bool], into: list[Frame], *, resize: Callable[[np.ndarray], np.ndarray], passed: Callable[[int], bool] | None
+) -> Iterator[Frame]:
+    """Copies of the ``wanted`` frames, resized to the input size (a fraction of a decoded
+    frame's memory; preprocessing later finds them at size and leaves them as they are), go into
+    ``into``; the frames ``passed`` lets through (None: all) go on.
+
+    Example:
+        >>> import numpy as np
+        >>> kept: list[Frame] = []
+        >>> fs = [Frame("a", i, 0.0, np.zeros((4, 4, 3), np.uint8)) for i in range(4)]
+        >>> [f.index for f in set_aside(fs, lambda i: i == 3, kept, resize=lambda im: im[:2, :2], passed=lambda i: i != 3)]
+        [0, 1, 2]
+        >>> [(f.index, f.image.shape) for f in kept]
+        [(3, (2, 2, 3))]
+    """
+    for frame in frames:
+        if wanted(frame.index):
+            into.append(replace(frame, image=resize(frame.image)))
+        if passed is None or passed(frame.index):
+            yield frame
 
 
 def batch_frames(frames: Iterable[Frame], *, max_batch: int, stopped: Callable[[], bool] | None = None) -> Iterator[list[Frame]]:

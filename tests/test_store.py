@@ -118,12 +118,38 @@ class TestModelStore:
         x = {"embedding": torch.randn(2, positions, 8)}
         assert torch.equal(loaded.scorer.distances(x), model.scorer.distances(x))
 
+    def test_reads_format_2_factors(self, tmp_path: Path) -> None:
+        """A format-2 store kept float32 Cholesky factors (chol) where format 3 keeps their
+        inverse: it loads and scores exactly like the fit that wrote the new format."""
+        from streamad.config import ModelConfig
+        from streamad.model import Model
+        from streamad.model_store import Progress, commit, create, load, open_store
+
+        model = Model(ModelConfig(method="padim", input_hw=(32, 48), k=8))
+        positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
+        model.scorer.update({"embedding": torch.randn(30, positions, 8)})
+        model.scorer.finalise()
+        store = open_store(tmp_path / "m.zarr", mode="w")
+        create(store, model)
+        commit(store, model, Progress({"a": 30}, 30))
+        attrs = store.attrs()
+        m2, count = store.read(attrs["state"]["arrays"]["m2"]), int(store.read(attrs["state"]["arrays"]["count"]))
+        chol = np.linalg.cholesky(m2 / (count - 1) + model.config.eps * np.eye(8)).astype(np.float32)  # numpy, not the code under test
+        store.write("scorer/old/chol", chol)
+        arrays = {name: path for name, path in attrs["state"]["arrays"].items() if name != "whitener"}
+        revisions = {name: tag for name, tag in attrs["state"]["revisions"].items() if name != "whitener"}
+        attrs.update(format_version=2, state={**attrs["state"], "arrays": {**arrays, "chol": "scorer/old/chol"}, "revisions": revisions})
+        store.set_attrs(attrs)
+        old = load(open_store(tmp_path / "m.zarr"))
+        x = {"embedding": torch.randn(3, positions, 8)}
+        np.testing.assert_allclose(old.scorer.distances(x).numpy(), model.scorer.distances(x).numpy(), rtol=1e-5)
+
     def test_refuses_other_format(self, tmp_path: Path) -> None:
         from streamad.model_store import open_store
 
         with ZarrStore(tmp_path / "o.zarr", mode="w") as store:
             store.set_attrs({"kind": "streamad-model", "format_version": 999, "streamad_version": "9"})
-        with pytest.raises(StoreError, match="format 2 .* got 999"):
+        with pytest.raises(StoreError, match="format 2 or 3 .* got 999"):
             open_store(tmp_path / "o.zarr")
         with ZarrStore(tmp_path / "plain.zarr", mode="w") as plain:
             plain.set_attrs({"x": 1})

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.features import FeatureExtractor, Features
-from streamad.gaussian import RunningGaussian
+from streamad.gaussian import RunningGaussian, position_blocks
 from streamad.mahalanobis import Mahalanobis, cholesky_factors, whitening_factors
 from streamad.motion import DIRECTIONS, FLOW, HAS_MOTION, MOTION, MotionTracker
 from streamad.projection import METHODS, make_projection, project_layers
@@ -40,7 +40,6 @@ class PositionGaussians(nn.Module):
         self.eps = eps
         self.gaussian = RunningGaussian(positions, k, device=device)
         self.factors: Mahalanobis | None = None
-        self.chol: Tensor | None = None
         self.factor_count = 0  # frames the factors were computed from
 
     @property
@@ -54,19 +53,32 @@ class PositionGaussians(nn.Module):
 
     @torch.inference_mode()
     def finalise(self, what: str) -> None:
-        """Cholesky factors of the covariances (+ eps I), stored as float32 so that a loaded
-        store scores exactly like the fit that wrote it."""
-        if self.gaussian.n < 2:
-            raise ConfigError(f"expected at least 2 frames to fit {what}, got {self.gaussian.n}; hint: check the sources or lower --every")
-        chol = cholesky_factors(self.gaussian.covariance(), eps=self.eps)
-        self._set_factors(self.gaussian.mean.float(), chol.float(), self.gaussian.n)
+        """Whitening factors ``L^-1`` of the covariances (+ eps I), a block of positions at a
+        time (no full-size float64 temporaries). ``L`` is rounded to float32 before it is
+        inverted, as stores before format 3 kept it, so their scores are unchanged."""
+        gaussian = self.gaussian
+        if gaussian.n < 2:
+            raise ConfigError(f"expected at least 2 frames to fit {what}, got {gaussian.n}; hint: check the sources or lower --every")
+        whitener = torch.empty(gaussian.m2.shape, dtype=torch.float32, device=gaussian.m2.device)
+        for block in position_blocks(gaussian.positions, 3 * gaussian.k * gaussian.k):
+            try:
+                chol = cholesky_factors(gaussian.m2[block] / (gaussian.n - 1), eps=self.eps)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (of positions {block.start}-{block.stop - 1})") from None
+            whitener[block] = whitening_factors(chol.float().double())
+        self._set_factors(gaussian.mean.float(), whitener, gaussian.n)
 
-    def _set_factors(self, mean: Tensor, chol: Tensor, count: int) -> None:
+    def _set_factors(self, mean: Tensor, whitener: Tensor, count: int) -> None:
         self.factor_count = count
         device = self.gaussian.mean.device
-        whitener = whitening_factors(chol.to(device, torch.float64)).float()
-        self.factors = Mahalanobis(mean.to(device, torch.float32), whitener)
-        self.chol = chol.to(device, torch.float32)
+        self.factors = Mahalanobis(mean.to(device, torch.float32), whitener.to(device, torch.float32))
+
+    def _whitener_of(self, chol: Tensor) -> Tensor:
+        """A store before format 3 kept float32 ``L``: its inverse, block by block."""
+        whitener = torch.empty(chol.shape, dtype=torch.float32, device=self.gaussian.mean.device)
+        for block in position_blocks(chol.shape[0], 2 * chol.shape[1] * chol.shape[2]):
+            whitener[block] = whitening_factors(chol[block].to(whitener.device, torch.float64))
+        return whitener
 
     def distances(self, x: Tensor) -> Tensor:
         if self.factors is None:
@@ -82,9 +94,9 @@ class PositionGaussians(nn.Module):
             f"{prefix}m2": self.gaussian.m2.cpu().numpy(),
         }
         revisions = {f"{prefix}count": n, f"{prefix}mean": n, f"{prefix}m2": n}
-        if self.factors is not None and self.chol is not None:
-            arrays.update({f"{prefix}factor_mean": self.factors.mean.cpu().numpy(), f"{prefix}chol": self.chol.cpu().numpy()})
-            revisions.update({f"{prefix}factor_mean": f, f"{prefix}chol": f})
+        if self.factors is not None:
+            arrays.update({f"{prefix}factor_mean": self.factors.mean.cpu().numpy(), f"{prefix}whitener": self.factors.whitener.cpu().numpy()})
+            revisions.update({f"{prefix}factor_mean": f, f"{prefix}whitener": f})
         return arrays, revisions
 
     def load(self, arrays: dict[str, np.ndarray], prefix: str, *, factor_count: int | None) -> None:
@@ -95,9 +107,13 @@ class PositionGaussians(nn.Module):
         self.gaussian.count.fill_(int(arrays[f"{prefix}count"]))
         self.gaussian.mean.copy_(torch.from_numpy(mean))
         self.gaussian.m2.copy_(torch.from_numpy(arrays[f"{prefix}m2"]))
-        self.factors, self.chol, self.factor_count = None, None, 0
-        if factor_count is not None and f"{prefix}chol" in arrays:
-            self._set_factors(torch.from_numpy(arrays[f"{prefix}factor_mean"]), torch.from_numpy(arrays[f"{prefix}chol"]), factor_count)
+        self.factors, self.factor_count = None, 0
+        if factor_count is None:
+            return
+        if f"{prefix}whitener" in arrays:
+            self._set_factors(torch.from_numpy(arrays[f"{prefix}factor_mean"]), torch.from_numpy(arrays[f"{prefix}whitener"]), factor_count)
+        elif f"{prefix}chol" in arrays:  # format 2
+            self._set_factors(torch.from_numpy(arrays[f"{prefix}factor_mean"]), self._whitener_of(torch.from_numpy(arrays[f"{prefix}chol"])), factor_count)
 
 
 class GaussianScorer(nn.Module):
