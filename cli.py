@@ -247,6 +247,8 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
         return
     trained = f"; trained {summary.epochs} epochs (loss {summary.loss:.4g})" if summary.loss is not None else ""
     click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all{trained}; normalised on {summary.calibrated_on} frames")
+    rate = summary.frames_read / summary.seconds if summary.seconds else 0.0
+    click.echo(f"  read {summary.frames_read} frames (fitted and held out) in {summary.seconds:.1f} s: {rate:.1f} frames/s")
 
 
 @main.command()

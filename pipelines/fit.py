@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from streamad.motion import TOLERANCE, track
 from streamad.pipelines.common import Progress, graceful_interrupt, no_progress, normalise_on
 from streamad.preprocess import default_input_hw
 from streamad.runner import Runner
-from streamad.runtime import pick_device
+from streamad.runtime import pick_device, release_memory, torch_threads
 from streamad.scorers import resolve, scorer_factory
 from streamad.sources import Source, resolve_sources
 from streamad.store import ArrayStore
@@ -79,6 +80,8 @@ class FitSummary:
     calibrated_on: int = 0
     epochs: int = 0
     loss: float | None = None
+    frames_read: int = 0  # frames of the sources this run covers (fitted and held out)
+    seconds: float = 0.0  # the whole job: model, fitting pass, factors, normalisation, commits
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     drop_report: list[str] = field(default_factory=list)
 
@@ -169,11 +172,13 @@ def fit(
     those then measure the normalisation of the distances. The store is locked while the fit
     writes it; a replaced store (``overwrite``) is swapped out only at the new one's first commit.
     """
+    began = time.perf_counter()
     sources = resolve_sources(specs)
     target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, every=options.every, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
     try:
         calibration = _Calibration.plan(sources, model, options, continued=bool(state.next_index))
+        summary.frames_read = Reading(options.every, (options.start, options.stop), start=dict(state.next_index)).expected(sources)
         if model.trainable:
             _use_cache(target, model, options.cache_frames)
         _fit_pass(sources, target, model, state, options, summary, progress, aside=calibration.aside())
@@ -184,12 +189,15 @@ def fit(
             summary.interrupted = True
             logger.warning("training interrupted; continue with --resume")
             return summary
+        release_memory()  # the fitting pass's buffers, before the factors are made
         model.finalise()
+        release_memory()
         normalisation = calibration.measure(model, sources, options, progress)
         summary.calibrated_on = normalisation.frames if normalisation is not None else 0
         commit(target, model, state, normalisation=normalisation, extra={"every": options.every})
         if model.cache is not None:
             model.cache.clear()  # trained: the cache has done its work
+        summary.seconds = time.perf_counter() - began
         return summary
     finally:
         if target is not store:  # opened here: release the writer lock
@@ -269,9 +277,15 @@ def _fit_pass(
     extra = {"every": options.every}
     since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
-    with graceful_interrupt(runner) as interrupted:
-        features = engine.features(engine.read(sources, reading, then=then), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images)
-        for batch in engine.consume(track(stages.rebatch(features, min_frames=options.accumulate_frames), tracker)):
+    with graceful_interrupt(runner) as interrupted, torch_threads(engine.plan.side_threads):
+        features = engine.features(
+            engine.read(sources, reading, then=then), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images
+        )
+        # Without motion nothing keeps a batch's features past its update: one reused buffer.
+        gathered = (
+            stages.gather(features, frames=options.accumulate_frames) if tracker is None else stages.rebatch(features, min_frames=options.accumulate_frames)
+        )
+        for batch in engine.consume(track(gathered, tracker)):
             batch = stages.select(batch, [i for i, r in enumerate(batch.refs) if r.index >= primed.get(r.source_id, 0) and options.holdout.fitted(r.index)])
             if not batch.refs:
                 continue

@@ -42,16 +42,23 @@ def axis_operators(*, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigm
     Bilinear upsampling and a Gaussian blur with reflected borders each act on rows and columns
     separately, and the 1-D weights along each axis sum to one, so the whole map is the linear
     map ``grid -> A_h grid A_w^T``. Each matrix is read off :func:`anomaly_map` itself, applied
-    (in float64) to grids that vary along one axis only.
+    (in float64) to grids that vary along one axis only; along the other they are constant, so
+    a strip just wide enough for the blur's reflected border gives the same rows. A few strips
+    at a time: the float64 convolution unfolds its input (a few MB, not hundreds).
 
     Returns:
         ``A_h`` of shape (H, h) and ``A_w`` of shape (W, w).
     """
     h, w = feature_hw
-    rows = torch.eye(h, dtype=torch.float64)[:, :, None].expand(h, h, w).reshape(h, h * w)
-    cols = torch.eye(w, dtype=torch.float64)[:, None, :].expand(w, h, w).reshape(w, h * w)
-    a_h = anomaly_map(rows, feature_hw=feature_hw, out_hw=out_hw, sigma=sigma)[:, :, 0].T
-    a_w = anomaly_map(cols, feature_hw=feature_hw, out_hw=out_hw, sigma=sigma)[:, 0, :].T
+    strip = 2 * int(4 * sigma + 0.5) + 1 if sigma > 0 else 1
+
+    def read_off(n: int, grid_hw: tuple[int, int], map_hw: tuple[int, int]) -> Tensor:
+        eye = torch.eye(n, dtype=torch.float64)
+        maps = [anomaly_map(eye[i : i + 4], feature_hw=grid_hw, out_hw=map_hw, sigma=sigma) for i in range(0, n, 4)]
+        return torch.cat(maps)  # (n, *map_hw)
+
+    a_h = read_off(h, (h, 1), (out_hw[0], strip))[:, :, 0].T
+    a_w = read_off(w, (1, w), (strip, out_hw[1]))[:, 0, :].T
     return a_h.contiguous(), a_w.contiguous()
 
 

@@ -114,7 +114,9 @@ class Engine:
         """Decode ``sources`` in a thread (blocking queue: files lose nothing); ``then`` (a stage
         such as :func:`stages.set_aside`) runs in the same thread."""
         stage = then or (lambda frames: frames)
-        return self.runner.source(lambda: stage(reading.frames(sources, drops=self.drops, should_stop=self.runner.stopping.is_set)), maxsize=32, name="decode")
+        return self.runner.source(
+            lambda: stage(reading.frames(sources, drops=self.drops, should_stop=self.runner.stopping.is_set)), maxsize=2 * self.batch_size, name="decode"
+        )
 
     def replay(self, frames: Sequence[Frame]) -> Iterator[Frame]:
         """Frames kept in memory, in order, as a source thread (stops like any source)."""

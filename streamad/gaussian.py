@@ -127,9 +127,7 @@ class RunningGaussian(nn.Module):
             raise ShapeError(f"expected statistics of shape ({self.positions}, {self.k}), got ({other.positions}, {other.k})")
         n_a, n_b = self.n, other.n
         for block in position_blocks(self.positions, self.k * self.k):
-            _, mean, m2 = chan_merge(
-                n_a, self.mean[block], self.m2[block], n_b, other.mean[block].to(self.mean.device), other.m2[block].to(self.m2.device)
-            )
+            _, mean, m2 = chan_merge(n_a, self.mean[block], self.m2[block], n_b, other.mean[block].to(self.mean.device), other.m2[block].to(self.m2.device))
             self.mean[block] = mean
             self.m2[block] = m2
         self.count.fill_(n_a + n_b)

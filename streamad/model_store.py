@@ -184,7 +184,9 @@ def commit(
             paths[name] = previous["arrays"][name]
             continue
         paths[name] = f"scorer/g{gen}/{name}"
-        store.write(paths[name], array, chunks=_chunks(array))
+        # Uncompressed: float statistics shrink only to about 65 % with zstd, at 5x the time of
+        # the write (a 430 MB m2: 2.2 s against 0.45 s), and a long fit checkpoints them often.
+        store.write(paths[name], array, chunks=_chunks(array), compressed=False)
     attrs["state"] = {"arrays": paths, "revisions": state.revisions, "attrs": state.attrs, "revision": state.revision}
     if normalisation is not _KEEP:
         attrs["normalisation"] = None

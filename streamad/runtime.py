@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import ctypes.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +53,24 @@ def tune_allocator(*, flat_memory: bool = False) -> bool:
     return bool(ok)
 
 
+def release_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``), between the phases of
+    a job: the allocator settings above keep freed blocks for speed, and a later phase that
+    needs one large block (a fit's factors) would otherwise add it on top of them.
+
+    Returns:
+        True when glibc released something.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; other names are passed to torch."""
     if name == "auto":
@@ -61,6 +81,19 @@ def pick_device(name: str) -> torch.device:
 
         raise ConfigError(f"expected a usable device, got {name!r} but CUDA is not available; hint: use --device cpu")
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op threads in the calling thread for a while (a consumer doing heavy work
+    beside single-threaded backbone workers: its own thread team would wait at barriers for
+    cores they hold)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def set_threads(threads: int | None) -> None:

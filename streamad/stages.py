@@ -25,7 +25,12 @@ def ref_of(frame: Frame) -> FrameRef:
 
 
 def set_aside(
-    frames: Iterable[Frame], wanted: Callable[[int], bool], into: list[Frame], *, resize: Callable[[np.ndarray], np.ndarray], passed: Callable[[int], bool] | None
+    frames: Iterable[Frame],
+    wanted: Callable[[int], bool],
+    into: list[Frame],
+    *,
+    resize: Callable[[np.ndarray], np.ndarray],
+    passed: Callable[[int], bool] | None,
 ) -> Iterator[Frame]:
     """Copies of the ``wanted`` frames, resized to the input size (a fraction of a decoded
     frame's memory; preprocessing later finds them at size and leaves them as they are), go into
@@ -125,6 +130,40 @@ def rebatch(batches: Iterable[FeatureBatch], *, min_frames: int) -> Iterator[Fea
             pending, count = [], 0
     if pending:
         yield concat(pending)
+
+
+def gather(batches: Iterable[FeatureBatch], *, frames: int) -> Iterator[FeatureBatch]:
+    """:func:`rebatch` into buffers of ``frames`` frames allocated once and reused: no
+    concatenated copy, and a pending frame costs its features only once. Each batch yielded
+    holds views of the buffers, valid until the next one is asked for (a consumer that keeps
+    features must copy them); a batch that does not fit is split across two.
+
+    Example:
+        >>> fs = [FeatureBatch((FrameRef("a", i, 0.0),), {"x": torch.full((1, 2), float(i))}) for i in range(5)]
+        >>> [(len(b.refs), b.features["x"][:, 0].tolist()) for b in gather(fs, frames=2)]
+        [(2, [0.0, 1.0]), (2, [2.0, 3.0]), (1, [4.0])]
+    """
+    if frames < 1:
+        raise ConfigError(f"expected at least 1 frame per batch, got {frames}")
+    buffers: dict[str, torch.Tensor] = {}
+    refs: list[FrameRef] = []
+    originals: list[object] = []
+    for batch in batches:
+        if not buffers:
+            buffers = {name: f.new_empty((frames, *f.shape[1:])) for name, f in batch.features.items()}
+        start = 0
+        while start < len(batch.refs):
+            take = min(frames - len(refs), len(batch.refs) - start)
+            for name, f in batch.features.items():
+                buffers[name][len(refs) : len(refs) + take].copy_(f[start : start + take])
+            refs.extend(batch.refs[start : start + take])
+            originals.extend(batch.originals[start : start + take])
+            start += take
+            if len(refs) == frames:
+                yield FeatureBatch(tuple(refs), dict(buffers), tuple(originals))  # type: ignore[arg-type]
+                refs, originals = [], []
+    if refs:
+        yield FeatureBatch(tuple(refs), {name: b[: len(refs)] for name, b in buffers.items()}, tuple(originals))  # type: ignore[arg-type]
 
 
 def by_source(batch: FeatureBatch) -> Iterator[tuple[str, FeatureBatch]]:

@@ -45,8 +45,8 @@ class ArrayStore(Protocol):
         """Rows ``start:stop`` (along axis 0) of array ``name``, reading only those."""
         ...
 
-    def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
-        """Create or overwrite array ``name``."""
+    def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None, compressed: bool = True) -> None:
+        """Create or overwrite array ``name`` (``compressed``: with the backend's default codec)."""
         ...
 
     def append(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
@@ -112,7 +112,7 @@ class MemoryStore:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         return self.read(name)[start:stop]
 
-    def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
+    def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None, compressed: bool = True) -> None:
         self._arrays[name] = np.array(array, copy=True)
 
     def append(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
@@ -283,10 +283,11 @@ class ZarrStore:
         with self._damage(name):
             return np.asarray(self._array(name)[start:stop])
 
-    def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:
+    def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None, compressed: bool = True) -> None:
         array = np.asarray(array)
         with self._writing(name):
-            target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True)
+            codecs = {} if compressed else {"compressors": None}
+            target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True, **codecs)
             if array.size:
                 target[...] = array
 

@@ -75,3 +75,21 @@ class TestPreprocess:
         x = normalize_images(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         torch.testing.assert_close(x[0], torch.ones(3, 32, 48))
         torch.testing.assert_close(x[1], -torch.ones(3, 32, 48))
+
+
+@pytest.mark.parametrize(("input_hw", "rtol"), [((256, 336), 0.0), ((64, 96), 1e-5)])
+def test_cpu_micro_batches_give_the_whole_batch(input_hw: tuple[int, int], rtol: float) -> None:
+    """The extractor runs a CPU batch a few frames at a time (features.CPU_MICRO_BATCH). At the
+    usual input sizes a frame's features do not depend on its batch (bitwise); at small ones
+    oneDNN picks other kernels by batch size and they differ by float rounding."""
+    from streamad import features
+    from streamad.features import FeatureExtractor
+
+    extractor = FeatureExtractor("lite0", input_hw=input_hw)
+    x = torch.randn(2 * features.CPU_MICRO_BATCH + 1, 3, *input_hw)
+    with torch.inference_mode():
+        whole = dict(extractor.backbone(x))
+    parted = extractor(x)
+    assert set(whole) == set(parted)
+    for name in whole:
+        torch.testing.assert_close(parted[name], whole[name], rtol=rtol, atol=rtol * float(whole[name].abs().max()))

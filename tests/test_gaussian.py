@@ -58,6 +58,27 @@ class TestRunningGaussian:
         torch.testing.assert_close(g.mean, mean, rtol=1e-12, atol=0)
         torch.testing.assert_close(g.m2, m2, rtol=1e-9, atol=1e-9)
 
+    def test_position_blocks_change_nothing(self, data: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Updates and merges go a block of positions at a time; one position per block gives
+        numpy's statistics as the whole does."""
+        import streamad.gaussian as gaussian
+
+        monkeypatch.setattr(gaussian, "BLOCK_BYTES", 8)
+        assert len(gaussian.position_blocks(3, 5 * 11)) == 3
+        g, other = RunningGaussian(3, 5), RunningGaussian(3, 5)
+        g.update(torch.from_numpy(data[:10]))
+        g.update(torch.from_numpy(data[10:50]))
+        other.update(torch.from_numpy(data[50:]))
+        g.merge(other)
+        mean, cov = reference(data)
+        np.testing.assert_allclose(g.mean.numpy(), mean, rtol=1e-12)
+        np.testing.assert_allclose(g.covariance().numpy(), cov, rtol=1e-9, atol=1e-12)
+
+    def test_float64_input_is_not_modified(self, data: np.ndarray) -> None:
+        x = torch.from_numpy(data.copy())
+        RunningGaussian(3, 5).update(x)
+        np.testing.assert_array_equal(x.numpy(), data)
+
     def test_float32_input_accumulates_in_float64(self) -> None:
         g = RunningGaussian(1, 2)
         g.update(torch.ones(4, 1, 2, dtype=torch.float32))

@@ -45,6 +45,31 @@ def assert_same_stats(a: Path, b: Path) -> None:
 
 
 class TestFitScore:
+    def test_fit_reads_each_frame_once_and_normalises_as_a_second_pass_would(self, tmp_path: Path, frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The held-out frames are set aside as the fit decodes them: every frame is read once
+        (the input size is given here: no frame is read for it), and the normalisation equals one measured by
+        reading the held-out frames again, as fits did before."""
+        import streamad.sources as sources_module
+        from streamad.engine import Reading
+        from streamad.model_store import load
+        from streamad.pipelines.common import normalise_on
+        from streamad.sources import resolve_sources
+
+        reads: list[str] = []
+        real = sources_module.read_image
+        monkeypatch.setattr(sources_module, "read_image", lambda path: reads.append(path.name) or real(path))
+        options = FitOptions(holdout_every=4, batch_size=4)
+        summary = fit([str(frame_folder)], tmp_path / "m.zarr", ModelConfig(input_hw=(64, 96), k=16, sigma=0), options=options)
+        assert summary.frames_added == 23 and summary.calibrated_on == 7 and summary.frames_read == 30
+        assert sorted(reads) == sorted(f"{t}.png" for t in range(30))
+        model = load(open_store(tmp_path / "m.zarr"))
+        stored = model.normalisation
+        assert stored is not None
+        sampled = options.holdout.sampler(7, options.calibration_frames)
+        again = normalise_on(model, resolve_sources([str(frame_folder)]), Reading(keep=sampled), batch_size=4, measured=sampled)
+        for name in ("position_mean", "position_std", "normal_scores"):  # stored as float32
+            np.testing.assert_array_equal(getattr(again, name).astype(np.float32), getattr(stored, name), err_msg=name)
+
     def test_end_to_end(self, tmp_path: Path, tiny_video: Path, device: str) -> None:
         summary = fit([str(tiny_video)], tmp_path / "m.zarr", SMALL, options=FitOptions(device=device, holdout_every=4))
         assert summary.frames_added == 30 and summary.calibrated_on == 10  # every 4th frame held out

@@ -85,6 +85,19 @@ class TestFrames:
         (source,) = resolve_sources([str(tiny_video)])
         assert [f.index for f in source.frames(every=4, start_index=10, stop_index=30)] == [12, 16, 20, 24, 28]
 
+    def test_keep_selects_before_conversion_and_size_from_metadata(self, tiny_video: Path, frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        import streamad.sources as sources_module
+
+        (video,) = resolve_sources([str(tiny_video)])
+        assert video.frame_hw() == (96, 128) and len(video) == 40 and video.fps == pytest.approx(10)
+        assert [f.index for f in video.frames(every=2, keep=lambda i: i % 3 == 0)] == [0, 6, 12, 18, 24, 30, 36]
+        (folder,) = resolve_sources([str(frame_folder)])
+        reads: list[Path] = []
+        real = sources_module.read_image
+        monkeypatch.setattr(sources_module, "read_image", lambda path: reads.append(path) or real(path))
+        assert [f.index for f in folder.frames(keep=lambda i: i >= 27)] == [27, 28, 29]
+        assert [p.name for p in reads] == ["27.png", "28.png", "29.png"]  # the others are not read
+
     def test_video_pts_and_rgb(self, tiny_video: Path) -> None:
         frames = list(decode_video(tiny_video, source_id="v"))
         assert len(frames) == 40 and frames[0].image.shape == (96, 128, 3)

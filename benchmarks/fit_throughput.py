@@ -1,0 +1,82 @@
+"""Fit throughput: ``streamad fit`` frames/s on a video and on a frame folder beside the raw
+backbone's frames/s at the same input size and batch, under the pipeline's own scheduling, and
+their ratio.
+
+    python benchmarks/fit_throughput.py [--source PATH ...] [--batch-size 8] [--runs 1]
+
+Fit frames/s is what ``streamad fit`` itself reports: the frames of the sources it read (fitted
+and held out) over the seconds of the whole job (model built, fitting pass, factors,
+normalisation pass, every commit), after the command's imports (start-up is
+``benchmarks/startup.py``'s). The whole command's wall time is printed too.
+
+The raw backbone runs as the fit schedules it (on a CPU: two single-threaded passes at once on
+batches of ``--batch-size``), on random input at the model's input size, nothing else running.
+Target: ratio >= 0.8 (issue "Fit at the speed of the backbone").
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def fit_fps(source: str, model: Path, batch_size: int) -> tuple[float, int, float]:
+    """(frames/s as fit reports it, frames read, whole-command seconds)."""
+    exe = str(Path(sys.executable).with_name("streamad"))
+    start = time.perf_counter()
+    done = subprocess.run([exe, "fit", source, "-m", str(model), "--overwrite", "-q", "--batch-size", str(batch_size)], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"fit failed on {source}: {done.stderr.strip().splitlines()[-1:]}")
+    match = re.search(r"read (\d+) frames .* in ([\d.]+) s: ([\d.]+) frames/s", done.stdout)
+    if match is None:
+        raise SystemExit(f"no throughput line in fit's output: {done.stdout!r}")
+    return float(match.group(3)), int(match.group(1)), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", action="append", default=None, help="video or frame folder (default: vtest.avi and the Ped2 training frames)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=1, help="fits per source (the median is reported)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the raw backbone runs")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-fit-throughput"))
+    args = parser.parse_args()
+    sources = args.source or [str(DATA / "videos" / "vtest.avi"), str(DATA / "ucsd_ped2" / "training" / "frames")]
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from throughput import backbone_fps
+
+    from streamad.model_store import load, open_store
+    from streamad.runtime import thread_plan, tune_allocator
+
+    print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU")
+    for i, source in enumerate(sources):
+        model_path = args.work / f"m{i}.zarr"
+        runs = [fit_fps(source, model_path, args.batch_size) for _ in range(args.runs)]
+        fps = statistics.median(r[0] for r in runs)
+        frames, wall = runs[0][1], statistics.median(r[2] for r in runs)
+        tune_allocator()  # as scoring runs the backbone
+        model = load(open_store(model_path))
+        plan = thread_plan(model.device)
+        raw = backbone_fps(model, args.batch_size, seconds=args.seconds, workers=plan.workers, threads=plan.threads)
+        h, w = model.input_hw
+        print(f"{Path(source).name}: {frames} frames at {h}x{w}, batch {args.batch_size}")
+        print(f"  fit: {fps:.1f} frames/s (median of {args.runs}; whole command {wall:.1f} s incl. start-up)")
+        print(f"  raw backbone, {plan.workers} pass(es) at once on {plan.threads} thread(s): {raw:.1f} frames/s")
+        print(f"  ratio {fps / raw:.3f} (target >= 0.8)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
