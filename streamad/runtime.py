@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import ctypes.util
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
