@@ -18,7 +18,7 @@ from streamad.model_store import load, open_store
 from streamad.outputs import check_outputs, input_paths
 from streamad.pipelines.common import Progress, graceful_interrupt, no_progress
 from streamad.runner import Runner
-from streamad.runtime import pick_device
+from streamad.runtime import pick_device, seconds_since_start
 from streamad.score_store import create_scores
 from streamad.sinks import Sink, Sinks
 from streamad.sinks.csv import CsvSink
@@ -70,7 +70,7 @@ def load_model(model: str | Path | Model, *, device: str, weights: str | None, w
     """A model given as a store path (loaded, fitted) or as it is."""
     if isinstance(model, Model):
         return model
-    return load(open_store(model, mode="r"), where=str(model), device=str(pick_device(device)), weights=weights, weights_b=weights_b)
+    return load(open_store(model, mode="r"), where=str(model), device=str(pick_device(device)), weights=weights, weights_b=weights_b, scoring_only=True)
 
 
 def _store_attrs(loaded: Model, model: str | Path | Model, options: ScoreOptions, *, threshold: float | None, decision: float | None) -> dict[str, Any]:
@@ -158,6 +158,8 @@ def score(
         keep = overlay is not None or loaded.needs_images
         features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=keep)
         for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch)):
+            if not summary.frames:
+                logger.info("first frame scored %.2f s after the process started", seconds_since_start() or float("nan"))
             outputs.write(result)
             summary.frames[result.ref.source_id] += 1
             if decision is not None and result.score > decision:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,60 +12,51 @@ from torch import Tensor, nn
 from streamad.errors import ConfigError, check_shape
 
 
-def anomaly_map(distances: Tensor, *, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigma: float = 4.0) -> Tensor:
-    """Upsample per-position distances to the input size and smooth them.
-
-    Args:
-        distances: shape (B, P) with ``P = h * w``.
-        feature_hw: (h, w) of the feature grid.
-        out_hw: output (H, W), normally the model's input size.
-        sigma: Gaussian blur sigma in output pixels (0 disables it).
-
-    Returns:
-        Maps of shape (B, H, W).
-    """
-    check_shape(
-        "distances", distances.shape, f"(B, {feature_hw[0] * feature_hw[1]})", distances.ndim == 2 and distances.shape[1] == feature_hw[0] * feature_hw[1]
-    )
-    grid = distances.reshape(-1, 1, *feature_hw)
-    up = F.interpolate(grid, size=out_hw, mode="bilinear", align_corners=False)
-    if sigma > 0:
-        radius = int(4 * sigma + 0.5)
-        up = kornia.filters.gaussian_blur2d(up, (2 * radius + 1, 2 * radius + 1), (sigma, sigma), border_type="reflect")
-    return up[:, 0]
+def blur_radius(sigma: float) -> int:
+    """Half the Gaussian kernel's width: 4 sigma, rounded."""
+    return int(4 * sigma + 0.5)
 
 
 def axis_operators(*, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigma: float = 4.0) -> tuple[Tensor, Tensor]:
-    """The per-axis matrices of :func:`anomaly_map`: ``map = A_h @ grid @ A_w.T``.
+    """The per-axis matrices of an anomaly map: distances on the (h, w) grid upsampled
+    bilinearly to (H, W) (``align_corners=False``), then blurred with a Gaussian of ``sigma``
+    output pixels (reflected borders; 0: no blur), as ``map = A_h @ grid @ A_w.T``.
 
     Bilinear upsampling and a Gaussian blur with reflected borders each act on rows and columns
-    separately, and the 1-D weights along each axis sum to one, so the whole map is the linear
-    map ``grid -> A_h grid A_w^T``. Each matrix is read off :func:`anomaly_map` itself, applied
-    (in float64) to grids that vary along one axis only; along the other they are constant, so
-    a strip just wide enough for the blur's reflected border gives the same rows. A few strips
-    at a time: the float64 convolution unfolds its input (a few MB, not hundreds).
+    separately, so the whole map is the linear map ``grid -> A_h grid A_w^T`` with, per axis,
+    ``A = G U``: ``U`` read off torch's bilinear upsampling of the identity, ``G`` the blur's
+    normalised kernel ``exp(-x^2 / 2 sigma^2)`` over ``|x| <= 4 sigma`` with the border
+    reflected (kornia's, which the tests hold it to), in float64.
 
     Returns:
         ``A_h`` of shape (H, h) and ``A_w`` of shape (W, w).
     """
-    h, w = feature_hw
-    strip = 2 * int(4 * sigma + 0.5) + 1 if sigma > 0 else 1
+    return _axis(feature_hw[0], out_hw[0], sigma), _axis(feature_hw[1], out_hw[1], sigma)
 
-    def read_off(n: int, grid_hw: tuple[int, int], map_hw: tuple[int, int]) -> Tensor:
-        eye = torch.eye(n, dtype=torch.float64)
-        maps = [anomaly_map(eye[i : i + 4], feature_hw=grid_hw, out_hw=map_hw, sigma=sigma) for i in range(0, n, 4)]
-        return torch.cat(maps)  # (n, *map_hw)
 
-    a_h = read_off(h, (h, 1), (out_hw[0], strip))[:, :, 0].T
-    a_w = read_off(w, (1, w), (strip, out_hw[1]))[:, 0, :].T
-    return a_h.contiguous(), a_w.contiguous()
+def _axis(n: int, size: int, sigma: float) -> Tensor:
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, n, 1)
+    upsample = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].T  # (size, n)
+    if sigma <= 0:
+        return upsample.contiguous()
+    radius = blur_radius(sigma)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(offsets.astype(np.float64) ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    blur = np.zeros((size, size))
+    for i in range(size):
+        j = i + offsets
+        while (j < 0).any() or (j >= size).any():  # reflect about the edge samples
+            j = np.where(j < 0, -j, j)
+            j = np.where(j >= size, 2 * (size - 1) - j, j)
+        np.add.at(blur[i], j, kernel)
+    return (torch.from_numpy(blur) @ upsample).contiguous()
 
 
 class AnomalyMap(nn.Module):
-    """:func:`anomaly_map` as two small matrix products (see :func:`axis_operators`).
-
-    Same maps to float rounding, about 10x cheaper than upsampling and blurring the full map.
-    """
+    """Upsampled, blurred anomaly maps as two small matrix products (:func:`axis_operators`):
+    the same maps as upsampling then blurring (kornia's ``gaussian_blur2d``, the tests'
+    reference) to float rounding, about 10x cheaper."""
 
     rows: Tensor
     cols_t: Tensor

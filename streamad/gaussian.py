@@ -77,21 +77,47 @@ class RunningGaussian(nn.Module):
 
     def __init__(self, positions: int, k: int, *, device: torch.device | str = "cpu") -> None:
         super().__init__()
+        self._positions, self._k = positions, k
+        self.dropped = False  # the statistics were left out on purpose (a model that only scores)
         self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
-        self.register_buffer("mean", torch.zeros(positions, k, dtype=torch.float64, device=device))
-        self.register_buffer("m2", torch.zeros(positions, k, k, dtype=torch.float64, device=device))
+        # Allocated on first use: a model loaded only to score never holds them.
+        self.register_buffer("mean", torch.zeros(0, dtype=torch.float64, device=device))
+        self.register_buffer("m2", torch.zeros(0, dtype=torch.float64, device=device))
 
     @property
     def positions(self) -> int:
-        return int(self.mean.shape[0])
+        return self._positions
 
     @property
     def k(self) -> int:
-        return int(self.mean.shape[1])
+        return self._k
 
     @property
     def n(self) -> int:
         return int(self.count.item())
+
+    def ready(self) -> RunningGaussian:
+        """Self, with its statistics allocated (zeros until data arrives).
+
+        Raises:
+            StoreError: they were left out when the model was loaded to score only.
+        """
+        if self.dropped:
+            from streamad.errors import StoreError
+
+            raise StoreError("expected the running statistics, got a model loaded only to score; hint: load it to fit (resume, merge, adapt)")
+        if self.m2.numel() == 0 and self._positions * self._k:
+            device = self.m2.device
+            self.mean = torch.zeros(self._positions, self._k, dtype=torch.float64, device=device)
+            self.m2 = torch.zeros(self._positions, self._k, self._k, dtype=torch.float64, device=device)
+        return self
+
+    def drop(self, count: int) -> None:
+        """Keep only the count: a model that will only score needs no statistics."""
+        self.count.fill_(count)
+        self.mean = self.mean.new_zeros(0)
+        self.m2 = self.m2.new_zeros(0)
+        self.dropped = True
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
@@ -104,6 +130,7 @@ class RunningGaussian(nn.Module):
         """
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.positions, self.k):
             raise ShapeError(f"expected embeddings of shape (B, {self.positions}, {self.k}), got {tuple(x.shape)}")
+        self.ready()
         n_a, n_b = self.n, x.shape[0]
         n = n_a + n_b
         weight = (n_a * n_b / n) ** 0.5
@@ -125,6 +152,8 @@ class RunningGaussian(nn.Module):
         place a block of positions at a time."""
         if (other.positions, other.k) != (self.positions, self.k):
             raise ShapeError(f"expected statistics of shape ({self.positions}, {self.k}), got ({other.positions}, {other.k})")
+        self.ready()
+        other.ready()
         n_a, n_b = self.n, other.n
         for block in position_blocks(self.positions, self.k * self.k):
             _, mean, m2 = chan_merge(n_a, self.mean[block], self.m2[block], n_b, other.mean[block].to(self.mean.device), other.m2[block].to(self.m2.device))
@@ -136,4 +165,4 @@ class RunningGaussian(nn.Module):
         """Unbiased covariance ``m2 / (n - 1)``, shape (P, k, k), float64."""
         if self.n < 2:
             raise ValueError(f"expected at least 2 samples for a covariance, got {self.n}")
-        return self.m2 / (self.n - 1)
+        return self.ready().m2 / (self.n - 1)

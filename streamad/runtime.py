@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -69,6 +70,16 @@ def release_memory() -> bool:
         return bool(ctypes.CDLL(name).malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (Linux: from /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+            return float(uptime.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import kornia
 import pytest
 import torch
+import torch.nn.functional as F
 
-from streamad.anomaly_map import AnomalyMap, anomaly_map, axis_operators
+from streamad.anomaly_map import AnomalyMap, axis_operators
+
+
+def anomaly_map(distances: torch.Tensor, *, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigma: float) -> torch.Tensor:
+    """The reference: upsample the grid (torch), then blur it (kornia, reflected borders)."""
+    up = F.interpolate(distances.reshape(-1, 1, *feature_hw), size=out_hw, mode="bilinear", align_corners=False)
+    if sigma > 0:
+        radius = int(4 * sigma + 0.5)
+        up = kornia.filters.gaussian_blur2d(up, (2 * radius + 1, 2 * radius + 1), (sigma, sigma), border_type="reflect")
+    return up[:, 0]
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,27 @@ class TestModelStore:
         x = {"embedding": torch.randn(2, positions, 8)}
         assert torch.equal(loaded.scorer.distances(x), model.scorer.distances(x))
 
+    def test_scoring_only_load_leaves_the_statistics_out(self, tmp_path: Path) -> None:
+        from streamad.config import ModelConfig
+        from streamad.model import Model
+        from streamad.model_store import Progress, commit, create, load, open_store
+
+        model = Model(ModelConfig(method="soe", input_hw=(32, 48), k=8))
+        positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
+        model.scorer.update({"embedding": torch.randn(30, positions, 8)})
+        model.scorer.finalise()
+        store = open_store(tmp_path / "m.zarr", mode="w")
+        create(store, model)
+        commit(store, model, Progress({"a": 30}, 30))
+        full, scoring = load(open_store(tmp_path / "m.zarr")), load(open_store(tmp_path / "m.zarr"), scoring_only=True)
+        x = {"embedding": torch.randn(3, positions, 8)}
+        assert torch.equal(scoring.scorer.distances(x), full.scorer.distances(x)) and scoring.frames_seen == 30
+        assert scoring.scorer.appearance.gaussian.m2.numel() == 0  # never read, never allocated
+        with pytest.raises(StoreError, match="loaded only to score"):
+            scoring.scorer.update(x)
+        with pytest.raises(StoreError, match="loaded only to score"):
+            scoring.scorer.state()
+
     def test_reads_format_2_factors(self, tmp_path: Path) -> None:
         """A format-2 store kept float32 Cholesky factors (chol) where format 3 keeps their
         inverse: it loads and scores exactly like the fit that wrote the new format."""

@@ -13,6 +13,7 @@ A step of the engine::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -34,12 +35,15 @@ class ScorerState:
         revisions: per array, a tag that stays equal while the array is unchanged; a store
             skips rewriting an array whose tag it already holds. Arrays without a tag are always
             written.
+        scoring: the model being loaded will only score: :meth:`Scorer.load_state` may leave
+            out what only fitting needs (arrays are then read from the store only when used).
     """
 
-    arrays: dict[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray]
     attrs: dict[str, Any]
     revision: str
     revisions: dict[str, str] = field(default_factory=dict)
+    scoring: bool = False
 
 
 @runtime_checkable

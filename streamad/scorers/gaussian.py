@@ -7,6 +7,7 @@ each position's covariance (Cholesky) and scores with the whitening factors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,6 +60,7 @@ class PositionGaussians(nn.Module):
         gaussian = self.gaussian
         if gaussian.n < 2:
             raise ConfigError(f"expected at least 2 frames to fit {what}, got {gaussian.n}; hint: check the sources or lower --every")
+        gaussian.ready()
         whitener = torch.empty(gaussian.m2.shape, dtype=torch.float32, device=gaussian.m2.device)
         for block in position_blocks(gaussian.positions, 3 * gaussian.k * gaussian.k):
             try:
@@ -88,10 +90,11 @@ class PositionGaussians(nn.Module):
     def arrays(self, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Named arrays and their revision tags (statistics: their count; factors: theirs)."""
         n, f = str(self.gaussian.n), str(self.factor_count)
+        gaussian = self.gaussian.ready()
         arrays = {
-            f"{prefix}count": np.asarray(self.gaussian.n, dtype=np.int64),
-            f"{prefix}mean": self.gaussian.mean.cpu().numpy(),
-            f"{prefix}m2": self.gaussian.m2.cpu().numpy(),
+            f"{prefix}count": np.asarray(gaussian.n, dtype=np.int64),
+            f"{prefix}mean": gaussian.mean.cpu().numpy(),
+            f"{prefix}m2": gaussian.m2.cpu().numpy(),
         }
         revisions = {f"{prefix}count": n, f"{prefix}mean": n, f"{prefix}m2": n}
         if self.factors is not None:
@@ -99,15 +102,20 @@ class PositionGaussians(nn.Module):
             revisions.update({f"{prefix}factor_mean": f, f"{prefix}whitener": f})
         return arrays, revisions
 
-    def load(self, arrays: dict[str, np.ndarray], prefix: str, *, factor_count: int | None) -> None:
-        """Restore from :meth:`arrays`; factors only when ``factor_count`` is given."""
-        mean = arrays[f"{prefix}mean"]
-        if mean.shape != tuple(self.gaussian.mean.shape):
-            raise StoreError(f"expected statistics of shape {tuple(self.gaussian.mean.shape)}, got {mean.shape}")
-        self.gaussian.count.fill_(int(arrays[f"{prefix}count"]))
-        self.gaussian.mean.copy_(torch.from_numpy(mean))
-        self.gaussian.m2.copy_(torch.from_numpy(arrays[f"{prefix}m2"]))
+    def load(self, arrays: Mapping[str, np.ndarray], prefix: str, *, factor_count: int | None, scoring: bool = False) -> None:
+        """Restore from :meth:`arrays`; factors only when ``factor_count`` is given, and then,
+        for a model that will only score (``scoring``), the statistics are not read at all."""
         self.factors, self.factor_count = None, 0
+        if scoring and factor_count is not None and (f"{prefix}whitener" in arrays or f"{prefix}chol" in arrays):
+            self.gaussian.drop(int(arrays[f"{prefix}count"]))
+        else:
+            gaussian = self.gaussian.ready()
+            mean = arrays[f"{prefix}mean"]
+            if mean.shape != tuple(gaussian.mean.shape):
+                raise StoreError(f"expected statistics of shape {tuple(gaussian.mean.shape)}, got {mean.shape}")
+            gaussian.count.fill_(int(arrays[f"{prefix}count"]))
+            gaussian.mean.copy_(torch.from_numpy(mean))
+            gaussian.m2.copy_(torch.from_numpy(arrays[f"{prefix}m2"]))
         if factor_count is None:
             return
         if f"{prefix}whitener" in arrays:
@@ -270,12 +278,12 @@ class GaussianScorer(nn.Module):
         if not torch.equal(projection, self.projection):
             raise StoreError(f"expected the stored projection of method {self.method} with seed {self.seed} and k={self.k}, got another one")
         finalised = bool(state.attrs.get("finalised"))
-        self.appearance.load(arrays, "", factor_count=int(state.attrs.get("factor_count", 0)) if finalised else None)
+        self.appearance.load(arrays, "", factor_count=int(state.attrs.get("factor_count", 0)) if finalised else None, scoring=state.scoring)
         for gaussians, prefix in ((self.motion, "motion_"), (self.flow, "flow_")):
             if gaussians is not None:
                 if f"{prefix}mean" not in arrays:
                     raise StoreError(f"expected {prefix[:-1]} statistics ({prefix}mean) in the state, got none")
-                gaussians.load(arrays, prefix, factor_count=int(state.attrs.get(f"{prefix}factor_count", 0)) if finalised else None)
+                gaussians.load(arrays, prefix, factor_count=int(state.attrs.get(f"{prefix}factor_count", 0)) if finalised else None, scoring=state.scoring)
 
 
 def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
