@@ -100,15 +100,15 @@ def parse_hw(value: str | None) -> tuple[int, int] | None:
     return height, width
 
 
-def setup(threads: int | None, verbose: bool, *, flat_memory: bool = False) -> None:
-    """Logging, glibc's allocator (``flat_memory`` for fits: see tune_allocator) and threads."""
+def setup(threads: int | None, verbose: bool) -> None:
+    """Logging, glibc's allocator (see tune_allocator) and threads."""
     from streamad.runtime import set_threads, tune_allocator
 
     if threads is not None and threads < 1:
         raise click.BadParameter(f"expected a thread count >= 1, got {threads}; hint: leave it out for torch's choice", param_hint="--threads")
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tune_allocator(flat_memory=flat_memory)
+    tune_allocator()
     set_threads(threads)
 
 
@@ -212,7 +212,7 @@ def main(context: click.Context, debug: bool) -> None:
     "--epochs", type=int, default=None, help="Training epochs of trained scorers (pfm, pefm, ae-*; default: the papers' schedule scaled to the data)."
 )
 @click.option("--cache-frames", type=int, default=None, help="Trained scorers: frames kept (reservoir-sampled) to train on (default 1000).")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Frames between checkpoints.")
+@click.option("--checkpoint-every", type=int, default=2000, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
 @click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
@@ -224,7 +224,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 
     Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
     """
-    setup(kw["threads"], kw["verbose"], flat_memory=True)
+    setup(kw["threads"], kw["verbose"])
     from streamad.config import ModelConfig
     from streamad.pipelines.fit import FitOptions
     from streamad.pipelines.fit import fit as run_fit
@@ -487,7 +487,7 @@ def _evaluate_folds(testset: str, kw: dict[str, Any], progress: ClickProgress) -
 @friendly_errors
 def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], overwrite: bool, device: str, quiet: bool) -> None:
     """Merge partial fits of the same model exactly: streamad merge a.zarr b.zarr -o c.zarr"""
-    setup(None, False, flat_memory=True)
+    setup(None, False)
     from streamad.pipelines.merge import merge as run_merge
 
     summary = run_merge(list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=device, progress=ClickProgress(not quiet))

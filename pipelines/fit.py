@@ -40,7 +40,7 @@ class FitOptions:
     stop: int | None = None
     batch_size: int = 8
     accumulate_frames: int = 32
-    checkpoint_every: int = 500
+    checkpoint_every: int = 2000  # a Gaussian checkpoint writes P k^2 float64 (430 MB at 256x336, about 0.5 s)
     calibration_frames: int = 500
     holdout_every: int = 10
     device: str = "cpu"
@@ -190,8 +190,12 @@ def fit(
             logger.warning("training interrupted; continue with --resume")
             return summary
         release_memory()  # the fitting pass's buffers, before the factors are made
-        model.finalise()
-        release_memory()
+        try:
+            model.finalise()
+        finally:  # the statistics, with their factors when there are some
+            commit(target, model, state, extra={"every": options.every})
+        if model.release_statistics():  # committed: the normalisation pass needs only the factors
+            release_memory()
         normalisation = calibration.measure(model, sources, options, progress)
         summary.calibrated_on = normalisation.frames if normalisation is not None else 0
         commit(target, model, state, normalisation=normalisation, extra={"every": options.every})
@@ -301,7 +305,8 @@ def _fit_pass(
                 since_checkpoint = 0
         summary.interrupted = interrupted[0]
     progress.finish()
-    commit(target, model, state, extra=extra)
+    if summary.interrupted or model.trainable:  # else the caller commits the statistics with their factors, next
+        commit(target, model, state, extra=extra)
     summary.frames_seen, summary.dropped, summary.drop_report = state.frames_seen, engine.drops.by_reason(), engine.drops.lines()
 
 

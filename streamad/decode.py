@@ -184,8 +184,7 @@ def decode_video(
         stop_index: stop before this index (None: the end of the stream).
         on_drop: told about every lost frame (damage is reported, not fatal).
         should_stop: polled between packets; decoding ends when it returns true.
-        keep: of the frames selected so, those to convert and yield (the codec still decodes
-            the others: later frames depend on them; a lost one is still reported).
+        keep: of those frames, the ones converted and yielded (the others are still decoded).
         info: the file's :func:`probe` (None: probed here).
 
     Yields:

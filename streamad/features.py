@@ -26,10 +26,11 @@ Features = dict[str, Tensor]
 
 SECOND = "b:"  # prefix of the second backbone's maps in a pair's features (``b:layer1``)
 
-CPU_MICRO_BATCH = 4
-"""On a CPU the backbone runs a batch this many frames at a time: a frame's features do not
-depend on the others in its batch (tested: bitwise), a pass is as fast per frame, and the
-activations alive at once are a fraction (256x336, Lite0: 228 MB for 8 frames)."""
+CPU_MICRO_BATCH = 1
+"""On a CPU the backbone runs a batch this many frames at a time: at the usual input sizes a
+frame's features do not depend on the others in its batch (tested: bitwise at 256x336), a fit
+ran as fast (vtest.avi: 0.95x the wall time of 4 at a time) and the activations alive at once
+are a fraction (fit peak 1.47 against 1.72 GB with 4 at a time, 2.04 with whole batches of 8)."""
 
 
 def feature_hw(spec: BackboneSpec, input_hw: tuple[int, int]) -> tuple[int, int]:

@@ -79,6 +79,7 @@ class RunningGaussian(nn.Module):
         super().__init__()
         self._positions, self._k = positions, k
         self.dropped = False  # the statistics were left out on purpose (a model that only scores)
+        self.released = False  # ... after they were committed to a store, which keeps them
         self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
         # Allocated on first use: a model loaded only to score never holds them.
         self.register_buffer("mean", torch.zeros(0, dtype=torch.float64, device=device))
@@ -112,12 +113,13 @@ class RunningGaussian(nn.Module):
             self.m2 = torch.zeros(self._positions, self._k, self._k, dtype=torch.float64, device=device)
         return self
 
-    def drop(self, count: int) -> None:
-        """Keep only the count: a model that will only score needs no statistics."""
+    def drop(self, count: int, *, released: bool = False) -> None:
+        """Keep only the count: a model that will only score needs no statistics (``released``:
+        they were committed to a store first)."""
         self.count.fill_(count)
         self.mean = self.mean.new_zeros(0)
         self.m2 = self.m2.new_zeros(0)
-        self.dropped = True
+        self.dropped, self.released = True, released
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:

@@ -152,6 +152,15 @@ class Model:
         """Whether jobs must keep each frame's original image for the scorer's tracker (flow)."""
         return bool(getattr(self.scorer, "needs_images", False))
 
+    def release_statistics(self) -> bool:
+        """After a committed finalise, let the scorer free what only fitting needs (a Gaussian's
+        running statistics); False when it keeps everything."""
+        release = getattr(self.scorer, "release_statistics", None)
+        if release is None:
+            return False
+        release()
+        return True
+
     def tracker(self) -> MotionTracker | None:
         """A new per-source memory that adds the motion features a scorer with a motion cue
         needs; run it on prepared batches in frame order, between :meth:`prepare` and the

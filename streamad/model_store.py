@@ -179,6 +179,10 @@ def commit(
     state = model.scorer.state()
     previous = attrs.get("state") or {}
     paths: dict[str, str] = {}
+    for name in state.revisions.keys() - state.arrays.keys():  # no longer held: must be stored as they are
+        if name not in previous.get("arrays", {}) or previous.get("revisions", {}).get(name) != state.revisions[name]:
+            raise StoreError(f"expected array {name!r} (revision {state.revisions[name]}) in the store, as the scorer no longer holds it, got none")
+        paths[name] = previous["arrays"][name]
     for name, array in state.arrays.items():
         tag = state.revisions.get(name)
         if tag is not None and name in previous.get("arrays", {}) and previous.get("revisions", {}).get(name) == tag:

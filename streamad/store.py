@@ -288,7 +288,11 @@ class ZarrStore:
         with self._writing(name):
             codecs = {} if compressed else {"compressors": None}
             target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True, **codecs)
-            if array.size:
+            rows = target.chunks[0] if array.ndim else 0
+            if array.ndim and array.shape[0] > rows:  # a chunk at a time: zarr's concurrent writes would hold ten encoded chunks at once
+                for start in range(0, array.shape[0], rows):
+                    target[start : start + rows] = array[start : start + rows]
+            elif array.size:
                 target[...] = array
 
     def append(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None) -> None:

@@ -34,7 +34,8 @@ class ScorerState:
             thresholds measured on one revision are stale on another).
         revisions: per array, a tag that stays equal while the array is unchanged; a store
             skips rewriting an array whose tag it already holds. Arrays without a tag are always
-            written.
+            written. A tag without an array: the scorer let go of an array the store holds
+            (with that tag), which stays as stored.
         scoring: the model being loaded will only score: :meth:`Scorer.load_state` may leave
             out what only fitting needs (arrays are then read from the store only when used).
     """

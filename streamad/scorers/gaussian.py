@@ -90,13 +90,16 @@ class PositionGaussians(nn.Module):
     def arrays(self, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Named arrays and their revision tags (statistics: their count; factors: theirs)."""
         n, f = str(self.gaussian.n), str(self.factor_count)
-        gaussian = self.gaussian.ready()
-        arrays = {
-            f"{prefix}count": np.asarray(gaussian.n, dtype=np.int64),
-            f"{prefix}mean": gaussian.mean.cpu().numpy(),
-            f"{prefix}m2": gaussian.m2.cpu().numpy(),
-        }
         revisions = {f"{prefix}count": n, f"{prefix}mean": n, f"{prefix}m2": n}
+        if self.gaussian.released:  # committed, then let go of: the store keeps them
+            arrays = {}
+        else:
+            gaussian = self.gaussian.ready()
+            arrays = {
+                f"{prefix}count": np.asarray(gaussian.n, dtype=np.int64),
+                f"{prefix}mean": gaussian.mean.cpu().numpy(),
+                f"{prefix}m2": gaussian.m2.cpu().numpy(),
+            }
         if self.factors is not None:
             arrays.update({f"{prefix}factor_mean": self.factors.mean.cpu().numpy(), f"{prefix}whitener": self.factors.whitener.cpu().numpy()})
             revisions.update({f"{prefix}factor_mean": f, f"{prefix}whitener": f})
@@ -232,6 +235,15 @@ class GaussianScorer(nn.Module):
             self.motion.finalise("the motion (frames one lag apart)")
         if self.flow is not None:
             self.flow.finalise("the flow (frames one lag apart)")
+
+    def release_statistics(self) -> None:
+        """Let go of the running statistics once finalised and committed (a fit's last step,
+        the normalisation pass, then needs only the factors): :meth:`state` then names them by
+        revision only, and the store keeps them as they are."""
+        if not self.finalised:
+            raise ConfigError("expected a finalised scorer to release its statistics, got one still fitting")
+        for gaussians in self._cues():
+            gaussians.gaussian.drop(gaussians.gaussian.n, released=True)
 
     @torch.inference_mode()
     def distances(self, prepared: Features) -> Tensor:
