@@ -283,7 +283,7 @@ def _fit_pass(
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted, torch_threads(engine.plan.side_threads):
         features = engine.features(
-            engine.read(sources, reading, then=then), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images
+            engine.read(sources, reading, then=then), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images, depth=1
         )
         # Without motion nothing keeps a batch's features past its update: one reused buffer.
         gathered = (

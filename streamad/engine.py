@@ -130,21 +130,25 @@ class Engine:
         prepare: stages.Prepare | None = None,
         keep_originals: bool = False,
         whole_batches: bool = False,
+        depth: int = 2,
     ) -> Iterator[FeatureBatch]:
         """Preprocess in a thread, then the backbone (and ``prepare``) in the worker threads.
 
         ``whole_batches``: after a stop, a trailing partial batch is dropped (fits count whole
         batches only, so a resumed fit sees the same batches as an uninterrupted one).
+        ``depth``: batches queued before and after each stage (a fit, whose consumer drains in
+        bursts of updates, holds less in flight with 1 and runs as fast).
         """
         stopped = self.runner.stopping.is_set if whole_batches else None
         tensors = self.runner.stage(
             lambda fs: stages.preprocess(stages.batch_frames(fs, max_batch=self.batch_size, stopped=stopped), extractor, keep_originals=keep_originals),
             frames,
+            maxsize=depth,
             name="preprocess",
             setup=self.plan.side_setup(),
         )
         work = functools.partial(stages.extract, extractor=extractor, prepare=prepare)
-        return self.runner.parallel(work, tensors, workers=self.plan.workers, name="backbone", setup=self.plan.worker_setup())
+        return self.runner.parallel(work, tensors, workers=self.plan.workers, maxsize=depth, name="backbone", setup=self.plan.worker_setup())
 
     def gathered_features(
         self, batches: Iterator[list[Frame]], extractor_of: Callable[[Frame], FeatureExtractor], *, keep_originals: bool = False
