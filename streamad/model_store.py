@@ -190,7 +190,7 @@ def commit(
             continue
         paths[name] = f"scorer/g{gen}/{name}"
         # Uncompressed: float statistics shrink only to about 65 % with zstd, at 5x the time of
-        # the write (a 430 MB m2: 2.2 s against 0.45 s), and a long fit checkpoints them often.
+        # the write (430 MB of statistics: 2.2 s against 0.45 s), and a long fit checkpoints them often.
         store.write(paths[name], array, chunks=_chunks(array), compressed=False)
     attrs["state"] = {"arrays": paths, "revisions": state.revisions, "attrs": state.attrs, "revision": state.revision}
     if normalisation is not _KEEP:
@@ -264,7 +264,7 @@ class _StoredArrays(Mapping[str, np.ndarray]):
 
 def read_state(store: ArrayStore, *, scoring: bool = False) -> ScorerState | None:
     """The committed scorer state, or None before the first commit. ``scoring``: for a model
-    that will only score; its arrays are read as the scorer asks for them (a Gaussian skips its
+    that will only score; its arrays are read as the scorer asks for them (it may skip its
     running statistics), so use it before the store's reading ends."""
     stored = store.attrs().get("state")
     if not stored:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,18 +119,26 @@ class TestModelStore:
         x = {"embedding": torch.randn(2, positions, 8)}
         assert torch.equal(loaded.scorer.distances(x), model.scorer.distances(x))
 
-    def test_scoring_only_load_leaves_the_statistics_out(self, tmp_path: Path) -> None:
+    @staticmethod
+    def fitted_store(path: Path, method: str) -> tuple[Any, Any, int]:
+        """(store, model, positions): a small model fitted on 30 random embeddings, committed."""
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.model_store import Progress, commit, create, load, open_store
+        from streamad.model_store import Progress, commit, create, open_store
 
-        model = Model(ModelConfig(method="soe", input_hw=(32, 48), k=8))
+        model = Model(ModelConfig(method=method, input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
         model.scorer.update({"embedding": torch.randn(30, positions, 8)})
         model.scorer.finalise()
-        store = open_store(tmp_path / "m.zarr", mode="w")
+        store = open_store(path, mode="w")
         create(store, model)
         commit(store, model, Progress({"a": 30}, 30))
+        return store, model, positions
+
+    def test_scoring_only_load_leaves_the_statistics_out(self, tmp_path: Path) -> None:
+        from streamad.model_store import load, open_store
+
+        _, model, positions = self.fitted_store(tmp_path / "m.zarr", "soe")
         full, scoring = load(open_store(tmp_path / "m.zarr")), load(open_store(tmp_path / "m.zarr"), scoring_only=True)
         x = {"embedding": torch.randn(3, positions, 8)}
         assert torch.equal(scoring.scorer.distances(x), full.scorer.distances(x)) and scoring.frames_seen == 30
@@ -142,17 +151,9 @@ class TestModelStore:
     def test_reads_format_2_factors(self, tmp_path: Path) -> None:
         """A format-2 store kept float32 Cholesky factors (chol) where format 3 keeps their
         inverse: it loads and scores exactly like the fit that wrote the new format."""
-        from streamad.config import ModelConfig
-        from streamad.model import Model
-        from streamad.model_store import Progress, commit, create, load, open_store
+        from streamad.model_store import load, open_store
 
-        model = Model(ModelConfig(method="padim", input_hw=(32, 48), k=8))
-        positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
-        model.scorer.update({"embedding": torch.randn(30, positions, 8)})
-        model.scorer.finalise()
-        store = open_store(tmp_path / "m.zarr", mode="w")
-        create(store, model)
-        commit(store, model, Progress({"a": 30}, 30))
+        store, model, positions = self.fitted_store(tmp_path / "m.zarr", "padim")
         attrs = store.attrs()
         m2, count = store.read(attrs["state"]["arrays"]["m2"]), int(store.read(attrs["state"]["arrays"]["count"]))
         chol = np.linalg.cholesky(m2 / (count - 1) + model.config.eps * np.eye(8)).astype(np.float32)  # numpy, not the code under test
