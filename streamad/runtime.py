@@ -51,14 +51,17 @@ def tune_allocator() -> bool:
 
 
 def release_memory() -> bool:
-    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``), between the phases of
-    a job: the allocator settings above keep freed blocks for speed, and a later phase that
-    needs one large block (a fit's factors) would otherwise add it on top of them.
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; on a GPU, torch's cached
+    blocks back to the driver) between the phases of a job: the allocator settings above keep
+    freed blocks for speed, and a later phase that needs one large block (a fit's factors)
+    would otherwise add it on top of them.
 
     Returns:
         True when glibc released something.
     """
     gc.collect()
+    if torch.cuda.is_initialized():  # the caching allocator's free blocks, on a GPU
+        torch.cuda.empty_cache()
     name = ctypes.util.find_library("c")
     if name is None:
         return False
