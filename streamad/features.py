@@ -98,7 +98,8 @@ class FeatureExtractor(nn.Module):
         return self.spec.name, self.weights_sha256, self.input_hw, *second
 
     def preprocess(self, frames: Sequence[np.ndarray]) -> Tensor:
-        """RGB uint8 frames (H, W, 3) to normalised images (B, 3, H', W') on the device."""
+        """RGB uint8 frames (H, W, 3) to uint8 images (B, 3, H', W') at the input size on the
+        device; :meth:`forward` normalises them."""
         return self.preprocessor(frames, self.device)
 
     def resize(self, frame: np.ndarray) -> np.ndarray:
@@ -107,7 +108,10 @@ class FeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: Tensor) -> Features:
-        """Normalised images (B, 3, H, W) to float32 maps (B, C_l, h_l, w_l) by layer name."""
+        """Images (B, 3, H, W), uint8 as :meth:`preprocess` makes them or already normalised
+        floats, to float32 maps (B, C_l, h_l, w_l) by layer name."""
+        if images.dtype == torch.uint8:
+            images = self.preprocessor.normalise(images)
         features = self._run(self.backbone, images)
         if self.backbone_b is not None:
             features |= {SECOND + name: f for name, f in self._run(self.backbone_b, images).items()}

@@ -94,7 +94,14 @@ class Preprocessor(nn.Module):
         self.mean, self.std = mean, std
 
     def forward(self, images: Sequence[np.ndarray], device: torch.device) -> Tensor:
-        return normalize_images(to_tensor(images, self.input_hw, device=device), mean=self.mean, std=self.std)
+        """Frames at the input size, uint8 (B, 3, H', W') on ``device``: what waits in a job's
+        queues, a quarter of the normalised float images (:meth:`normalise` follows in the
+        backbone's worker)."""
+        return to_tensor(images, self.input_hw, device=device)
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """uint8 images to the backbone's normalised float input."""
+        return normalize_images(images, mean=self.mean, std=self.std)
 
     def resize(self, image: np.ndarray, device: torch.device) -> np.ndarray:
         """One frame at the input size, still RGB uint8 (H', W', 3), on the host: what
