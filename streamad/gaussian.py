@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from streamad.errors import ShapeError, check_shape
+from streamad.errors import ShapeError, StoreError, check_shape
 
 
 def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -104,8 +104,6 @@ class RunningGaussian(nn.Module):
             StoreError: they were left out when the model was loaded to score only.
         """
         if self.dropped:
-            from streamad.errors import StoreError
-
             raise StoreError("expected the running statistics, got a model loaded only to score; hint: load it to fit (resume, merge, adapt)")
         if self.m2.numel() == 0 and self._positions * self._k:
             device = self.m2.device

@@ -8,12 +8,13 @@ from torch import Tensor, nn
 from streamad.errors import check_shape
 
 
-def cholesky_factors(covariance: Tensor, *, eps: float) -> Tensor:
+def cholesky_factors(covariance: Tensor, *, eps: float, first: int = 0) -> Tensor:
     """Lower Cholesky factors of ``covariance + eps I`` (batched, float64 inside).
 
     Args:
         covariance: shape (P, k, k).
         eps: ridge added to the diagonal; must keep every matrix positive definite.
+        first: the position of ``covariance[0]`` (errors name positions by it).
 
     Returns:
         L of shape (P, k, k), float64, with ``L L^T = covariance + eps I``.
@@ -23,7 +24,7 @@ def cholesky_factors(covariance: Tensor, *, eps: float) -> Tensor:
     ridge = eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
     chol, info = torch.linalg.cholesky_ex(cov + ridge)
     if bool((info > 0).any()):
-        bad = int((info > 0).nonzero()[0].item())
+        bad = first + int((info > 0).nonzero()[0].item())
         raise ValueError(f"expected positive definite covariances, got a singular one at position {bad}; hint: raise eps or fit on more frames")
     return chol
 

@@ -1,4 +1,5 @@
-"""Preprocessing: RGB uint8 frames to normalised tensors at the model's input size.
+"""Preprocessing: RGB uint8 frames to uint8 tensors at the model's input size (what waits in a
+job's queues), then normalised for the backbone (in its worker).
 
 On a CPU, resizing is torch's uint8 bilinear (the fastest there) and normalising is
 ``(x - mean) / std`` in torch, the same operations as kornia's ``normalize`` (tested bitwise);
@@ -104,6 +105,6 @@ class Preprocessor(nn.Module):
         return normalize_images(images, mean=self.mean, std=self.std)
 
     def resize(self, image: np.ndarray, device: torch.device) -> np.ndarray:
-        """One frame at the input size, still RGB uint8 (H', W', 3), on the host: what
-        :meth:`forward` would make of it before normalising (it leaves a frame at size as it is)."""
+        """One frame at the input size, RGB uint8 (H', W', 3), on the host: what :meth:`forward`
+        makes of it (and a frame already at size it leaves as it is)."""
         return to_tensor([image], self.input_hw, device=device)[0].permute(1, 2, 0).cpu().numpy()

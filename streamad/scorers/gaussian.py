@@ -63,10 +63,7 @@ class PositionGaussians(nn.Module):
         gaussian.ready()
         whitener = torch.empty(gaussian.m2.shape, dtype=torch.float32, device=gaussian.m2.device)
         for block in position_blocks(gaussian.positions, 3 * gaussian.k * gaussian.k):
-            try:
-                chol = cholesky_factors(gaussian.m2[block] / (gaussian.n - 1), eps=self.eps)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (of positions {block.start}-{block.stop - 1})") from None
+            chol = cholesky_factors(gaussian.m2[block] / (gaussian.n - 1), eps=self.eps, first=block.start)
             whitener[block] = whitening_factors(chol.float().double())
         self._set_factors(gaussian.mean.float(), whitener, gaussian.n)
 
@@ -112,6 +109,7 @@ class PositionGaussians(nn.Module):
         if scoring and factor_count is not None and (f"{prefix}whitener" in arrays or f"{prefix}chol" in arrays):
             self.gaussian.drop(int(arrays[f"{prefix}count"]))
         else:
+            self.gaussian.dropped = self.gaussian.released = False
             gaussian = self.gaussian.ready()
             mean = arrays[f"{prefix}mean"]
             if mean.shape != tuple(gaussian.mean.shape):
