@@ -109,6 +109,9 @@ class NetworkScorer:
         """One Adam step on :meth:`loss_of` the batch."""
         self._finalised = False
         self.net.train()
+        # Features straight from the extractor (live learning) are inference tensors, which
+        # autograd may not save: a plain copy of those.
+        prepared = {name: f.clone() if f.is_inference() else f for name, f in prepared.items()}
         with torch.enable_grad():
             loss = self.loss_of(prepared)
             self.optimiser.zero_grad(set_to_none=True)
