@@ -87,7 +87,7 @@ class FitSummary:
 
 
 def _open(
-    sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, every: int, device: str
+    sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, options: FitOptions, device: str
 ) -> tuple[ArrayStore, Model, FitProgress]:
     """The store to write and the model to fit: a resumed one, or a new one (built before the
     store is touched, so a bad option leaves no store behind)."""
@@ -101,12 +101,12 @@ def _open(
         store = open_store(path, mode="a") if path is not None else target
         assert not isinstance(store, str | Path)
         try:
-            return store, _resumed(store, config, every, where=str(target), device=device), read_progress(store)
+            return store, _resumed(store, config, options, where=str(target), device=device), read_progress(store)
         except BaseException:
             if store is not target:
                 store.close()
             raise
-    config = _motion_for(sources, resolve(config or ModelConfig()), every)
+    config = _motion_for(sources, resolve(config or ModelConfig()), options.every)
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(sources[0].frame_hw()))
     model = Model(config, device=device)
@@ -133,12 +133,21 @@ def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> M
     return config
 
 
-def _resumed(store: ArrayStore, config: ModelConfig | None, every: int, *, where: str, device: str) -> Model:
+def _extra(options: FitOptions) -> dict[str, int]:
+    """What a fit records beside the model: how it read its frames (a resume must read alike)."""
+    return {"every": options.every, "holdout_every": options.holdout_every}
+
+
+def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions, *, where: str, device: str) -> Model:
     """The stored model to continue, after checking the options agree with it."""
-    stored = config_from_attrs(store.attrs(), weights=config.weights if config else None, where=where)
-    stored_every = store.attrs().get("every", 1)
-    if stored_every != every and store.attrs().get("frames_seen"):
-        raise ConfigError(f"expected --every {stored_every}, as {where} was fitted with, got {every}; hint: pass --every {stored_every}")
+    attrs = store.attrs()
+    stored = config_from_attrs(attrs, weights=config.weights if config else None, where=where)
+    if attrs.get("frames_seen"):  # which frames were fitted and which held out must not change
+        for option, given in (("every", options.every), ("holdout_every", options.holdout_every)):
+            recorded = attrs.get(option, 1 if option == "every" else None)  # stores before holdout_every was recorded: unknown
+            if recorded is not None and recorded != given:
+                flag = "--" + option.replace("_", "-")
+                raise ConfigError(f"expected {flag} {recorded}, as {where} was fitted with, got {given}; hint: pass {flag} {recorded}")
     if config is not None:
         config = resolve(replace(config, input_hw=config.input_hw or stored.input_hw, motion_lag_s=config.motion_lag_s or stored.motion_lag_s))
         _check_same(config, stored, where)
@@ -174,7 +183,7 @@ def fit(
     """
     began = time.perf_counter()
     sources = resolve_sources(specs)
-    target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, every=options.every, device=str(pick_device(options.device)))
+    target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, options=options, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
     try:
         calibration = _Calibration.plan(sources, model, options, continued=bool(state.next_index))
@@ -193,12 +202,12 @@ def fit(
         try:
             model.finalise()
         finally:  # the statistics, with their factors when there are some
-            commit(target, model, state, extra={"every": options.every})
+            commit(target, model, state, extra=_extra(options))
         if model.release_statistics():  # committed: the normalisation pass needs only the factors
             release_memory()
         normalisation = calibration.measure(model, sources, options, progress)
         summary.calibrated_on = normalisation.frames if normalisation is not None else 0
-        commit(target, model, state, normalisation=normalisation, extra={"every": options.every})
+        commit(target, model, state, normalisation=normalisation, extra=_extra(options))
         if model.cache is not None:
             model.cache.clear()  # trained: the cache has done its work
         summary.seconds = time.perf_counter() - began
@@ -278,7 +287,7 @@ def _fit_pass(
         then = functools.partial(stages.set_aside, wanted=wanted, into=into, resize=model.extractor.resize, passed=passed)
         passed = None if passed is None else (lambda i: options.holdout.fitted(i) or wanted(i))
     reading = Reading(options.every, (options.start, options.stop), start=start, keep=passed)
-    extra = {"every": options.every}
+    extra = _extra(options)
     since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted, torch_threads(engine.plan.side_threads):
@@ -331,7 +340,7 @@ def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOpt
     size = model.cache.size(model.frames_seen)
     steps = getattr(scorer_factory(model.config.method), "steps", PAPER_STEPS)
     epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size, steps)
-    extra = {"every": options.every, "epochs": epochs}
+    extra = {**_extra(options), "epochs": epochs}
     scorer: TrainableScorer = model.scorer  # type: ignore[assignment]
     shown = [-1]
 

@@ -527,6 +527,7 @@ BAD = [
     ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--calibration-frames", "0"],
     ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--calibration-frames", "-5"],
     ["fit", "{clip}", "-m", "{tmp}/r.zarr", "--resume", "--every", "2"],
+    ["fit", "{clip}", "-m", "{tmp}/r.zarr", "--resume", "--holdout-every", "5"],
     ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--input-size", "10000x10000"],
     ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--input-size", "abc"],
     ["fit", "{clip}", "-m", "{tmp}/a.zarr", "--input-size", "100x100"],
