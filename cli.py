@@ -214,7 +214,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--cache-frames", type=int, default=None, help="Trained scorers: frames kept (reservoir-sampled) to train on (default 1000).")
 @click.option("--checkpoint-every", type=int, default=2000, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
-@click.option("--holdout-every", type=int, default=10, show_default=True, help="Every N-th frame is held out of the fit to normalise on.")
+@click.option("--holdout-every", type=int, default=None, help="Every N-th frame is held out of the fit to normalise on (default 10; a resumed fit: its own).")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_common

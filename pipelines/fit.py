@@ -31,6 +31,9 @@ from streamad.training import CACHE_FRAMES, PAPER_STEPS, TrainableScorer, defaul
 logger = logging.getLogger(__name__)
 
 
+HOLDOUT_EVERY = 10
+
+
 @dataclass(frozen=True, slots=True)
 class FitOptions:
     """How a fit reads its sources and saves its progress."""
@@ -42,7 +45,7 @@ class FitOptions:
     accumulate_frames: int = 32
     checkpoint_every: int = 2000  # a Gaussian checkpoint writes P k^2 float64 (430 MB at 256x336, about 0.5 s)
     calibration_frames: int = 500
-    holdout_every: int = 10
+    holdout_every: int | None = None  # None: a resumed fit's own, else HOLDOUT_EVERY
     device: str = "cpu"
     workers: int | None = None
     epochs: int | None = None
@@ -64,11 +67,11 @@ class FitOptions:
             raise ConfigError(f"expected --epochs >= 1, got {self.epochs}")
         if (self.cache_frames is not None and self.cache_frames < 1) or self.train_batch_size < 1:
             raise ConfigError(f"expected --cache-frames and --train-batch-size >= 1, got {self.cache_frames} and {self.train_batch_size}")
-        HoldOut(self.holdout_every, self.every)  # checks --holdout-every
+        HoldOut(self.holdout_every or HOLDOUT_EVERY, self.every)  # checks --holdout-every
 
     @property
     def holdout(self) -> HoldOut:
-        return HoldOut(self.holdout_every, self.every)
+        return HoldOut(self.holdout_every or HOLDOUT_EVERY, self.every)
 
 
 @dataclass(slots=True)
@@ -135,7 +138,7 @@ def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> M
 
 def _extra(options: FitOptions) -> dict[str, int]:
     """What a fit records beside the model: how it read its frames (a resume must read alike)."""
-    return {"every": options.every, "holdout_every": options.holdout_every}
+    return {"every": options.every, "holdout_every": options.holdout_every or HOLDOUT_EVERY}
 
 
 def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions, *, where: str, device: str) -> Model:
@@ -145,7 +148,7 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions,
     if attrs.get("frames_seen"):  # which frames were fitted and which held out must not change
         for option, given in (("every", options.every), ("holdout_every", options.holdout_every)):
             recorded = attrs.get(option, 1 if option == "every" else None)  # stores before holdout_every was recorded: unknown
-            if recorded is not None and recorded != given:
+            if recorded is not None and given is not None and recorded != given:
                 flag = "--" + option.replace("_", "-")
                 raise ConfigError(f"expected {flag} {recorded}, as {where} was fitted with, got {given}; hint: pass {flag} {recorded}")
     if config is not None:
@@ -185,6 +188,8 @@ def fit(
     sources = resolve_sources(specs)
     target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, options=options, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
+    if options.holdout_every is None:  # a resumed fit holds out as it did
+        options = replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
     try:
         calibration = _Calibration.plan(sources, model, options, continued=bool(state.next_index))
         summary.frames_read = Reading(options.every, (options.start, options.stop), start=dict(state.next_index)).expected(sources)
