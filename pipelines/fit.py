@@ -13,7 +13,7 @@ from streamad import stages
 from streamad.calibration import HoldOut, Normalisation
 from streamad.config import ModelConfig
 from streamad.engine import Engine, Reading
-from streamad.errors import ConfigError, StoreError
+from streamad.errors import ConfigError, EmptySourceError, StoreError
 from streamad.frames import Frame
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
@@ -89,6 +89,16 @@ class FitSummary:
     drop_report: list[str] = field(default_factory=list)
 
 
+def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
+    """The first source's frame size with a readable frame (videos: from their metadata)."""
+    for source in sources:
+        try:
+            return source.frame_hw()
+        except EmptySourceError:
+            continue
+    raise ConfigError("expected at least one readable frame in the sources, got none")
+
+
 def _open(
     sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, options: FitOptions, device: str
 ) -> tuple[ArrayStore, Model, FitProgress]:
@@ -111,7 +121,7 @@ def _open(
             raise
     config = _motion_for(sources, resolve(config or ModelConfig()), options.every)
     if config.input_hw is None:
-        config = replace(config, input_hw=default_input_hw(sources[0].frame_hw()))
+        config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
     model = Model(config, device=device)
     store = open_store(path, mode="w") if path is not None else target
     assert not isinstance(store, str | Path)

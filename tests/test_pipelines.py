@@ -44,6 +44,19 @@ def assert_same_stats(a: Path, b: Path) -> None:
     torch.testing.assert_close(m2_a, m2_b, rtol=1e-9, atol=1e-9)
 
 
+def test_default_input_size_comes_from_the_first_source_with_a_readable_frame(tmp_path: Path, frame_folder: Path) -> None:
+    import shutil
+
+    from streamad.pipelines.fit import _first_frame_hw
+    from streamad.sources import resolve_sources
+
+    root = tmp_path / "clips"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "0.png").write_bytes(b"not an image")
+    shutil.copytree(frame_folder, root / "b")
+    assert _first_frame_hw(resolve_sources([str(root)])) == (96, 128)
+
+
 class TestFitScore:
     def test_fit_reads_each_frame_once_and_normalises_as_a_second_pass_would(self, tmp_path: Path, frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """The held-out frames are set aside as the fit decodes them: every frame is read once
