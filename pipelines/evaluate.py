@@ -224,9 +224,11 @@ def _add_pixels(labelled: LabelledSource, indices: np.ndarray, maps: Any, target
         block = np.asarray(maps[start : start + MAP_BLOCK])
         for offset, anomaly_map in enumerate(block):
             index = int(indices[start + offset])
-            # LOCO: the defect files are read once, for sPRO and for their union as the mask
-            defects = labelled.defects_of(index) if labelled.defects_of is not None else []
-            mask = union(defects) if labelled.defects_of is not None else labelled.mask_of(index)
+            if labelled.defects_of is not None:  # LOCO: the defect files are read once, for sPRO and for their union as the mask
+                defects = labelled.defects_of(index)
+                mask = union(defects)
+            else:
+                defects, mask = [], labelled.mask_of(index)
             if mask is None:
                 mask = np.zeros(image_hw(labelled.source.paths[index]), bool)
             resized = cv2.resize(anomaly_map.astype(np.float32), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -123,7 +123,7 @@ class FeatureExtractor(nn.Module):
             with torch.autocast("cuda", dtype=torch.float16):
                 features = net(images)
             return {name: f.float() for name, f in features.items()}
-        if len(images) <= CPU_MICRO_BATCH or next(net.parameters(), None) is None:  # the pixels pseudo-backbone has no activations
+        if len(images) <= CPU_MICRO_BATCH:
             return dict(net(images))
         parts = [dict(net(images[i : i + CPU_MICRO_BATCH])) for i in range(0, len(images), CPU_MICRO_BATCH)]
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}

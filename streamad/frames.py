@@ -41,7 +41,8 @@ class FrameRef:
 
 @dataclass(frozen=True, slots=True)
 class TensorBatch:
-    """Preprocessed frames: ``images`` (B, 3, H, W) float on the model's device."""
+    """Preprocessed frames: ``images`` (B, 3, H, W) on the model's device, uint8 at the input
+    size (the extractor normalises them)."""
 
     refs: tuple[FrameRef, ...]
     images: Tensor

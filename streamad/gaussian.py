@@ -119,6 +119,16 @@ class RunningGaussian(nn.Module):
         self.m2 = self.m2.new_zeros(0)
         self.dropped, self.released = True, released
 
+    def restore(self, count: int, mean: Tensor, m2: Tensor) -> None:
+        """Statistics as a store kept them (a loaded model that may fit on)."""
+        self.dropped = self.released = False
+        self.ready()
+        if tuple(mean.shape) != tuple(self.mean.shape):
+            raise StoreError(f"expected statistics of shape {tuple(self.mean.shape)}, got {tuple(mean.shape)}")
+        self.count.fill_(count)
+        self.mean.copy_(mean)
+        self.m2.copy_(m2)
+
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         """Add a batch of embeddings of shape (B, P, k).

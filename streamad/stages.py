@@ -78,7 +78,8 @@ def batch_frames(frames: Iterable[Frame], *, max_batch: int, stopped: Callable[[
 
 
 def preprocess(batches: Iterable[Sequence[Frame]], extractor: FeatureExtractor, *, keep_originals: bool = False) -> Iterator[TensorBatch]:
-    """Frames to normalised tensors at the extractor's input size, on its device."""
+    """Frames to uint8 tensors at the extractor's input size, on its device (the backbone's
+    worker normalises them)."""
     for batch in batches:
         images = extractor.preprocess([f.image for f in batch])
         originals = tuple(f.image for f in batch) if keep_originals else ()

@@ -109,14 +109,7 @@ class PositionGaussians(nn.Module):
         if scoring and factor_count is not None and (f"{prefix}whitener" in arrays or f"{prefix}chol" in arrays):
             self.gaussian.drop(int(arrays[f"{prefix}count"]))
         else:
-            self.gaussian.dropped = self.gaussian.released = False
-            gaussian = self.gaussian.ready()
-            mean = arrays[f"{prefix}mean"]
-            if mean.shape != tuple(gaussian.mean.shape):
-                raise StoreError(f"expected statistics of shape {tuple(gaussian.mean.shape)}, got {mean.shape}")
-            gaussian.count.fill_(int(arrays[f"{prefix}count"]))
-            gaussian.mean.copy_(torch.from_numpy(mean))
-            gaussian.m2.copy_(torch.from_numpy(arrays[f"{prefix}m2"]))
+            self.gaussian.restore(int(arrays[f"{prefix}count"]), torch.from_numpy(arrays[f"{prefix}mean"]), torch.from_numpy(arrays[f"{prefix}m2"]))
         if factor_count is None:
             return
         if f"{prefix}whitener" in arrays:
