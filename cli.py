@@ -7,10 +7,10 @@ zarr nor PyAV.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import sys
 from collections.abc import Callable
-from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -75,7 +75,7 @@ def friendly_errors(func: F) -> F:
     """Turn any error into a one-line message and exit status 1, without a traceback (the
     top-level ``--debug`` shows it)."""
 
-    @wraps(func)
+    @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
@@ -139,6 +139,31 @@ with_common = options(
     click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     click.option("--verbose", "-v", is_flag=True, help="Log what happens."),
 )
+
+with_ray = options(
+    click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        help="Run on Ray: alone, a new local cluster on this machine; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
+    ),
+    click.option("--ray-gpus-per-task", type=float, default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."),
+    click.option("--ray-shard-frames", type=int, default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),
+)
+
+
+def cluster_options(kw: dict[str, Any]) -> Any:
+    """The --ray options, or None when the job runs here."""
+    if kw["ray_address"] is None:
+        return None
+    from streamad.pipelines.distributed import ClusterOptions
+
+    address = None if kw["ray_address"] == "local" else kw["ray_address"]
+    return ClusterOptions(address=address, gpus_per_task=kw["ray_gpus_per_task"], shard_frames=kw["ray_shard_frames"])
+
 
 with_frame_score = options(
     click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
@@ -217,6 +242,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--holdout-every", type=int, default=None, help="Every N-th frame is held out of the fit to normalise on (default 10; a resumed fit: its own).")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@with_ray
 @with_common
 @friendly_errors
 def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
@@ -237,9 +263,13 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
     names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers", "epochs", "cache_frames")
     progress = ClickProgress(not kw["quiet"])
-    summary = run_fit(
-        list(sources), model_path, config, options=FitOptions(**{n: kw[n] for n in names}), resume=kw["resume"], overwrite=kw["overwrite"], progress=progress
-    )
+    on = cluster_options(kw)
+    fit_options = FitOptions(**{n: kw[n] for n in names})
+    if on is not None:
+        from streamad.pipelines.distributed import fit_on_cluster
+
+        run_fit = functools.partial(fit_on_cluster, on=on)
+    summary = run_fit(list(sources), model_path, config, options=fit_options, resume=kw["resume"], overwrite=kw["overwrite"], progress=progress)
     progress.finish()
     report_drops(summary.drop_report)
     if summary.interrupted:
@@ -268,6 +298,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--threshold", type=float, default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
+@with_ray
 @with_common
 @friendly_errors
 def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) -> None:
@@ -282,6 +313,11 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
     progress = ClickProgress(not kw["quiet"])
     layers = tuple(name.strip() for name in kw["overlay_layers"].split(",") if name.strip())
     outputs = {"overlay": kw["overlay"], "overlay_layers": layers, "plot": kw["plot"]}
+    on = cluster_options(kw)
+    if on is not None:
+        from streamad.pipelines.distributed import score_on_cluster
+
+        run_score = functools.partial(score_on_cluster, on=on)
     summary = run_score(list(sources), model_path, out_dir, options=options, **outputs, weights=kw["weights"], weights_b=kw["weights_b"], progress=progress)
     progress.finish()
     report_drops(summary.drop_report)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from streamad import stages
 from streamad.calibration import HoldOut, Normalisation
@@ -99,7 +100,7 @@ def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
     raise ConfigError("expected at least one readable frame in the sources, got none")
 
 
-def _open(
+def open_fit(
     sources: Sequence[Source], target: str | Path | ArrayStore, config: ModelConfig | None, *, resume: bool, overwrite: bool, options: FitOptions, device: str
 ) -> tuple[ArrayStore, Model, FitProgress]:
     """The store to write and the model to fit: a resumed one, or a new one (built before the
@@ -146,7 +147,7 @@ def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> M
     return config
 
 
-def _extra(options: FitOptions) -> dict[str, int]:
+def fit_extra(options: FitOptions) -> dict[str, int]:
     """What a fit records beside the model: how it read its frames (a resume must read alike)."""
     return {"every": options.every, "holdout_every": options.holdout_every or HOLDOUT_EVERY}
 
@@ -196,16 +197,16 @@ def fit(
     """
     began = time.perf_counter()
     sources = resolve_sources(specs)
-    target, model, state = _open(sources, store, config, resume=resume, overwrite=overwrite, options=options, device=str(pick_device(options.device)))
+    target, model, state = open_fit(sources, store, config, resume=resume, overwrite=overwrite, options=options, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
     if options.holdout_every is None:  # a resumed fit holds out as it did
         options = replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
     try:
-        calibration = _Calibration.plan(sources, model, options, continued=bool(state.next_index))
+        calibration = Calibration.plan(sources, model, options, continued=bool(state.next_index))
         summary.frames_read = Reading(options.every, (options.start, options.stop), start=dict(state.next_index)).expected(sources)
         if model.trainable:
             _use_cache(target, model, options.cache_frames)
-        _fit_pass(sources, target, model, state, options, summary, progress, aside=calibration.aside())
+        fit_pass(sources, target, model, state, options, summary, progress, aside=calibration.aside())
         if summary.interrupted:
             logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
             return summary
@@ -213,16 +214,7 @@ def fit(
             summary.interrupted = True
             logger.warning("training interrupted; continue with --resume")
             return summary
-        release_memory()  # the fitting pass's buffers, before the factors are made
-        try:
-            model.finalise()
-        finally:  # the statistics, with their factors when there are some
-            commit(target, model, state, extra=_extra(options))
-        if model.release_statistics():  # committed: the normalisation pass needs only the factors
-            release_memory()
-        normalisation = calibration.measure(model, sources, options, progress)
-        summary.calibrated_on = normalisation.frames if normalisation is not None else 0
-        commit(target, model, state, normalisation=normalisation, extra=_extra(options))
+        finish(target, model, state, calibration, sources, options, summary, progress, extra=fit_extra(options))
         if model.cache is not None:
             model.cache.clear()  # trained: the cache has done its work
         summary.seconds = time.perf_counter() - began
@@ -232,8 +224,34 @@ def fit(
             target.close()
 
 
+def finish(
+    target: ArrayStore,
+    model: Model,
+    state: FitProgress,
+    calibration: Calibration,
+    sources: Sequence[Source],
+    options: FitOptions,
+    summary: FitSummary,
+    progress: Progress,
+    *,
+    extra: dict[str, Any],
+) -> None:
+    """After the fitting pass: the factors, committed with the statistics, then the normalisation
+    measured on the held-out frames, committed with them."""
+    release_memory()  # the fitting pass's buffers, before the factors are made
+    try:
+        model.finalise()
+    finally:  # the statistics, with their factors when there are some
+        commit(target, model, state, extra=extra)
+    if model.release_statistics():  # committed: the normalisation pass needs only the factors
+        release_memory()
+    normalisation = calibration.measure(model, sources, options, progress)
+    summary.calibrated_on = normalisation.frames if normalisation is not None else 0
+    commit(target, model, state, normalisation=normalisation, extra=extra)
+
+
 @dataclass(slots=True)
-class _Calibration:
+class Calibration:
     """The held-out frames a fit normalises on (at most ``--calibration-frames``, spread evenly;
     with motion, each with the frame one lag before it).
 
@@ -248,7 +266,7 @@ class _Calibration:
     kept: list[Frame] | None = None
 
     @classmethod
-    def plan(cls, sources: Sequence[Source], model: Model, options: FitOptions, *, continued: bool) -> _Calibration:
+    def plan(cls, sources: Sequence[Source], model: Model, options: FitOptions, *, continued: bool) -> Calibration:
         total = Reading(options.every, (options.start, options.stop), keep=options.holdout.held_out).expected(sources)
         if total < 2:
             return cls(total)
@@ -272,7 +290,7 @@ class _Calibration:
             self.kept = None
 
 
-def _fit_pass(
+def fit_pass(
     sources: Sequence[Source],
     target: ArrayStore,
     model: Model,
@@ -302,7 +320,7 @@ def _fit_pass(
         then = functools.partial(stages.set_aside, wanted=wanted, into=into, resize=model.extractor.resize, passed=passed)
         passed = None if passed is None else (lambda i: options.holdout.fitted(i) or wanted(i))
     reading = Reading(options.every, (options.start, options.stop), start=start, keep=passed)
-    extra = _extra(options)
+    extra = fit_extra(options)
     since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     with graceful_interrupt(runner) as interrupted, torch_threads(engine.plan.side_threads):
@@ -355,7 +373,7 @@ def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOpt
     size = model.cache.size(model.frames_seen)
     steps = getattr(scorer_factory(model.config.method), "steps", PAPER_STEPS)
     epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size, steps)
-    extra = {**_extra(options), "epochs": epochs}
+    extra = {**fit_extra(options), "epochs": epochs}
     scorer: TrainableScorer = model.scorer  # type: ignore[assignment]
     shown = [-1]
 

@@ -87,6 +87,12 @@ def _store_attrs(loaded: Model, model: str | Path | Model, options: ScoreOptions
     }
 
 
+def check_layers(loaded: Model, layers: Sequence[str]) -> None:
+    """``--overlay-layers`` names ``combined`` or the model's cues."""
+    if set(layers) - {"combined", *loaded.cues} or not layers:
+        raise ConfigError(f"expected --overlay-layers among {['combined', *loaded.cues]}, got {list(layers)}; hint: the model's cues are {list(loaded.cues)}")
+
+
 def _outputs(
     loaded: Model,
     sources: Sequence[Source],
@@ -101,8 +107,7 @@ def _outputs(
     extra: Sequence[Sink],
 ) -> tuple[Sinks, OverlaySink | None]:
     """The sinks of a score: CSV, score store, overlay (its layers checked), timeline, extras."""
-    if set(layers) - {"combined", *loaded.cues} or not layers:
-        raise ConfigError(f"expected --overlay-layers among {['combined', *loaded.cues]}, got {list(layers)}; hint: the model's cues are {list(loaded.cues)}")
+    check_layers(loaded, layers)
     overlays = OverlaySink(overlay, fps={s.source_id: s.fps for s in sources}, threshold=threshold, layers=layers) if overlay else None
     sinks = [
         CsvSink(out / "scores.csv", threshold=decision) if out else None,
@@ -112,6 +117,47 @@ def _outputs(
         *extra,
     ]
     return Sinks(sinks), overlays
+
+
+@dataclass(slots=True)
+class ScoreJob:
+    """What a score settles before it reads a frame (a local score and a cluster one alike)."""
+
+    sources: list[Source]
+    model: Model
+    out: Path | None
+    summary: ScoreSummary
+    decision: float | None  # the threshold frames are decided on, when one applies
+    attrs: dict[str, Any]  # the score store's root attributes
+
+
+def begin(
+    specs: Sequence[str | Path | Source],
+    model: str | Path | Model,
+    out_dir: str | Path | None,
+    options: ScoreOptions,
+    *,
+    overlay: str | Path | None = None,
+    plot: str | Path | None = None,
+    weights: str | None = None,
+    weights_b: str | None = None,
+) -> ScoreJob:
+    """Check the outputs, resolve the sources, load the model and settle its thresholds."""
+    out = Path(out_dir) if out_dir is not None else None
+    written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
+    check_outputs(written, input_paths([*specs, model]))
+    sources = resolve_sources(specs)
+    loaded = load_model(model, device=options.device, weights=weights, weights_b=weights_b)
+    frame_score = options.frame_score
+    summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    decision = decision_threshold(loaded.threshold, options.threshold, frame_score.attrs())
+    normal = quantile_threshold(loaded.normalisation, frame_score.attrs(), on="held-out fit frames") if frame_score.normalised else None
+    summary.decisions = decision is not None
+    summary.threshold = decision if decision is not None else (normal.value if normal else None)
+    attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)
+    return ScoreJob(sources, loaded, out, summary, decision, attrs)
 
 
 def score(
@@ -134,29 +180,37 @@ def score(
     None), optionally an overlay video (``overlay_layers``: its panels, ``combined`` and the
     model's cues) and a timeline, and hands every result to ``sinks``.
     """
-    out = Path(out_dir) if out_dir is not None else None
-    written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
-    check_outputs(written, input_paths([*specs, model]))
-    sources = resolve_sources(specs)
-    loaded = load_model(model, device=options.device, weights=weights, weights_b=weights_b)
-    frame_score = options.frame_score
-    summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    decision = decision_threshold(loaded.threshold, options.threshold, frame_score.attrs())
-    normal = quantile_threshold(loaded.normalisation, frame_score.attrs(), on="held-out fit frames") if frame_score.normalised else None
-    summary.decisions = decision is not None
-    summary.threshold = decision if decision is not None else (normal.value if normal else None)
-    attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)
-    outputs, overlays = _outputs(loaded, sources, out, options, overlay, overlay_layers, plot, summary.threshold, decision, attrs, sinks)
+    job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
+    summary = job.summary
+    outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, sinks)
+    layers = overlay is not None and set(overlay_layers) != {"combined"}
+    score_frames(job.model, job.sources, options, outputs, summary, decision=job.decision, originals=overlay is not None, layers=layers, progress=progress)
+    summary.overlays = overlays.paths if overlays else []
+    summary.plot = str(plot) if plot and summary.frames else None
+    return summary
+
+
+def score_frames(
+    loaded: Model,
+    sources: Sequence[Source],
+    options: ScoreOptions,
+    outputs: Sinks,
+    summary: ScoreSummary,
+    *,
+    decision: float | None,
+    originals: bool = False,
+    layers: bool = False,
+    progress: Progress = no_progress,
+) -> None:
+    """The frames of ``sources`` through the engine into ``outputs`` (closed at the end), counted
+    in ``summary``. ``originals``, ``layers``: results carry their frame, their cues' maps."""
     runner = Runner()
     engine = Engine(runner, loaded.device, batch_size=options.batch_size, workers=options.workers)
     reading = Reading(options.every, (options.start, options.stop))
-    route = Scoring(loaded, frame_score, prepared=True, layers=overlay is not None and set(overlay_layers) != {"combined"})
+    route = Scoring(loaded, options.frame_score, prepared=True, layers=layers)
     progress.start("scoring", reading.expected(sources))
     with graceful_interrupt(runner) as interrupted, outputs:
-        keep = overlay is not None or loaded.needs_images
-        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=keep)
+        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=originals or loaded.needs_images)
         for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch)):
             if not summary.frames:
                 logger.info("first frame scored %.2f s after the process started", seconds_since_start() or float("nan"))
@@ -167,7 +221,4 @@ def score(
             progress.advance(1)
         summary.interrupted = interrupted[0]
     progress.finish()
-    summary.overlays = overlays.paths if overlays else []
-    summary.plot = str(plot) if plot and summary.frames else None
     summary.dropped, summary.drop_report = engine.drops.by_reason(), engine.drops.lines()
-    return summary

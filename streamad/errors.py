@@ -55,3 +55,7 @@ def check_shape(name: str, shape: tuple[int, ...], expected: str, ok: bool) -> N
 
 class StoreLockedError(StreamadError, BlockingIOError):
     """Another process is writing the store."""
+
+
+class ClusterError(StreamadError, RuntimeError):
+    """A cluster job could not start, or a shard of it kept failing."""

@@ -162,9 +162,11 @@ class ZarrStore:
         path: the ``.zarr`` folder.
         mode: ``"r"`` (must exist), ``"a"`` (create if missing) or ``"w"`` (a new store,
             replacing the one at ``path`` once published).
+        delegate: write an existing store without its writer lock, for a worker of the job that
+            holds it (a cluster score's actors, each writing only its own sources' arrays).
     """
 
-    def __init__(self, path: str | Path, *, mode: str = "a") -> None:
+    def __init__(self, path: str | Path, *, mode: str = "a", delegate: bool = False) -> None:
         self.path = Path(path)
         self.read_only = mode == "r"
         self._lock: WriterLock | None = None
@@ -178,7 +180,9 @@ class ZarrStore:
                 raise StoreError(f"expected a new or existing store at {self.path}, got a non-empty folder that is not a store; hint: choose another path")
             if self.path.is_file():
                 raise StoreError(f"expected a store folder at {self.path}, got a file")
-        if mode != "r":
+        if delegate and (mode != "a" or not (self.path / "zarr.json").is_file()):
+            raise StoreError(f"expected an existing store at {self.path} to write as a delegate, got none")
+        if mode != "r" and not delegate:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = WriterLock(self.path)
             _recover(self.path)

@@ -29,13 +29,16 @@ class ScoreStoreSink:
     recording the source's row count in the root attributes (one atomic write): a reader takes
     only those rows, so a store left by a crash reads as the frames flushed before it.
     ``close()`` writes the buffered tail and releases the store.
+
+    Without ``attrs`` it writes a part: its sources' arrays only, never the root attributes,
+    whose writer records the parts' row counts (:meth:`record`) once they are complete.
     """
 
     def __init__(
         self,
         store: ArrayStore,
         *,
-        attrs: dict[str, Any],
+        attrs: dict[str, Any] | None,
         write_maps: bool = True,
         flush_every: int = 64,
         threshold: float | None = None,
@@ -46,9 +49,25 @@ class ScoreStoreSink:
         self._flush_every = flush_every
         self._pending: dict[str, _Pending] = {}
         self._counts: dict[str, int] = {}
-        self._attrs = {"kind": KIND, "format_version": FORMAT_VERSION, **attrs, "sources": {}}
-        store.set_attrs(self._attrs)
-        store.publish()
+        self._attrs = None if attrs is None else {"kind": KIND, "format_version": FORMAT_VERSION, **attrs, "sources": {}}
+        if self._attrs is not None:
+            store.set_attrs(self._attrs)
+            store.publish()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows written per source."""
+        return dict(self._counts)
+
+    def record(self, counts: dict[str, int]) -> None:
+        """Record rows another writer (a part) wrote, as this store's own."""
+        self._counts.update(counts)
+        self._commit_counts()
+
+    def _commit_counts(self) -> None:
+        if self._attrs is not None:
+            self._attrs["sources"] = dict(self._counts)
+            self._store.set_attrs(self._attrs)
 
     def write(self, result: ScoreMap) -> None:
         ref = result.ref
@@ -81,8 +100,7 @@ class ScoreStoreSink:
             if self._threshold is not None:
                 self._store.append(f"{prefix}/mask", maps > np.float32(self._threshold), chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
         self._counts[source_id] = self._counts.get(source_id, 0) + len(pending.index)
-        self._attrs["sources"] = dict(self._counts)
-        self._store.set_attrs(self._attrs)
+        self._commit_counts()
 
     def close(self) -> None:
         for source_id in list(self._pending):

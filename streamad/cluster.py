@@ -1,0 +1,172 @@
+"""Ray, behind three calls (the only module that imports it).
+
+- :func:`connect`: join a cluster (``auto``, an address) or start a local one for the job;
+- :func:`map_reduce`: one task per shard, each returning a small summary and a large result;
+  the large results are reduced by a fixed binary tree of tasks (shard 0 with 1, 2 with 3, ...),
+  so the reduction is the same whatever order the shards finish in, runs beside the shards, and
+  never passes through the driver but for the root;
+- :func:`actor_map`: items spread over actors that each build their state once (a model).
+
+A worker that dies is retried by Ray (``max_retries`` / ``max_restarts``); a shard that keeps
+failing is one :class:`~streamad.errors.ClusterError` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+from streamad.errors import ClusterError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+EXTRA = "pip install 'streamad[ray]'"
+RETRIES = 3  # attempts after the first, when a worker dies (Ray's default for tasks)
+
+T = TypeVar("T")
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"expected Ray for --ray, got none installed; hint: {EXTRA}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connect(address: str | None) -> Iterator[None]:
+    """Ray for the job: the cluster at ``address`` (``auto``: the one this node joined with
+    ``ray start``), or a new local one with every core of this machine when None. A process
+    already connected (a test, a notebook) stays connected as it was."""
+    ray = _ray()
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(
+            f"expected a Ray cluster at {address or 'a new local instance'}, got {type(exc).__name__}: {exc}; "
+            "hint: `ray start --head` first, or leave the address out"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def slots(*, cpus: float = 1, gpus: float = 0) -> int:
+    """How many tasks needing ``cpus`` and ``gpus`` each the cluster runs at once."""
+    resources = _ray().cluster_resources()
+    fits = [int(resources.get("CPU", 1) // cpus)] + ([int(resources.get("GPU", 0) // gpus)] if gpus else [])
+    if min(fits) < 1:
+        raise ClusterError(f"expected a cluster with {cpus} CPU and {gpus} GPU for a task, got {resources.get('CPU', 0)} CPU and {resources.get('GPU', 0)} GPU")
+    return min(fits)
+
+
+def _call(work: Callable[..., Any], *args: Any) -> Any:
+    return work(*args)
+
+
+def _failure(exc: BaseException, what: str) -> ClusterError:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    return ClusterError(f"expected {what} to finish, got {type(cause).__name__} after {RETRIES + 1} attempts at most: {text}")
+
+
+def map_reduce(
+    work: Callable[[T], tuple[S, R]],
+    items: Sequence[T],
+    reduce: Callable[[R, R], R],
+    *,
+    on_done: Callable[[T, S], None],
+    gpus: float = 0,
+) -> R:
+    """``work`` on every item as a Ray task; its summaries go to ``on_done`` as tasks finish (in
+    any order), its results are reduced pairwise by a fixed tree. Returns the root result."""
+    if not items:
+        raise ConfigError("expected at least one shard to run, got none")
+    ray = _ray()
+    shard = ray.remote(_call).options(num_returns=2, max_retries=RETRIES, num_cpus=1, num_gpus=gpus)
+    merge = ray.remote(_call).options(max_retries=RETRIES, num_cpus=1)
+    summaries, results = {}, []
+    for item in items:
+        summary, result = shard.remote(work, item)
+        summaries[summary] = item
+        results.append(result)
+    while len(results) > 1:  # merges wait in Ray for their two inputs, not here
+        paired = [merge.remote(reduce, a, b) for a, b in zip(results[0::2], results[1::2], strict=False)]
+        results = paired + results[len(paired) * 2 :]
+    try:
+        while summaries:
+            done, _ = ray.wait(list(summaries), num_returns=1)
+            item = summaries.pop(done[0])
+            try:
+                on_done(item, ray.get(done[0]))
+            except ray.exceptions.RayError as exc:
+                raise _failure(exc, str(item)) from None
+        try:
+            return ray.get(results[0])
+        except ray.exceptions.RayError as exc:
+            raise _failure(exc, "the merge of the shards' results") from None
+    except BaseException:
+        for ref in [*summaries, *results]:
+            ray.cancel(ref, force=True)
+        raise
+
+
+class _Holder(Generic[S]):
+    """An actor's state, built once, and the calls made on it."""
+
+    def __init__(self, build: Callable[[], S]) -> None:
+        self.state = build()
+
+    def run(self, work: Callable[[S, T], R], item: T) -> R:
+        return work(self.state, item)
+
+
+def actor_map(
+    build: Callable[[], S],
+    work: Callable[[S, T], R],
+    items: Sequence[T],
+    *,
+    on_done: Callable[[T, R], None],
+    actors: int | None = None,
+    gpus: float = 0,
+) -> None:
+    """``work(state, item)`` for every item, on up to ``actors`` actors (None: as many as the
+    cluster runs at once) that each ran ``build()`` once; results go to ``on_done`` as they come.
+    A dead actor is restarted and its item retried."""
+    ray = _ray()
+    count = max(1, min(len(items), actors or slots(gpus=gpus)))
+    holder = ray.remote(_Holder).options(num_cpus=1, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES)
+    pool = [holder.remote(build) for _ in range(count)]
+    waiting = list(items)
+    running: dict[Any, tuple[Any, T]] = {}
+    try:
+        for actor in pool:
+            if waiting:
+                item = waiting.pop(0)
+                running[actor.run.remote(work, item)] = (actor, item)
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1)
+            actor, item = running.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                raise _failure(exc, str(item)) from None
+            if waiting:
+                following = waiting.pop(0)
+                running[actor.run.remote(work, following)] = (actor, following)
+            on_done(item, result)
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+
+
+__all__ = ["EXTRA", "RETRIES", "actor_map", "connect", "map_reduce", "slots"]
