@@ -164,6 +164,7 @@ class _FitJob:
     options: FitOptions
     aside: Callable[[int], bool] | None  # the held-out frames to set aside for the normalisation
     device: str
+    hook: Callable[[Shard], None] | None = None  # run first in each shard (tests inject faults)
 
 
 @dataclass(slots=True)
@@ -178,6 +179,8 @@ class ShardFit:
 
 
 def _fit_shard(job: _FitJob, shard: Shard) -> tuple[ShardFit, ScorerState]:
+    if job.hook is not None:
+        job.hook(shard)
     tune_allocator()
     model = _model(job.config, str(pick_device(job.device)))
     scratch = MemoryStore()  # the pass's checkpoints have nowhere to go: a shard is redone whole
@@ -220,12 +223,14 @@ def fit_on_cluster(
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress = no_progress,
+    hook: Callable[[Shard], None] | None = None,
 ) -> FitSummary:
     """:func:`streamad.pipelines.fit.fit` on a Ray cluster: the same store, statistics equal to a
     local fit's to float64 rounding (merged in another order). Mergeable methods only.
 
     The store is committed once, when every shard is in: an interrupted cluster fit leaves the
-    store as it was (a new one: none); ``--resume`` then continues from there.
+    store as it was (a new one: none); ``--resume`` then continues from there. ``hook``: called
+    in the worker before each shard (tests kill workers with it).
     """
     began = time.perf_counter()
     sources = resolve_sources(specs)
@@ -239,7 +244,8 @@ def fit_on_cluster(
         calibration = Calibration.plan(sources, model, options, continued=bool(state.next_index))
         reading = Reading(options.every, (options.start, options.stop), start=dict(state.next_index))
         summary.frames_read = reading.expected(sources)
-        job = _FitJob(model.config, options, calibration.read if calibration.kept is not None else None, "cuda" if on.gpus_per_task else options.device)
+        device = "cuda" if on.gpus_per_task else "cpu"  # a worker takes a GPU only when its task was given one
+        job = _FitJob(model.config, options, calibration.read if calibration.kept is not None else None, device, hook)
         with cluster.connect(on.address):
             slots = cluster.slots(gpus=on.gpus_per_task)
             shards = plan_shards(sources, reading, shard_count(summary.frames_read, slots, on.shard_frames))
@@ -378,7 +384,7 @@ def score_on_cluster(
     # The driver holds the score store (its lock, root attributes and row counts) and writes the
     # CSV and the timeline; the actors write the sources' arrays and the overlays.
     root = ScoreStoreSink(create_scores(job.out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=job.decision) if job.out else None
-    device = "cuda" if on.gpus_per_task else options.device
+    device = "cuda" if on.gpus_per_task else "cpu"  # a worker takes a GPU only when its actor was given one
     told = _ScoreJob(
         str(Path(model).resolve()),
         replace(options, device=device),

@@ -74,9 +74,14 @@ def _call(work: Callable[..., Any], *args: Any) -> Any:
 
 
 def _failure(exc: BaseException, what: str) -> ClusterError:
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-    return ClusterError(f"expected {what} to finish, got {type(cause).__name__} after {RETRIES + 1} attempts at most: {text}")
+    cause = getattr(exc, "cause", None)
+    if cause is None:  # no exception of the work's own: its worker died, every attempt
+        return ClusterError(
+            f"expected {what} to finish, got its worker dead on each of {RETRIES + 1} attempts ({type(exc).__name__}); "
+            "hint: out of memory? see the workers' logs under /tmp/ray/session_latest/logs"
+        )
+    text = (str(cause).strip().splitlines() or [""])[0]
+    return ClusterError(f"expected {what} to finish, got {type(cause).__name__}: {text}")
 
 
 def map_reduce(
@@ -116,7 +121,8 @@ def map_reduce(
             raise _failure(exc, "the merge of the shards' results") from None
     except BaseException:
         for ref in [*summaries, *results]:
-            ray.cancel(ref, force=True)
+            with contextlib.suppress(Exception):  # already finished, or being retried
+                ray.cancel(ref, force=True)
         raise
 
 
