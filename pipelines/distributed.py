@@ -251,6 +251,7 @@ def fit_on_cluster(
             shards = plan_shards(sources, reading, shard_count(summary.frames_read, slots, on.shard_frames))
             logger.info("%d shards on %d workers", len(shards), slots)
             kept = _run_shards(job, shards, model, state, summary, progress, gpus=on.gpus_per_task)
+        summary.frames_seen = state.frames_seen
         if calibration.kept is not None:
             order = {s.source_id: i for i, s in enumerate(sources)}
             unique = {(f.source_id, f.index): f for f in kept}  # a piece reads the frame before it again, for motion
@@ -292,7 +293,6 @@ def _run_shards(job: _FitJob, shards: list[Shard], model: Model, state: FitProgr
         model.merge(other)
     else:
         model.scorer.load_state(_writable(merged))
-    summary.frames_seen = state.frames_seen
     return kept
 
 
