@@ -37,7 +37,7 @@ from streamad.model_store import Progress as FitProgress
 from streamad.model_store import create
 from streamad.pipelines.common import Progress, no_progress
 from streamad.pipelines.fit import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, open_fit
-from streamad.pipelines.score import ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
+from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
 from streamad.runtime import pick_device, tune_allocator
 from streamad.score_store import create_scores
 from streamad.scorers.base import ScorerState
@@ -150,12 +150,6 @@ def _model(config: ModelConfig, device: str) -> Model:
     return Model(config, device=device, extractor=_EXTRACTORS[key])
 
 
-def _writable(state: ScorerState) -> ScorerState:
-    """A state received from Ray's object store (read-only arrays) that a scorer may add to."""
-    arrays = {name: array if array.flags.writeable else np.array(array) for name, array in state.arrays.items()}
-    return replace(state, arrays=arrays)
-
-
 @dataclass(frozen=True, slots=True)
 class _FitJob:
     """What every shard of a fit is told."""
@@ -199,15 +193,15 @@ def _fit_shard(job: _FitJob, shard: Shard) -> tuple[ShardFit, ScorerState]:
                 done.dropped.setdefault(source_id, {})[reason] = done.dropped.get(source_id, {}).get(reason, 0) + n
         done.drop_report += summary.drop_report
     done.frames_seen, done.next_index = state.frames_seen, dict(state.next_index)
-    return done, model.scorer.state()
+    return done, model.state()
 
 
 def _merge(job: _FitJob, a: ScorerState, b: ScorerState) -> ScorerState:
     left, right = _model(job.config, "cpu"), _model(job.config, "cpu")
-    left.scorer.load_state(_writable(a))
-    right.scorer.load_state(_writable(b))
+    left.load_state(a)
+    right.load_state(b)
     left.merge(right)
-    return left.scorer.state()
+    return left.state()
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -289,10 +283,10 @@ def _run_shards(job: _FitJob, shards: list[Shard], model: Model, state: FitProgr
     progress.finish()
     if model.frames_seen:  # a resumed store: add to it
         other = Model(model.config, device=model.device, extractor=model.extractor)
-        other.scorer.load_state(_writable(merged))
+        other.load_state(merged)
         model.merge(other)
     else:
-        model.scorer.load_state(_writable(merged))
+        model.load_state(merged)
     return kept
 
 
@@ -384,18 +378,7 @@ def score_on_cluster(
     # The driver holds the score store (its lock, root attributes and row counts) and writes the
     # CSV and the timeline; the actors write the sources' arrays and the overlays.
     root = ScoreStoreSink(create_scores(job.out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=job.decision) if job.out else None
-    device = "cuda" if on.gpus_per_task else "cpu"  # a worker takes a GPU only when its actor was given one
-    told = _ScoreJob(
-        str(Path(model).resolve()),
-        replace(options, device=device),
-        (weights, weights_b),
-        str(Path(summary.store).resolve()) if root is not None else None,
-        job.decision,
-        str(Path(overlay).resolve()) if overlay else None,
-        tuple(overlay_layers),
-        {s.source_id: s.fps for s in job.sources},
-        summary.threshold,
-    )
+    told = _told(job, model, options, on, weights=(weights, weights_b), stored=root is not None, overlay=overlay, layers=overlay_layers)
     scored: dict[str, SourceScored] = {}
 
     def done(source: Source, result: SourceScored) -> None:
@@ -422,6 +405,32 @@ def score_on_cluster(
     progress.finish()
     summary.plot = str(plot) if plot and summary.frames else None
     return summary
+
+
+def _told(
+    job: ScoreJob,
+    model: str | Path,
+    options: ScoreOptions,
+    on: ClusterOptions,
+    *,
+    weights: tuple[str | None, str | None],
+    stored: bool,
+    overlay: str | Path | None,
+    layers: Sequence[str],
+) -> _ScoreJob:
+    """What the actors are told: paths made absolute (their working folder is Ray's)."""
+    device = "cuda" if on.gpus_per_task else "cpu"  # a worker takes a GPU only when its actor was given one
+    return _ScoreJob(
+        str(Path(model).resolve()),
+        replace(options, device=device),
+        weights,
+        str(Path(job.summary.store).resolve()) if stored else None,
+        job.decision,
+        str(Path(overlay).resolve()) if overlay else None,
+        tuple(layers),
+        {s.source_id: s.fps for s in job.sources},
+        job.summary.threshold,
+    )
 
 
 def _add(summary: ScoreSummary, result: SourceScored) -> None:

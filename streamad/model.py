@@ -6,6 +6,7 @@ Jobs hold a :class:`Model` and reach the method only through ``model.scorer``'s 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from streamad.features import FeatureExtractor, Features
 from streamad.frames import FrameRef, ScoreMap
 from streamad.motion import MotionTracker
 from streamad.scorers import build_scorer
+from streamad.scorers.base import ScorerState
 from streamad.store import ArrayStore
 from streamad.training import FeatureCache, TrainableScorer, train
 
@@ -160,6 +162,17 @@ class Model:
             return False
         release()
         return True
+
+    def state(self) -> ScorerState:
+        """The scorer's state (named arrays and attributes), to store or to send elsewhere."""
+        return self.scorer.state()
+
+    def load_state(self, state: ScorerState) -> None:
+        """Take a state from :meth:`state` of the same model; its arrays may be read-only (one
+        received from another process): the scorer copies what it keeps."""
+        with warnings.catch_warnings():  # torch.from_numpy of a read-only array, only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.scorer.load_state(state)
 
     def tracker(self) -> MotionTracker | None:
         """A new per-source memory that adds the motion features a scorer with a motion cue

@@ -120,6 +120,16 @@ def test_a_shard_that_keeps_failing_is_one_error_naming_it(tmp_path: Path, clips
     assert not (tmp_path / "ray.zarr").exists()  # nothing committed: a new store never appears
 
 
+def test_a_shard_whose_worker_dies_on_every_attempt_is_one_error_naming_it(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
+    def die(shard: Shard) -> None:
+        if shard.number == 0:
+            os._exit(1)
+
+    with pytest.raises(ClusterError, match=r"expected shard 0 \(01 frames 0-.*\) to finish, got its worker dead on each of 4 attempts") as caught:
+        fit_on_cluster(clips, tmp_path / "ray.zarr", SMALL, options=OPTIONS, on=ClusterOptions(shard_frames=20), hook=die)
+    assert "\n" not in str(caught.value)
+
+
 def test_trained_methods_are_refused_before_anything_runs(tmp_path: Path, clips: list[Path]) -> None:
     with pytest.raises(ConfigError, match="expected a mergeable method with --ray, got 'ae-ssim'.*hint: fit it without --ray"):
         fit_on_cluster(clips, tmp_path / "ray.zarr", ModelConfig(method="ae-ssim", input_hw=(64, 96)), options=OPTIONS)

@@ -41,7 +41,7 @@ def test_watch_is_short() -> None:
     assert len((ROOT / "pipelines" / "watch.py").read_text().splitlines()) < 250
 
 
-@pytest.mark.parametrize(("library", "owner"), [("zarr", "store.py"), ("av", "decode.py"), ("click", "cli.py")])
+@pytest.mark.parametrize(("library", "owner"), [("zarr", "store.py"), ("av", "decode.py"), ("click", "cli.py"), ("ray", "cluster.py")])
 def test_one_importer_per_heavy_library(library: str, owner: str) -> None:
     importers = []
     for path in [*LIBRARY, *JOBS]:
