@@ -148,7 +148,7 @@ with_ray = options(
         flag_value="local",
         default=None,
         metavar="[ADDRESS]",
-        help="Run on Ray: alone, a new local cluster on this machine; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
+        help="Run on Ray: alone (put it last) or local, a local cluster here; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
     ),
     click.option("--ray-gpus-per-task", type=float, default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."),
     click.option("--ray-shard-frames", type=int, default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),

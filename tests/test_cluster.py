@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -74,16 +75,22 @@ def assert_same_fit(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("config", "shard_frames"),
-    [(SMALL, 7), (SMALL, 1000), (ModelConfig(method="soe", input_hw=(64, 96), k=16), 13), (ModelConfig(input_hw=(64, 96), k=16, motion="feat"), 11)],
-    ids=["padim-small-shards", "padim-one-round", "soe", "padim-motion"],
+    ("config", "shard_frames", "every"),
+    [
+        (SMALL, 7, 1),
+        (SMALL, 1000, 1),
+        (ModelConfig(method="soe", input_hw=(64, 96), k=16), 13, 2),
+        (ModelConfig(input_hw=(64, 96), k=16, motion="feat"), 11, 1),
+    ],
+    ids=["padim-small-shards", "padim-one-round", "soe-every-2", "padim-motion"],
 )
-def test_cluster_fit_equals_the_local_fit(tmp_path: Path, clips: list[Path], local_ray: object, config: ModelConfig, shard_frames: int) -> None:
-    fit(clips, tmp_path / "local.zarr", config, options=OPTIONS)
-    summary = fit_on_cluster(clips, tmp_path / "ray.zarr", config, options=OPTIONS, on=ClusterOptions(shard_frames=shard_frames))
+def test_cluster_fit_equals_the_local_fit(tmp_path: Path, clips: list[Path], local_ray: object, config: ModelConfig, shard_frames: int, every: int) -> None:
+    options = replace(OPTIONS, every=every)
+    fit(clips, tmp_path / "local.zarr", config, options=options)
+    summary = fit_on_cluster(clips, tmp_path / "ray.zarr", config, options=options, on=ClusterOptions(shard_frames=shard_frames))
     assert_same_fit(tmp_path / "local.zarr", tmp_path / "ray.zarr")
     shards = open_store(tmp_path / "ray.zarr").attrs()["cluster"]["shards"]
-    assert shards == shard_count(111, 2, shard_frames) and summary.frames_read == 111
+    assert shards == shard_count(summary.frames_read, 2, shard_frames) and summary.frames_read == {1: 111, 2: 57}[every]
 
 
 def test_cluster_fit_resumes_across_runs(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
