@@ -36,7 +36,7 @@ from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
 from streamad.model_store import create
 from streamad.pipelines.common import Progress, no_progress
-from streamad.pipelines.fit import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, open_fit
+from streamad.pipelines.fit import HOLDOUT_EVERY, Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, open_fit
 from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
 from streamad.runtime import pick_device, tune_allocator
 from streamad.score_store import create_scores
@@ -188,12 +188,17 @@ def _fit_shard(job: _FitJob, shard: Shard) -> tuple[ShardFit, ScorerState]:
         fit_pass([piece.source], scratch, model, state, options, summary, no_progress, aside=(job.aside, done.kept) if job.aside else None)
         if summary.interrupted:
             raise ClusterError(f"expected {shard} to run to its end, got it interrupted (the worker was told to stop)")
-        for source_id, reasons in summary.dropped.items():
-            for reason, n in reasons.items():
-                done.dropped.setdefault(source_id, {})[reason] = done.dropped.get(source_id, {}).get(reason, 0) + n
+        _add_drops(done.dropped, summary.dropped)
         done.drop_report += summary.drop_report
     done.frames_seen, done.next_index = state.frames_seen, dict(state.next_index)
     return done, model.state()
+
+
+def _add_drops(into: dict[str, dict[str, int]], dropped: dict[str, dict[str, int]]) -> None:
+    """Add per-source, per-reason counts of dropped frames."""
+    for sid, reasons in dropped.items():
+        for reason, n in reasons.items():
+            into.setdefault(sid, {})[reason] = into.get(sid, {}).get(reason, 0) + n
 
 
 def _merge(job: _FitJob, a: ScorerState, b: ScorerState) -> ScorerState:
@@ -234,7 +239,7 @@ def fit_on_cluster(
         if not model.mergeable:
             raise ConfigError(f"expected a mergeable method with --ray, got {model.config.method!r}, which trains; hint: fit it without --ray")
         if options.holdout_every is None:  # a resumed fit holds out as it did
-            options = replace(options, holdout_every=int(target.attrs().get("holdout_every") or 10))
+            options = replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
         calibration = Calibration.plan(sources, model, options, continued=bool(state.next_index))
         reading = Reading(options.every, (options.start, options.stop), start=dict(state.next_index))
         summary.frames_read = reading.expected(sources)
@@ -271,9 +276,7 @@ def _run_shards(job: _FitJob, shards: list[Shard], model: Model, state: FitProgr
             state.next_index[sid] = max(state.next_index.get(sid, 0), n)
         state.frames_seen += fitted.frames_seen
         summary.frames_added += fitted.frames_seen
-        for sid, reasons in fitted.dropped.items():
-            for reason, n in reasons.items():
-                summary.dropped.setdefault(sid, {})[reason] = summary.dropped.get(sid, {}).get(reason, 0) + n
+        _add_drops(summary.dropped, fitted.dropped)
         summary.drop_report += fitted.drop_report
         kept.extend(fitted.kept)
         progress.advance(1)
@@ -436,7 +439,6 @@ def _told(
 def _add(summary: ScoreSummary, result: SourceScored) -> None:
     summary.frames.update(result.summary.frames)
     summary.anomalous.update(result.summary.anomalous)
-    for sid, reasons in result.summary.dropped.items():
-        summary.dropped[sid] = dict(reasons)
+    _add_drops(summary.dropped, result.summary.dropped)
     summary.drop_report += result.summary.drop_report
     summary.overlays += result.overlays
