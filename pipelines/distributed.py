@@ -309,6 +309,7 @@ class _ScoreJob:
     layers: tuple[str, ...]
     fps: dict[str, float]  # every source's, so overlays are named as a local score names them
     threshold: float | None  # the overlays' (the decision threshold, else the normal frames')
+    hook: Callable[[FrameRef], None] | None = None  # after each frame is written (tests inject faults)
 
 
 @dataclass(slots=True)
@@ -339,6 +340,19 @@ class _Rows:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Hook:
+    """A sink calling ``call`` with each frame written."""
+
+    call: Callable[[FrameRef], None]
+
+    def write(self, result: ScoreMap) -> None:
+        self.call(result.ref)
+
+    def close(self) -> None:
+        return None
+
+
 def _load(job: _ScoreJob) -> tuple[_ScoreJob, Model]:
     tune_allocator()
     return job, load_model(job.model, device=job.options.device, weights=job.weights[0], weights_b=job.weights[1])
@@ -348,10 +362,17 @@ def _score_source(actor: tuple[_ScoreJob, Model], source: Source) -> SourceScore
     job, model = actor
     summary = ScoreSummary("", "", "")
     rows = _Rows()
-    part = ScoreStoreSink(ZarrStore(job.store, delegate=True), attrs=None, write_maps=job.options.write_maps, threshold=job.decision) if job.store else None
+    part = None
+    if job.store:
+        store = ZarrStore(job.store, delegate=True)
+        store.delete(source.source_id)  # a retried attempt (its worker died) starts the source's arrays again
+        part = ScoreStoreSink(store, attrs=None, write_maps=job.options.write_maps, threshold=job.decision)
     overlays = OverlaySink(job.overlay, fps=job.fps, threshold=job.threshold, layers=job.layers) if job.overlay else None
     layers = overlays is not None and set(job.layers) != {"combined"}
-    score_frames(model, [source], job.options, Sinks([rows, part, overlays]), summary, decision=job.decision, originals=overlays is not None, layers=layers)
+    hook = _Hook(job.hook) if job.hook is not None else None
+    score_frames(
+        model, [source], job.options, Sinks([rows, part, overlays, hook]), summary, decision=job.decision, originals=overlays is not None, layers=layers
+    )
     if summary.interrupted:
         raise ClusterError(f"expected {source.source_id} to be scored to its end, got it interrupted (the worker was told to stop)")
     return SourceScored(summary, rows.refs, rows.scores, rows.map_max, overlays.paths if overlays else [])
@@ -370,9 +391,11 @@ def score_on_cluster(
     weights: str | None = None,
     weights_b: str | None = None,
     progress: Progress = no_progress,
+    hook: Callable[[FrameRef], None] | None = None,
 ) -> ScoreSummary:
     """:func:`streamad.pipelines.score.score` with its sources spread over Ray actors: the same
-    CSV, store, overlays and timeline. The output folder must be one every worker sees."""
+    CSV, store, overlays and timeline. The output folder must be one every worker sees.
+    ``hook``: called in the actor after each frame is written (tests kill actors with it)."""
     if not isinstance(model, str | Path):
         raise ConfigError("expected a model store path with --ray (each worker loads it), got a model object")
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
@@ -381,7 +404,7 @@ def score_on_cluster(
     # The driver holds the score store (its lock, root attributes and row counts) and writes the
     # CSV and the timeline; the actors write the sources' arrays and the overlays.
     root = ScoreStoreSink(create_scores(job.out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=job.decision) if job.out else None
-    told = _told(job, model, options, on, weights=(weights, weights_b), stored=root is not None, overlay=overlay, layers=overlay_layers)
+    told = _told(job, model, options, on, weights=(weights, weights_b), stored=root is not None, overlay=overlay, layers=overlay_layers, hook=hook)
     scored: dict[str, SourceScored] = {}
 
     def done(source: Source, result: SourceScored) -> None:
@@ -420,6 +443,7 @@ def _told(
     stored: bool,
     overlay: str | Path | None,
     layers: Sequence[str],
+    hook: Callable[[FrameRef], None] | None,
 ) -> _ScoreJob:
     """What the actors are told: paths made absolute (their working folder is Ray's)."""
     device = "cuda" if on.gpus_per_task else "cpu"  # a worker takes a GPU only when its actor was given one
@@ -433,6 +457,7 @@ def _told(
         tuple(layers),
         {s.source_id: s.fps for s in job.sources},
         job.summary.threshold,
+        hook,
     )
 
 

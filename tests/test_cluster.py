@@ -164,6 +164,29 @@ def test_cluster_score_writes_what_a_local_score_writes(tmp_path: Path, clips: l
         np.testing.assert_allclose(y.maps[:].astype(np.float32), x.maps[:].astype(np.float32), rtol=2e-3, atol=1e-3)  # a float16 ulp: batches differ
 
 
+def test_a_score_actor_killed_mid_source_is_retried_and_the_store_holds_each_frame_once(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
+    fit(clips, tmp_path / "m.zarr", SMALL, options=OPTIONS)
+    with VideoWriter(tmp_path / "long.mp4", fps=10) as writer:  # longer than a flush of the store (64 frames)
+        for t in range(70):
+            writer.write(scene(t, seed=3))
+    marker = tmp_path / "killed"
+
+    def die_once(ref: object) -> None:  # in the actor, after frame 66 was written (64 are flushed)
+        if getattr(ref, "index", None) == 66 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+
+    local = score([tmp_path / "long.mp4"], tmp_path / "m.zarr", tmp_path / "local")
+    score_on_cluster([tmp_path / "long.mp4"], tmp_path / "m.zarr", tmp_path / "ray", hook=die_once)
+    assert marker.exists() and local.frames["long"] == 70
+    a, _ = open_scores(tmp_path / "local" / "scores.zarr")
+    b, _ = open_scores(tmp_path / "ray" / "scores.zarr")
+    for name in ("index", "score", "map_max"):
+        assert b.read(f"long/{name}").shape == (70,)
+    np.testing.assert_array_equal(read_source(b, "long").index, np.arange(70))
+    np.testing.assert_allclose(read_source(b, "long").score, read_source(a, "long").score, rtol=1e-5)
+
+
 def test_shards_cover_every_frame_once_in_order() -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):
