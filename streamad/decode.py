@@ -204,6 +204,8 @@ def decode_video(
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if start_index > 0:
+            _seek_before(container, stream, start_index)
         packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=wanted, should_stop=should_stop, stop_index=stop_index, by_pts=True)
         for index, vframe in packets:
             if index >= start_index and index % every == 0 and (keep is None or keep(index)):
@@ -217,6 +219,31 @@ def decode_video(
                 )
     if packets.finished:
         _check_end(packets, info, path)
+
+
+def _seek_before(container: av.container.InputContainer, stream: av.video.stream.VideoStream, index: int) -> bool:
+    """Move to the keyframe at or before frame ``index``, so a job starting there (a resumed fit,
+    a shard of a long video) does not decode everything before it. Only in constant-rate streams
+    with times, where frame numbers come from presentation times and so stay true after a seek;
+    where the container lands after the frame (an imprecise index), back to the start.
+
+    Returns:
+        Whether the stream now starts at a keyframe past its first frame.
+    """
+    timeline = _Timeline(stream, by_pts=True)
+    if not timeline.by_pts or stream.start_time is None:
+        return False
+    target = stream.start_time + int((index - 0.5) / (timeline.rate * timeline.time_base))
+    try:
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        landed = next((timeline.number(vframe, 0) for packet in container.demux(stream) for vframe in packet.decode()), None)
+        if landed is not None and landed <= index:
+            container.seek(target, stream=stream, backward=True, any_frame=False)  # the same keyframe again
+            return landed > 0
+    except av.FFmpegError as exc:
+        logger.info("seeking to frame %d failed (%s): decoding from the start", index, exc.strerror or exc)
+    container.seek(stream.start_time, stream=stream, backward=True, any_frame=False)
+    return False
 
 
 def _check_end(packets: _Packets, info: VideoInfo, path: str | Path) -> None:

@@ -85,6 +85,22 @@ class TestFrames:
         (source,) = resolve_sources([str(tiny_video)])
         assert [f.index for f in source.frames(every=4, start_index=10, stop_index=30)] == [12, 16, 20, 24, 28]
 
+    def test_a_late_start_seeks_and_yields_what_decoding_from_the_start_yields(self, tiny_video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        import streamad.decode as decode_module
+
+        full = {f.index: f for f in decode_video(tiny_video, source_id="v")}  # 40 frames, a keyframe every 10
+        landed: list[bool] = []
+        seek = decode_module._seek_before
+        monkeypatch.setattr(decode_module, "_seek_before", lambda *a: landed.append(seek(*a)) or landed[-1])
+        for start in (1, 9, 10, 23, 39, 45):
+            drops = DropLog()
+            got = list(decode_video(tiny_video, source_id="v", start_index=start, on_drop=drops))
+            assert [f.index for f in got] == [i for i in sorted(full) if i >= start] and drops.total("v") == 0
+            for f in got:
+                assert f.pts_s == full[f.index].pts_s and np.array_equal(f.image, full[f.index].image)
+        # 1 and 9: the keyframe before is frame 0; from 23 on one after it (x264: a keyframe at least every 10 frames)
+        assert landed[:2] == [False, False] and landed[3:] == [True, True, True]
+
     def test_keep_selects_before_conversion_and_size_from_metadata(self, tiny_video: Path, frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         import streamad.sources as sources_module
 
