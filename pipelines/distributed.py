@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from streamad.features import FeatureExtractor
 from streamad.frames import Frame, FrameRef, ScoreMap
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
-from streamad.model_store import create
+from streamad.model_store import commit, create
 from streamad.pipelines.common import Progress, no_progress
 from streamad.pipelines.fit import HOLDOUT_EVERY, Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, open_fit
 from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
@@ -47,7 +48,7 @@ from streamad.sinks.overlay import OverlaySink
 from streamad.sinks.score_store import ScoreStoreSink
 from streamad.sinks.timeline import TimelineSink
 from streamad.sources import Source, resolve_sources
-from streamad.store import MemoryStore, ZarrStore
+from streamad.store import ArrayStore, MemoryStore, ZarrStore
 
 logger = logging.getLogger(__name__)
 
@@ -227,9 +228,10 @@ def fit_on_cluster(
     """:func:`streamad.pipelines.fit.fit` on a Ray cluster: the same store, statistics equal to a
     local fit's to float64 rounding (merged in another order). Mergeable methods only.
 
-    The store is committed once, when every shard is in: an interrupted cluster fit leaves the
-    store as it was (a new one: none); ``--resume`` then continues from there. ``hook``: called
-    in the worker before each shard (tests kill workers with it).
+    The shards run in rounds (as many as the cluster runs at once); each round's merged state is
+    added and committed as it comes, while the next rounds run, so an interrupted or failed
+    cluster fit keeps the rounds before it and ``--resume`` continues from there. ``hook``:
+    called in the worker before each shard (tests kill workers with it).
     """
     began = time.perf_counter()
     sources = resolve_sources(specs)
@@ -245,18 +247,24 @@ def fit_on_cluster(
         summary.frames_read = reading.expected(sources)
         device = "cuda" if on.gpus_per_task else "cpu"  # a worker takes a GPU only when its task was given one
         job = _FitJob(model.config, options, calibration.read if calibration.kept is not None else None, device, hook)
+        shards_before = int((target.attrs().get("cluster") or {}).get("shards", 0))
+        extra = {**fit_extra(options), "cluster": {"shards": shards_before, "address": on.address or "local"}}  # shards merged, over all runs
         with cluster.connect(on.address):
             slots = cluster.slots(gpus=on.gpus_per_task)
             shards = plan_shards(sources, reading, shard_count(summary.frames_read, slots, on.shard_frames))
             logger.info("%d shards on %d workers", len(shards), slots)
-            kept = _run_shards(job, shards, model, state, summary, progress, gpus=on.gpus_per_task)
+            committed = state.frames_seen
+            try:
+                kept = _run_shards(job, shards, target, model, state, summary, progress, extra=extra, slots=slots, gpus=on.gpus_per_task)
+            except ClusterError as exc:
+                if state.frames_seen == committed:
+                    raise
+                raise ClusterError(f"{exc}; the {state.frames_seen - committed} frames of the rounds before it are committed: continue with --resume") from None
         summary.frames_seen = state.frames_seen
         if calibration.kept is not None:
             order = {s.source_id: i for i, s in enumerate(sources)}
             unique = {(f.source_id, f.index): f for f in kept}  # a piece reads the frame before it again, for motion
             calibration.kept = [unique[key] for key in sorted(unique, key=lambda k: (order[k[0]], k[1]))]
-        before = int((target.attrs().get("cluster") or {}).get("shards", 0))
-        extra = {**fit_extra(options), "cluster": {"shards": before + len(shards), "address": on.address or "local"}}
         finish(target, model, state, calibration, sources, options, summary, progress, extra=extra)
         summary.seconds = time.perf_counter() - began
         return summary
@@ -264,32 +272,48 @@ def fit_on_cluster(
         target.close()
 
 
-def _run_shards(job: _FitJob, shards: list[Shard], model: Model, state: FitProgress, summary: FitSummary, progress: Progress, *, gpus: float) -> list[Frame]:
-    """The shards on the cluster, their merged state added to ``model``; returns the frames they
-    set aside."""
-    if not shards:
-        return []
+def _run_shards(
+    job: _FitJob,
+    shards: list[Shard],
+    target: ArrayStore,
+    model: Model,
+    state: FitProgress,
+    summary: FitSummary,
+    progress: Progress,
+    *,
+    extra: dict[str, Any],
+    slots: int,
+    gpus: float,
+) -> list[Frame]:
+    """The shards on the cluster, a round (as many as run at once) at a time added to ``model``
+    and committed, so an interrupted cluster fit keeps the rounds it finished; returns the
+    frames the shards set aside."""
     kept: list[Frame] = []
-
-    def done(shard: Shard, fitted: ShardFit) -> None:
-        for sid, n in fitted.next_index.items():
-            state.next_index[sid] = max(state.next_index.get(sid, 0), n)
-        state.frames_seen += fitted.frames_seen
-        summary.frames_added += fitted.frames_seen
-        _add_drops(summary.dropped, fitted.dropped)
-        summary.drop_report += fitted.drop_report
-        kept.extend(fitted.kept)
-        progress.advance(1)
-
+    if not shards:
+        return kept
     progress.start("shards", len(shards))
-    merged = cluster.map_reduce(functools.partial(_fit_shard, job), shards, functools.partial(_merge, job), on_done=done, gpus=gpus)
+    work, merge = functools.partial(_fit_shard, job), functools.partial(_merge, job)
+    rounds = cluster.map_reduce(work, shards, merge, group=slots, on_done=lambda _: progress.advance(1), gpus=gpus)
+    for fitted, merged in rounds:
+        if model.frames_seen:  # a resumed store, or the rounds before: add to it
+            other = Model(model.config, device=model.device, extractor=model.extractor)
+            other.load_state(merged)
+            model.merge(other)
+        else:
+            model.load_state(merged)
+        del merged
+        for _, done in fitted:
+            for sid, n in done.next_index.items():
+                state.next_index[sid] = max(state.next_index.get(sid, 0), n)
+            state.frames_seen += done.frames_seen
+            summary.frames_added += done.frames_seen
+            _add_drops(summary.dropped, done.dropped)
+            summary.drop_report += done.drop_report
+            kept.extend(done.kept)
+            extra["cluster"]["shards"] += 1
+        if fitted[-1][0] is not shards[-1]:  # the last round is committed with its factors, next
+            commit(target, model, state, extra=extra)
     progress.finish()
-    if model.frames_seen:  # a resumed store: add to it
-        other = Model(model.config, device=model.device, extractor=model.extractor)
-        other.load_state(merged)
-        model.merge(other)
-    else:
-        model.load_state(merged)
     return kept
 
 

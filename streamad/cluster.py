@@ -84,45 +84,67 @@ def _failure(exc: BaseException, what: str) -> ClusterError:
     return ClusterError(f"expected {what} to finish, got {type(cause).__name__}: {text}")
 
 
+def _tree(merge: Any, reduce: Callable[[R, R], R], results: list[Any]) -> Any:
+    """The root of a fixed binary tree of ``reduce`` tasks over ``results`` (0 with 1, 2 with 3,
+    ...); the merges wait in Ray for their two inputs, not here."""
+    while len(results) > 1:
+        paired = [merge.remote(reduce, a, b) for a, b in zip(results[0::2], results[1::2], strict=False)]
+        results = paired + results[len(paired) * 2 :]
+    return results[0]
+
+
 def map_reduce(
     work: Callable[[T], tuple[S, R]],
     items: Sequence[T],
     reduce: Callable[[R, R], R],
     *,
-    on_done: Callable[[T, S], None],
+    group: int | None = None,
+    on_done: Callable[[T], None] | None = None,
     gpus: float = 0,
-) -> R:
-    """``work`` on every item as a Ray task; its summaries go to ``on_done`` as tasks finish (in
-    any order), its results are reduced pairwise by a fixed tree. Returns the root result."""
+) -> Iterator[tuple[list[tuple[T, S]], R]]:
+    """``work`` on every item as a Ray task, all submitted at once, each returning a small summary
+    and a large result. The items are taken in groups of ``group`` (None: one group); each
+    group's results are reduced by a fixed tree of tasks beside the work. Yields, group after
+    group in order, the group's (item, summary) pairs and its reduced result, so the caller can
+    commit each group while the next ones run. ``on_done(item)``: a task finished (any order).
+
+    A failure is raised when its group comes (earlier groups are yielded first), as one
+    :class:`~streamad.errors.ClusterError` naming the item; the tasks still running are cancelled.
+    """
     if not items:
         raise ConfigError("expected at least one shard to run, got none")
     ray = _ray()
     shard = ray.remote(_call).options(num_returns=2, max_retries=RETRIES, num_cpus=1, num_gpus=gpus)
     merge = ray.remote(_call).options(max_retries=RETRIES, num_cpus=1)
-    summaries, results = {}, []
-    for item in items:
-        summary, result = shard.remote(work, item)
-        summaries[summary] = item
-        results.append(result)
-    while len(results) > 1:  # merges wait in Ray for their two inputs, not here
-        paired = [merge.remote(reduce, a, b) for a, b in zip(results[0::2], results[1::2], strict=False)]
-        results = paired + results[len(paired) * 2 :]
+    submitted = [(item, *shard.remote(work, item)) for item in items]
+    size = group or len(items)
+    groups = [(part, _tree(merge, reduce, [r for _, _, r in part])) for part in (submitted[i : i + size] for i in range(0, len(submitted), size))]
+    pending = {summary: item for item, summary, _ in submitted}
+    failed: dict[Any, ClusterError] = {}
     try:
-        while summaries:
-            done, _ = ray.wait(list(summaries), num_returns=1)
-            item = summaries.pop(done[0])
+        for part, root in groups:
+            while any(summary in pending for _, summary, _ in part):
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                item = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    failed[ref] = _failure(exc, str(item))
+                    continue
+                if on_done is not None:
+                    on_done(item)
+            for _, summary, _ in part:
+                if summary in failed:
+                    raise failed[summary]
             try:
-                on_done(item, ray.get(done[0]))
+                yield [(item, ray.get(summary)) for item, summary, _ in part], ray.get(root)
             except ray.exceptions.RayError as exc:
-                raise _failure(exc, str(item)) from None
-        try:
-            return ray.get(results[0])
-        except ray.exceptions.RayError as exc:
-            raise _failure(exc, "the merge of the shards' results") from None
+                raise _failure(exc, "the merge of the shards' results") from None
     except BaseException:
-        for ref in [*summaries, *results]:
-            with contextlib.suppress(Exception):  # already finished, or being retried
-                ray.cancel(ref, force=True)
+        for _, summary, result in submitted:
+            for ref in (summary, result):
+                with contextlib.suppress(Exception):  # already finished, or being retried
+                    ray.cancel(ref, force=True)
         raise
 
 

@@ -118,13 +118,28 @@ def test_a_worker_killed_mid_shard_is_retried_and_the_fit_stays_exact(tmp_path: 
 
 def test_a_shard_that_keeps_failing_is_one_error_naming_it(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
     def fail(shard: Shard) -> None:
-        if shard.number == 2:
+        if shard.number == 1:
             raise ValueError("no such codec")
 
-    with pytest.raises(ClusterError, match=r"expected shard 2 \(.*frames .*\) to finish, got ValueError: no such codec") as caught:
+    with pytest.raises(ClusterError, match=r"expected shard 1 \(.*frames .*\) to finish, got ValueError: no such codec$") as caught:
         fit_on_cluster(clips, tmp_path / "ray.zarr", SMALL, options=OPTIONS, on=ClusterOptions(shard_frames=20), hook=fail)
     assert "\n" not in str(caught.value)
-    assert not (tmp_path / "ray.zarr").exists()  # nothing committed: a new store never appears
+    assert not (tmp_path / "ray.zarr").exists()  # the first round failed: nothing committed, a new store never appears
+
+
+def test_a_failed_cluster_fit_keeps_its_finished_rounds_and_resumes_exactly(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
+    def fail(shard: Shard) -> None:  # 6 shards in rounds of 2: rounds 0 and 1 finish, round 2 fails
+        if shard.number == 4:
+            raise ValueError("disk full")
+
+    fit(clips, tmp_path / "local.zarr", SMALL, options=OPTIONS)
+    on = ClusterOptions(shard_frames=20)
+    with pytest.raises(ClusterError, match=r"expected shard 4 .* got ValueError: disk full; the \d+ frames of the rounds before it are committed"):
+        fit_on_cluster(clips, tmp_path / "ray.zarr", SMALL, options=OPTIONS, on=on, hook=fail)
+    attrs = open_store(tmp_path / "ray.zarr").attrs()
+    assert attrs["cluster"]["shards"] == 4 and 0 < attrs["frames_seen"] < open_store(tmp_path / "local.zarr").attrs()["frames_seen"]
+    fit_on_cluster(clips, tmp_path / "ray.zarr", options=OPTIONS, on=on, resume=True)
+    assert_same_fit(tmp_path / "local.zarr", tmp_path / "ray.zarr")
 
 
 def test_a_shard_whose_worker_dies_on_every_attempt_is_one_error_naming_it(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
