@@ -231,9 +231,10 @@ def _seek_before(container: av.container.InputContainer, stream: av.video.stream
         Whether the stream now starts at a keyframe past its first frame.
     """
     timeline = _Timeline(stream, by_pts=True)
-    if not timeline.by_pts or stream.start_time is None:
+    rate, time_base = timeline.rate, timeline.time_base
+    if not timeline.by_pts or stream.start_time is None or rate is None or time_base is None:
         return False
-    target = stream.start_time + int((index - 0.5) / (timeline.rate * timeline.time_base))
+    target = stream.start_time + int((index - 0.5) / (rate * time_base))
     try:
         container.seek(target, stream=stream, backward=True, any_frame=False)
         landed = next((timeline.number(vframe, 0) for packet in container.demux(stream) for vframe in packet.decode()), None)
