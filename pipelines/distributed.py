@@ -260,6 +260,10 @@ def fit_on_cluster(
                 if state.frames_seen == committed:
                     raise
                 raise ClusterError(f"{exc}; the {state.frames_seen - committed} frames of the rounds before it are committed: continue with --resume") from None
+            except KeyboardInterrupt:  # Ctrl-C: the finished rounds are committed
+                summary.interrupted, summary.frames_seen = True, state.frames_seen
+                logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
+                return summary
         summary.frames_seen = state.frames_seen
         if calibration.kept is not None:
             order = {s.source_id: i for i, s in enumerate(sources)}
@@ -446,8 +450,11 @@ def score_on_cluster(
             stack.callback(root.close)
         stack.enter_context(rows)
         with cluster.connect(on.address):
-            cluster.actor_map(functools.partial(_load, told), _score_source, job.sources, on_done=done, gpus=on.gpus_per_task)
-        for source in job.sources:  # the CSV and the timeline in the sources' order, as locally
+            try:
+                cluster.actor_map(functools.partial(_load, told), _score_source, job.sources, on_done=done, gpus=on.gpus_per_task)
+            except KeyboardInterrupt:  # Ctrl-C: the sources scored so far are written
+                summary.interrupted = True
+        for source in [s for s in job.sources if s.source_id in scored]:  # the CSV and the timeline in the sources' order, as locally
             result = scored[source.source_id]
             for ref, value, top in zip(result.refs, result.scores, result.map_max, strict=True):
                 rows.write(ScoreMap(ref, value, top, np.empty((0, 0), np.float32)))

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from tests.conftest import scene
 
 ray = pytest.importorskip("ray")
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(input_hw=(64, 96), k=16)
 OPTIONS = FitOptions(calibration_frames=9)
 
@@ -140,6 +144,35 @@ def test_a_failed_cluster_fit_keeps_its_finished_rounds_and_resumes_exactly(tmp_
     assert attrs["cluster"]["shards"] == 4 and 0 < attrs["frames_seen"] < open_store(tmp_path / "local.zarr").attrs()["frames_seen"]
     fit_on_cluster(clips, tmp_path / "ray.zarr", options=OPTIONS, on=on, resume=True)
     assert_same_fit(tmp_path / "local.zarr", tmp_path / "ray.zarr")
+
+
+def test_ctrl_c_keeps_the_finished_rounds_and_resume_equals_the_local_fit(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
+    frames = tmp_path / "frames"  # a longer clip than the module's, so rounds are still to come at the interrupt
+    frames.mkdir()
+    for t in range(300):
+        cv2.imwrite(str(frames / f"{t:03d}.png"), cv2.cvtColor(scene(t, seed=5), cv2.COLOR_RGB2BGR))
+    args = [str(frames), "--input-size", "64x96", "-k", "16", "--calibration-frames", "9", "-q"]
+    cut = tmp_path / "cut.zarr"
+    proc = subprocess.Popen(  # its own local Ray, as a user's command starts one
+        [sys.executable, "-m", "streamad", "fit", *args, "-m", str(cut), "--ray", "--ray-shard-frames", "10"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cut / "zarr.json").exists():  # the first round is committed
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted: " in out and "--resume" in out, out
+    seen = open_store(cut).attrs()["frames_seen"]
+    assert 0 < seen < 270, "the interrupt should land between rounds"
+    fit_on_cluster([frames], cut, options=OPTIONS, on=ClusterOptions(shard_frames=10), resume=True)
+    fit([frames], tmp_path / "local.zarr", SMALL, options=OPTIONS)
+    assert_same_fit(tmp_path / "local.zarr", cut)
 
 
 def test_a_shard_whose_worker_dies_on_every_attempt_is_one_error_naming_it(tmp_path: Path, clips: list[Path], local_ray: object) -> None:
