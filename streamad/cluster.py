@@ -13,6 +13,7 @@ failing is one :class:`~streamad.errors.ClusterError` naming it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -116,14 +117,18 @@ def map_reduce(
     ray = _ray()
     shard = ray.remote(_call).options(num_returns=2, max_retries=RETRIES, num_cpus=1, num_gpus=gpus)
     merge = ray.remote(_call).options(max_retries=RETRIES, num_cpus=1)
-    submitted = [(item, *shard.remote(work, item)) for item in items]
     size = group or len(items)
-    groups = [(part, _tree(merge, reduce, [r for _, _, r in part])) for part in (submitted[i : i + size] for i in range(0, len(submitted), size))]
-    pending = {summary: item for item, summary, _ in submitted}
+    groups: collections.deque[tuple[list[tuple[T, Any]], Any]] = collections.deque()
+    for start in range(0, len(items), size):  # only the trees hold the shards' results: each is freed once merged
+        submitted = [(item, *shard.remote(work, item)) for item in items[start : start + size]]
+        groups.append(([(item, summary) for item, summary, _ in submitted], _tree(merge, reduce, [result for _, _, result in submitted])))
+    pending = {summary: item for part, _ in groups for item, summary in part}
+    tasks = list(pending)  # a task's summary cancels it (holding the results would keep them in the object store)
     failed: dict[Any, ClusterError] = {}
     try:
-        for part, root in groups:
-            while any(summary in pending for _, summary, _ in part):
+        while groups:
+            part, root = groups.popleft()
+            while any(summary in pending for _, summary in part):
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 item = pending.pop(ref)
                 try:
@@ -133,18 +138,20 @@ def map_reduce(
                     continue
                 if on_done is not None:
                     on_done(item)
-            for _, summary, _ in part:
+            for _, summary in part:
                 if summary in failed:
                     raise failed[summary]
             try:
-                yield [(item, ray.get(summary)) for item, summary, _ in part], ray.get(root)
+                summaries, result = [(item, ray.get(summary)) for item, summary in part], ray.get(root)
             except ray.exceptions.RayError as exc:
                 raise _failure(exc, "the merge of the shards' results") from None
+            del part, root  # the round's objects can go from the object store once the caller is done
+            yield summaries, result
+            del summaries, result
     except BaseException:
-        for _, summary, result in submitted:
-            for ref in (summary, result):
-                with contextlib.suppress(Exception):  # already finished, or being retried
-                    ray.cancel(ref, force=True)
+        for ref in tasks:
+            with contextlib.suppress(Exception):  # already finished, or being retried
+                ray.cancel(ref, force=True)
         raise
 
 
