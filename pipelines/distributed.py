@@ -20,7 +20,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ from streamad.frames import Frame, FrameRef, ScoreMap
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
 from streamad.model_store import commit, create
-from streamad.pipelines.common import Progress, no_progress
+from streamad.pipelines.common import Progress, graceful_interrupt, no_progress
 from streamad.pipelines.fit import HOLDOUT_EVERY, Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, open_fit
 from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
+from streamad.runner import Runner
 from streamad.runtime import pick_device, tune_allocator
 from streamad.score_store import create_scores
 from streamad.scorers.base import ScorerState
@@ -260,10 +261,10 @@ def fit_on_cluster(
                 if state.frames_seen == committed:
                     raise
                 raise ClusterError(f"{exc}; the {state.frames_seen - committed} frames of the rounds before it are committed: continue with --resume") from None
-            except KeyboardInterrupt:  # Ctrl-C: the finished rounds are committed
-                summary.interrupted, summary.frames_seen = True, state.frames_seen
-                logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
-                return summary
+        if summary.interrupted:  # Ctrl-C: the finished rounds are committed
+            summary.frames_seen = state.frames_seen
+            logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
+            return summary
         summary.frames_seen = state.frames_seen
         if calibration.kept is not None:
             order = {s.source_id: i for i, s in enumerate(sources)}
@@ -297,7 +298,28 @@ def _run_shards(
         return kept
     progress.start("shards", len(shards))
     work, merge = functools.partial(_fit_shard, job), functools.partial(_merge, job)
-    rounds = cluster.map_reduce(work, shards, merge, group=slots, on_done=lambda _: progress.advance(1), gpus=gpus)
+    with graceful_interrupt(Runner()) as interrupted:  # Ctrl-C: stop after the round being added
+        rounds = cluster.map_reduce(work, shards, merge, group=slots, on_done=lambda _: progress.advance(1), gpus=gpus, stopped=lambda: interrupted[0])
+        done_shards = _add_rounds(rounds, target, model, state, summary, extra, kept, last=shards[-1])
+    summary.interrupted = interrupted[0] and done_shards < len(shards)
+    progress.finish()
+    return kept
+
+
+def _add_rounds(
+    rounds: Iterator[tuple[list[tuple[Shard, ShardFit]], ScorerState]],
+    target: ArrayStore,
+    model: Model,
+    state: FitProgress,
+    summary: FitSummary,
+    extra: dict[str, Any],
+    kept: list[Frame],
+    *,
+    last: Shard,
+) -> int:
+    """Add each round's merged state to ``model`` and commit it (but the last round, committed
+    with its factors next); returns how many shards were added."""
+    added = 0
     for fitted, merged in rounds:
         if model.frames_seen:  # a resumed store, or the rounds before: add to it
             other = Model(model.config, device=model.device, extractor=model.extractor)
@@ -315,10 +337,10 @@ def _run_shards(
             summary.drop_report += done.drop_report
             kept.extend(done.kept)
             extra["cluster"]["shards"] += 1
-        if fitted[-1][0] is not shards[-1]:  # the last round is committed with its factors, next
+            added += 1
+        if fitted[-1][0] is not last:  # the last round is committed with its factors, next
             commit(target, model, state, extra=extra)
-    progress.finish()
-    return kept
+    return added
 
 
 # --- score --------------------------------------------------------------------------------
@@ -449,11 +471,10 @@ def score_on_cluster(
         if root is not None:
             stack.callback(root.close)
         stack.enter_context(rows)
-        with cluster.connect(on.address):
-            try:
-                cluster.actor_map(functools.partial(_load, told), _score_source, job.sources, on_done=done, gpus=on.gpus_per_task)
-            except KeyboardInterrupt:  # Ctrl-C: the sources scored so far are written
-                summary.interrupted = True
+        with cluster.connect(on.address), graceful_interrupt(Runner()) as interrupted:  # Ctrl-C: the sources scored so far are written
+            actors = functools.partial(cluster.actor_map, functools.partial(_load, told), _score_source, job.sources, gpus=on.gpus_per_task)
+            actors(on_done=done, stopped=lambda: interrupted[0])
+            summary.interrupted = len(scored) < len(job.sources)
         for source in [s for s in job.sources if s.source_id in scored]:  # the CSV and the timeline in the sources' order, as locally
             result = scored[source.source_id]
             for ref, value, top in zip(result.refs, result.scores, result.map_max, strict=True):

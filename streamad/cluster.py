@@ -2,9 +2,9 @@
 
 - :func:`connect`: join a cluster (``auto``, an address) or start a local one for the job;
 - :func:`map_reduce`: one task per shard, each returning a small summary and a large result;
-  the large results are reduced by a fixed binary tree of tasks (shard 0 with 1, 2 with 3, ...),
-  so the reduction is the same whatever order the shards finish in, runs beside the shards, and
-  never passes through the driver but for the root;
+  a group of shards' results (a round) is reduced by a fixed binary tree of tasks (shard 0 with
+  1, 2 with 3, ...), so the reduction is the same whatever order the shards finish in, runs
+  beside the shards, and never passes through the driver but for each group's root;
 - :func:`actor_map`: items spread over actors that each build their state once (a model).
 
 A worker that dies is retried by Ray (``max_retries`` / ``max_restarts``); a shard that keeps
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 EXTRA = "pip install 'streamad[ray]'"
 RETRIES = 3  # attempts after the first, when a worker dies (Ray's default for tasks)
+POLL_S = 0.2  # how often a wait looks whether the job was asked to stop
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -102,6 +103,7 @@ def map_reduce(
     group: int | None = None,
     on_done: Callable[[T], None] | None = None,
     gpus: float = 0,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> Iterator[tuple[list[tuple[T, S]], R]]:
     """``work`` on every item as a Ray task, all submitted at once, each returning a small summary
     and a large result. The items are taken in groups of ``group`` (None: one group); each
@@ -111,6 +113,7 @@ def map_reduce(
 
     A failure is raised when its group comes (earlier groups are yielded first), as one
     :class:`~streamad.errors.ClusterError` naming the item; the tasks still running are cancelled.
+    Once ``stopped()`` (polled while waiting), the tasks are cancelled and the groups end.
     """
     if not items:
         raise ConfigError("expected at least one shard to run, got none")
@@ -122,6 +125,7 @@ def map_reduce(
     for start in range(0, len(items), size):  # only the trees hold the shards' results: each is freed once merged
         submitted = [(item, *shard.remote(work, item)) for item in items[start : start + size]]
         groups.append(([(item, summary) for item, summary, _ in submitted], _tree(merge, reduce, [result for _, _, result in submitted])))
+    del submitted
     pending = {summary: item for part, _ in groups for item, summary in part}
     tasks = list(pending)  # a task's summary cancels it (holding the results would keep them in the object store)
     failed: dict[Any, ClusterError] = {}
@@ -129,8 +133,14 @@ def map_reduce(
         while groups:
             part, root = groups.popleft()
             while any(summary in pending for _, summary in part):
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                item = pending.pop(ref)
+                if stopped():
+                    _cancel(ray, tasks)
+                    return
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                if not ready:
+                    continue
+                item = pending.pop(ready[0])
+                ref = ready[0]
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as exc:
@@ -149,10 +159,14 @@ def map_reduce(
             yield summaries, result
             del summaries, result
     except BaseException:
-        for ref in tasks:
-            with contextlib.suppress(Exception):  # already finished, or being retried
-                ray.cancel(ref, force=True)
+        _cancel(ray, tasks)
         raise
+
+
+def _cancel(ray: Any, tasks: list[Any]) -> None:
+    for ref in tasks:
+        with contextlib.suppress(Exception):  # already finished, or being retried
+            ray.cancel(ref, force=True)
 
 
 class _Holder(Generic[S]):
@@ -173,10 +187,12 @@ def actor_map(
     on_done: Callable[[T, R], None],
     actors: int | None = None,
     gpus: float = 0,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> None:
     """``work(state, item)`` for every item, on up to ``actors`` actors (None: as many as the
     cluster runs at once) that each ran ``build()`` once; results go to ``on_done`` as they come.
-    A dead actor is restarted and its item retried."""
+    A dead actor is restarted and its item retried; once ``stopped()``, the items not done are
+    left."""
     ray = _ray()
     count = max(1, min(len(items), actors or slots(gpus=gpus)))
     holder = ray.remote(_Holder).options(num_cpus=1, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES)
@@ -189,7 +205,11 @@ def actor_map(
                 item = waiting.pop(0)
                 running[actor.run.remote(work, item)] = (actor, item)
         while running:
-            done, _ = ray.wait(list(running), num_returns=1)
+            if stopped():  # the actors are killed below, their items left unscored
+                return
+            done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            if not done:
+                continue
             actor, item = running.pop(done[0])
             try:
                 result = ray.get(done[0])
