@@ -267,14 +267,20 @@ def fit_on_cluster(
             return summary
         summary.frames_seen = state.frames_seen
         if calibration.kept is not None:
-            order = {s.source_id: i for i, s in enumerate(sources)}
-            unique = {(f.source_id, f.index): f for f in kept}  # a piece reads the frame before it again, for motion
-            calibration.kept = [unique[key] for key in sorted(unique, key=lambda k: (order[k[0]], k[1]))]
+            calibration.kept = _in_order(kept, sources)
         finish(target, model, state, calibration, sources, options, summary, progress, extra=extra)
         summary.seconds = time.perf_counter() - began
         return summary
     finally:
         target.close()
+
+
+def _in_order(frames: list[Frame], sources: Sequence[Source]) -> list[Frame]:
+    """Frames the shards set aside, once each (a piece reads the frame before it again, for
+    motion), in the order a local fit reads them."""
+    order = {s.source_id: i for i, s in enumerate(sources)}
+    unique = {(f.source_id, f.index): f for f in frames}
+    return [unique[key] for key in sorted(unique, key=lambda k: (order[k[0]], k[1]))]
 
 
 def _run_shards(

@@ -112,8 +112,10 @@ def map_reduce(
     commit each group while the next ones run. ``on_done(item)``: a task finished (any order).
 
     A failure is raised when its group comes (earlier groups are yielded first), as one
-    :class:`~streamad.errors.ClusterError` naming the item; the tasks still running are cancelled.
-    Once ``stopped()`` (polled while waiting), the tasks are cancelled and the groups end.
+    :class:`~streamad.errors.ClusterError` naming the item. Once ``stopped()`` (polled while
+    waiting), the groups end. Tasks still running then are not cancelled: Ray 2.60's driver can
+    abort on a forced cancel racing a task's completion (seen here); they end with the job (a
+    local cluster's shutdown, the driver's exit), their results unused.
     """
     if not items:
         raise ConfigError("expected at least one shard to run, got none")
@@ -127,46 +129,34 @@ def map_reduce(
         groups.append(([(item, summary) for item, summary, _ in submitted], _tree(merge, reduce, [result for _, _, result in submitted])))
     del submitted
     pending = {summary: item for part, _ in groups for item, summary in part}
-    tasks = list(pending)  # a task's summary cancels it (holding the results would keep them in the object store)
     failed: dict[Any, ClusterError] = {}
-    try:
-        while groups:
-            part, root = groups.popleft()
-            while any(summary in pending for _, summary in part):
-                if stopped():
-                    _cancel(ray, tasks)
-                    return
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-                if not ready:
-                    continue
-                item = pending.pop(ready[0])
-                ref = ready[0]
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    failed[ref] = _failure(exc, str(item))
-                    continue
-                if on_done is not None:
-                    on_done(item)
-            for _, summary in part:
-                if summary in failed:
-                    raise failed[summary]
+    while groups:
+        part, root = groups.popleft()
+        while any(summary in pending for _, summary in part):
+            if stopped():
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            if not ready:
+                continue
+            item = pending.pop(ready[0])
+            ref = ready[0]
             try:
-                summaries, result = [(item, ray.get(summary)) for item, summary in part], ray.get(root)
+                ray.get(ref)
             except ray.exceptions.RayError as exc:
-                raise _failure(exc, "the merge of the shards' results") from None
-            del part, root  # the round's objects can go from the object store once the caller is done
-            yield summaries, result
-            del summaries, result
-    except BaseException:
-        _cancel(ray, tasks)
-        raise
-
-
-def _cancel(ray: Any, tasks: list[Any]) -> None:
-    for ref in tasks:
-        with contextlib.suppress(Exception):  # already finished, or being retried
-            ray.cancel(ref, force=True)
+                failed[ref] = _failure(exc, str(item))
+                continue
+            if on_done is not None:
+                on_done(item)
+        for _, summary in part:
+            if summary in failed:
+                raise failed[summary]
+        try:
+            summaries, result = [(item, ray.get(summary)) for item, summary in part], ray.get(root)
+        except ray.exceptions.RayError as exc:
+            raise _failure(exc, "the merge of the shards' results") from None
+        del part, root  # the round's objects can go from the object store once the caller is done
+        yield summaries, result
+        del summaries, result
 
 
 class _Holder(Generic[S]):
