@@ -132,21 +132,8 @@ def map_reduce(
     failed: dict[Any, ClusterError] = {}
     while groups:
         part, root = groups.popleft()
-        while any(summary in pending for _, summary in part):
-            if stopped():
-                return
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            if not ready:
-                continue
-            item = pending.pop(ready[0])
-            ref = ready[0]
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                failed[ref] = _failure(exc, str(item))
-                continue
-            if on_done is not None:
-                on_done(item)
+        if not _wait_for(ray, [summary for _, summary in part], pending, failed, on_done=on_done, stopped=stopped):
+            return
         for _, summary in part:
             if summary in failed:
                 raise failed[summary]
@@ -157,6 +144,28 @@ def map_reduce(
         del part, root  # the round's objects can go from the object store once the caller is done
         yield summaries, result
         del summaries, result
+
+
+def _wait_for(
+    ray: Any, refs: list[Any], pending: dict[Any, T], failed: dict[Any, ClusterError], *, on_done: Callable[[T], None] | None, stopped: Callable[[], bool]
+) -> bool:
+    """Wait until ``refs`` are done, taking any task that finishes meanwhile off ``pending``
+    (into ``failed`` when it failed, else told to ``on_done``); False once ``stopped()``."""
+    while any(ref in pending for ref in refs):
+        if stopped():
+            return False
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+        if not ready:
+            continue
+        item = pending.pop(ready[0])
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            failed[ready[0]] = _failure(exc, str(item))
+            continue
+        if on_done is not None:
+            on_done(item)
+    return True
 
 
 class _Holder(Generic[S]):

@@ -180,15 +180,14 @@ def decode_video(
         path: the video file.
         source_id: name stamped on every frame.
         every: keep every ``every``-th frame (index 0, every, 2*every, ...).
-        start_index: skip frames with an index below this (resuming a partial fit).
+        start_index: skip frames with an index below this (a seek where the stream allows).
         stop_index: stop before this index (None: the end of the stream).
         on_drop: told about every lost frame (damage is reported, not fatal).
         should_stop: polled between packets; decoding ends when it returns true.
         keep: of those frames, the ones converted and yielded (the others are still decoded).
         info: the file's :func:`probe` (None: probed here).
 
-    Yields:
-        Frames with ``index`` their 0-based position in the stream.
+    Yields frames with ``index`` their 0-based position in the stream.
     """
     info = info or probe(path)
     fps = info.fps or 25.0
@@ -204,8 +203,7 @@ def decode_video(
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        if start_index > 0:
-            _seek_before(container, stream, start_index)
+        _seek_before(container, stream, start_index)  # a late start: from the keyframe before it
         packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=wanted, should_stop=should_stop, stop_index=stop_index, by_pts=True)
         for index, vframe in packets:
             if index >= start_index and index % every == 0 and (keep is None or keep(index)):
@@ -232,7 +230,7 @@ def _seek_before(container: av.container.InputContainer, stream: av.video.stream
     """
     timeline = _Timeline(stream, by_pts=True)
     rate, time_base = timeline.rate, timeline.time_base
-    if not timeline.by_pts or stream.start_time is None or rate is None or time_base is None:
+    if index <= 0 or not timeline.by_pts or stream.start_time is None or rate is None or time_base is None:
         return False
     target = stream.start_time + int((index - 0.5) / (rate * time_base))
     try:
