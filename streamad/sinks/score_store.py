@@ -54,11 +54,6 @@ class ScoreStoreSink:
             store.set_attrs(self._attrs)
             store.publish()
 
-    @property
-    def counts(self) -> dict[str, int]:
-        """Rows written per source."""
-        return dict(self._counts)
-
     def record(self, counts: dict[str, int]) -> None:
         """Record rows another writer (a part) wrote, as this store's own."""
         self._counts.update(counts)
