@@ -31,13 +31,13 @@ from streamad import cluster
 from streamad.config import ModelConfig
 from streamad.engine import Reading
 from streamad.errors import ClusterError, ConfigError
-from streamad.features import FeatureExtractor
+from streamad.features import Extractors
 from streamad.frames import Frame, FrameRef, ScoreMap
 from streamad.model import Model
 from streamad.model_store import Progress as FitProgress
 from streamad.model_store import commit, create
 from streamad.pipelines.common import Progress, graceful_interrupt, no_progress
-from streamad.pipelines.fit import HOLDOUT_EVERY, Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, open_fit
+from streamad.pipelines.fit import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, holdout_of, open_fit
 from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
 from streamad.runner import Runner
 from streamad.runtime import pick_device, tune_allocator
@@ -140,16 +140,13 @@ def shard_count(frames: int, slots: int, shard_frames: int) -> int:
 
 # --- in the workers -----------------------------------------------------------------------
 
-_EXTRACTORS: dict[tuple[object, ...], FeatureExtractor] = {}  # a worker process builds its backbone once
+_EXTRACTORS: dict[str, Extractors] = {}  # per device: a worker process builds its backbone once
 
 
 def _model(config: ModelConfig, device: str) -> Model:
     """A fresh model (scorer unfitted) on this worker's backbone for ``config``."""
-    key = (config.backbone, config.input_hw, config.weights, config.backbone_b, config.weights_b, device)
-    if key not in _EXTRACTORS:
-        _EXTRACTORS.clear()
-        _EXTRACTORS[key] = Model(config, device=device).extractor
-    return Model(config, device=device, extractor=_EXTRACTORS[key])
+    extractors = _EXTRACTORS.setdefault(device, Extractors(device))
+    return Model(config, device=device, extractor=extractors.for_config(config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +238,7 @@ def fit_on_cluster(
     try:
         if not model.mergeable:
             raise ConfigError(f"expected a mergeable method with --ray, got {model.config.method!r}, which trains; hint: fit it without --ray")
-        if options.holdout_every is None:  # a resumed fit holds out as it did
-            options = replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
+        options = holdout_of(options, target)
         calibration = Calibration.plan(sources, model, options, continued=bool(state.next_index))
         reading = Reading(options.every, (options.start, options.stop), start=dict(state.next_index))
         summary.frames_read = reading.expected(sources)

@@ -147,6 +147,13 @@ def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> M
     return config
 
 
+def holdout_of(options: FitOptions, target: ArrayStore) -> FitOptions:
+    """``options`` with ``--holdout-every`` set: as given, else a resumed fit's own, else the default."""
+    if options.holdout_every is not None:
+        return options
+    return replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
+
+
 def fit_extra(options: FitOptions) -> dict[str, int]:
     """What a fit records beside the model: how it read its frames (a resume must read alike)."""
     return {"every": options.every, "holdout_every": options.holdout_every or HOLDOUT_EVERY}
@@ -199,8 +206,7 @@ def fit(
     sources = resolve_sources(specs)
     target, model, state = open_fit(sources, store, config, resume=resume, overwrite=overwrite, options=options, device=str(pick_device(options.device)))
     summary = FitSummary(str(store) if isinstance(store, str | Path) else "memory")
-    if options.holdout_every is None:  # a resumed fit holds out as it did
-        options = replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
+    options = holdout_of(options, target)
     try:
         calibration = Calibration.plan(sources, model, options, continued=bool(state.next_index))
         summary.frames_read = Reading(options.every, (options.start, options.stop), start=dict(state.next_index)).expected(sources)
