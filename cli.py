@@ -25,7 +25,7 @@ BACKBONES = ["lite0", "lite1", "lite2", "resnet18", "wide_resnet50_2"]
 
 
 class ClickProgress:
-    """Progress bars on stderr (a :class:`streamad.pipelines.common.Progress`)."""
+    """Progress bars on stderr (a :class:`streamad.engine.progress.Progress`)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()  # bars in a log file are noise
@@ -102,7 +102,7 @@ def parse_hw(value: str | None) -> tuple[int, int] | None:
 
 def setup(threads: int | None, verbose: bool) -> None:
     """Logging, glibc's allocator (see tune_allocator) and threads."""
-    from streamad.runtime import set_threads, tune_allocator
+    from streamad.engine.runtime import set_threads, tune_allocator
 
     if threads is not None and threads < 1:
         raise click.BadParameter(f"expected a thread count >= 1, got {threads}; hint: leave it out for torch's choice", param_hint="--threads")
@@ -352,7 +352,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
     streamad calibrate -m model.zarr --f1 data/ucsd_ped2; streamad calibrate -m model.zarr --fixed 2.5
     """
     setup(None, False)
-    from streamad.ground_truth import load_ground_truth
+    from streamad.evaluation.ground_truth import load_ground_truth
     from streamad.pipelines.calibrate import calibrate as run_calibrate
 
     labelled = load_ground_truth(kw["f1_testset"]) if kw["f1_testset"] else None
@@ -403,9 +403,9 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
     streamad watch rtsp://a/s -m new.zarr --learn-for 10m --adapt
     """
     setup(kw["threads"], kw["verbose"])
-    from streamad.cameras import cameras_from, parse_duration
     from streamad.config import ModelConfig
-    from streamad.live import LiveOptions
+    from streamad.io.cameras import cameras_from, parse_duration
+    from streamad.io.live import LiveOptions
     from streamad.pipelines.watch import WatchOptions
     from streamad.pipelines.watch import watch as run_watch
 

@@ -44,7 +44,7 @@ def peak_rss(command: list[str]) -> tuple[float, float]:
 RUNTIME = """
 import sys
 from streamad.pipelines.fit import fit  # what `streamad fit` imports
-from streamad.features import FeatureExtractor
+from streamad.features.extractor import FeatureExtractor
 FeatureExtractor("lite0", input_hw=({h}, {w}))
 """
 

@@ -58,8 +58,8 @@ def main() -> None:
     import torch
     from throughput import backbone_fps
 
-    from streamad.model_store import load, open_store
-    from streamad.runtime import thread_plan, tune_allocator
+    from streamad.engine.runtime import thread_plan, tune_allocator
+    from streamad.stores.model_store import load, open_store
 
     print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU")
     for i, source in enumerate(sources):

@@ -96,10 +96,10 @@ def main() -> None:
     import torch
 
     from streamad.config import ModelConfig
-    from streamad.model_store import load, open_store
+    from streamad.engine.runtime import set_threads, thread_plan, tune_allocator
     from streamad.pipelines.fit import FitOptions, fit
     from streamad.pipelines.score import ScoreOptions, score
-    from streamad.runtime import set_threads, thread_plan, tune_allocator
+    from streamad.stores.model_store import load, open_store
 
     tune_allocator()
     set_threads(args.threads)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def evaluate(data: Path, out: Path) -> dict[str, object]:
     sys.path.insert(0, str(ROOT))
-    from streamad.score_store import open_scores, read_source
+    from streamad.stores.score_store import open_scores, read_source
 
     labels = json.loads((data / "testing" / "frame_labels.json").read_text())
     rows = list(csv.DictReader(open(out / "scores.csv")))

@@ -15,14 +15,14 @@ import numpy as np
 
 from streamad.calibration import DEFAULT_QUANTILE, Threshold
 from streamad.config import FrameScoreConfig
+from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
-from streamad.ground_truth import GroundTruth
-from streamad.metrics import f1_threshold
-from streamad.model_store import load, open_store, write_threshold
-from streamad.pipelines.common import Progress, no_progress
+from streamad.evaluation.ground_truth import GroundTruth
+from streamad.evaluation.metrics import f1_threshold
 from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions
 from streamad.pipelines.score import ScoreOptions, score
-from streamad.score_store import open_scores, read_source
+from streamad.stores.model_store import load, open_store, write_threshold
+from streamad.stores.score_store import open_scores, read_source
 
 
 def calibrate(

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter, probe
+from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
-from streamad.pipelines.common import Progress, no_progress
+from streamad.io.decode import VideoWriter, probe
+from streamad.io.sources import resolve_sources
 from streamad.pipelines.fit import FitOptions, FitSummary, fit
 from streamad.pipelines.score import ScoreOptions, ScoreSummary, score
-from streamad.sources import resolve_sources
 
 
 @dataclass(frozen=True, slots=True)

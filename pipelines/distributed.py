@@ -1,4 +1,4 @@
-"""``--ray``: a fit or a score spread over a Ray cluster (:mod:`streamad.cluster` makes the calls).
+"""``--ray``: a fit or a score spread over a Ray cluster (:mod:`streamad.engine.cluster` makes the calls).
 
 A **fit** cuts its sources into shards (whole sources, and long ones into frame ranges), each
 fitted by the local fit's own pass (:func:`~streamad.pipelines.fit.fit_pass`) into a fresh
@@ -27,29 +27,29 @@ from typing import Any
 
 import numpy as np
 
-from streamad import cluster
 from streamad.config import ModelConfig
-from streamad.engine import Reading
+from streamad.engine import cluster
+from streamad.engine.assembly import Reading
+from streamad.engine.progress import Progress, graceful_interrupt, no_progress
+from streamad.engine.runner import Runner
+from streamad.engine.runtime import pick_device, tune_allocator
 from streamad.errors import ClusterError, ConfigError
-from streamad.features import Extractors
+from streamad.features.extractor import Extractors
 from streamad.frames import Frame, FrameRef, ScoreMap
+from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
-from streamad.model_store import Progress as FitProgress
-from streamad.model_store import commit, create
-from streamad.pipelines.common import Progress, graceful_interrupt, no_progress
 from streamad.pipelines.fit import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, holdout_of, open_fit
 from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
-from streamad.runner import Runner
-from streamad.runtime import pick_device, tune_allocator
-from streamad.score_store import create_scores
 from streamad.scorers.base import ScorerState
 from streamad.sinks import Sinks
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
-from streamad.sinks.score_store import ScoreStoreSink
+from streamad.sinks.score_writer import ScoreStoreSink
 from streamad.sinks.timeline import TimelineSink
-from streamad.sources import Source, resolve_sources
-from streamad.store import ArrayStore, MemoryStore, ZarrStore
+from streamad.stores.array_store import ArrayStore, ZarrStore
+from streamad.stores.model_store import Progress as FitProgress
+from streamad.stores.model_store import commit
+from streamad.stores.score_store import create_scores
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def plan_shards(sources: Sequence[Source], reading: Reading, count: int) -> list
     (a source's last piece reads to its end, whatever its metadata said its length was).
 
     Example:
-        >>> from streamad.sources import FrameArrays
+        >>> from streamad.io.sources import FrameArrays
         >>> clips = [FrameArrays(name, np.zeros((n, 2, 2, 3), np.uint8)) for name, n in (("a", 5), ("b", 3))]
         >>> [str(s) for s in plan_shards(clips, Reading(), 2)]
         ['shard 0 (a frames 0-3)', 'shard 1 (a frames 4-end, b frames 0-end)']
@@ -176,15 +176,14 @@ def _fit_shard(job: _FitJob, shard: Shard) -> tuple[ShardFit, ScorerState]:
         job.hook(shard)
     tune_allocator()
     model = _model(job.config, str(pick_device(job.device)))
-    scratch = MemoryStore()  # the pass's checkpoints have nowhere to go: a shard is redone whole
-    create(scratch, model)
     state, done = FitProgress(), ShardFit()
     for piece in shard.pieces:
         sid = piece.source.source_id
         state.next_index[sid] = piece.start
         summary = FitSummary(str(shard))
-        options = replace(job.options, stop=piece.stop, checkpoint_every=2**62)
-        fit_pass([piece.source], scratch, model, state, options, summary, no_progress, aside=(job.aside, done.kept) if job.aside else None)
+        options = replace(job.options, stop=piece.stop)
+        # no store: a shard's work is redone whole, so it never checkpoints
+        fit_pass([piece.source], None, model, state, options, summary, no_progress, aside=(job.aside, done.kept) if job.aside else None)
         if summary.interrupted:
             raise ClusterError(f"expected {shard} to run to its end, got it interrupted (the worker was told to stop)")
         _add_drops(done.dropped, summary.dropped)

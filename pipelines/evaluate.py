@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 
 from streamad import pictures
+from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
-from streamad.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth, union
-from streamad.metrics import PixelMetrics, SproMetrics, auroc, roc_curve
-from streamad.pipelines.common import Progress, no_progress
+from streamad.evaluation.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth, union
+from streamad.evaluation.metrics import PixelMetrics, SproMetrics, auroc, roc_curve
+from streamad.io.sources import read_image
 from streamad.pipelines.score import ScoreOptions, score
-from streamad.score_store import open_scores, read_source
-from streamad.sources import read_image
+from streamad.stores.score_store import open_scores, read_source
 
 logger = logging.getLogger(__name__)
 

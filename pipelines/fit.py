@@ -10,29 +10,31 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from streamad import stages
-from streamad.calibration import HoldOut, Normalisation
+from streamad.calibration import HOLDOUT_EVERY, HoldOut, Normalisation
 from streamad.config import ModelConfig
-from streamad.engine import Engine, Reading
+from streamad.engine import stages
+from streamad.engine.assembly import Engine, Reading
+from streamad.engine.feature_cache import CACHE_FRAMES
+from streamad.engine.fitter import Fitter, checkpoints
+from streamad.engine.normalising import normalise_on
+from streamad.engine.progress import Progress, graceful_interrupt, no_progress
+from streamad.engine.runner import Runner
+from streamad.engine.runtime import pick_device, release_memory, torch_threads
 from streamad.errors import ConfigError, EmptySourceError, StoreError
+from streamad.features.preprocess import default_input_hw
+from streamad.features.temporal import TOLERANCE
 from streamad.frames import Frame
+from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
-from streamad.model_store import Progress as FitProgress
-from streamad.model_store import commit, config_from_attrs, create, load, open_store, read_progress
-from streamad.motion import TOLERANCE, track
-from streamad.pipelines.common import Progress, graceful_interrupt, no_progress, normalise_on
-from streamad.preprocess import default_input_hw
-from streamad.runner import Runner
-from streamad.runtime import pick_device, release_memory, torch_threads
-from streamad.scorers import resolve, scorer_factory
-from streamad.sources import Source, resolve_sources
-from streamad.store import ArrayStore
-from streamad.training import CACHE_FRAMES, PAPER_STEPS, TrainableScorer, default_epochs
+from streamad.scorers.base import TrainStep
+from streamad.scorers.registry import resolve
+from streamad.scorers.trained import PAPER_STEPS, default_epochs
+from streamad.stores.array_store import ArrayStore
+from streamad.stores.model_store import Progress as FitProgress
+from streamad.stores.model_store import commit, config_from_attrs, create, load, open_store, read_progress
 
 logger = logging.getLogger(__name__)
 
-
-HOLDOUT_EVERY = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +300,7 @@ class Calibration:
 
 def fit_pass(
     sources: Sequence[Source],
-    target: ArrayStore,
+    target: ArrayStore | None,
     model: Model,
     state: FitProgress,
     options: FitOptions,
@@ -307,19 +309,20 @@ def fit_pass(
     *,
     aside: tuple[Callable[[int], bool], list[Frame]] | None = None,
 ) -> None:
-    """The fitting pass: fitted frames into the scorer, a checkpoint every so often and at the
-    end. ``aside``: which frames to keep, resized, in which list (the calibration's)."""
+    """The fitting pass: the sources through the engine into a :class:`Fitter`, a checkpoint
+    every so often and at the end (``target`` None: none, as in a Ray shard, redone whole).
+    ``aside``: which frames to keep, resized, in which list (the calibration's)."""
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=options.batch_size, workers=options.workers)
-    tracker = model.tracker()
+    temporal = model.has_motion
     # A resumed fit with motion reads each source's last counted frame again, only to give the
     # next frame its motion as an uninterrupted fit would.
     primed = dict(state.next_index)
-    start = {sid: max(0, n - options.every) for sid, n in primed.items()} if tracker is not None else primed
+    start = {sid: max(0, n - options.every) for sid, n in primed.items()} if temporal else primed
     # With motion, held-out frames are read too, only as the motion reference of the next
     # frame: otherwise the motion after every held-out frame would be missing from the fit
     # (and a camera whose keyframes fall on them would never show the fit a keyframe's change).
-    passed = None if tracker is not None else options.holdout.fitted
+    passed = None if temporal else options.holdout.fitted
     then = None
     if aside is not None:
         wanted, into = aside
@@ -327,33 +330,24 @@ def fit_pass(
         passed = None if passed is None else (lambda i: options.holdout.fitted(i) or wanted(i))
     reading = Reading(options.every, (options.start, options.stop), start=start, keep=passed)
     extra = fit_extra(options)
-    since_checkpoint = 0
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
+    every = options.checkpoint_every if target is not None else None
+    fitter = Fitter(model, state, holdout=options.holdout, primed=primed, checkpoint_every=every, bar=progress)
     with graceful_interrupt(runner) as interrupted, torch_threads(engine.plan.side_threads):
         features = engine.features(
             engine.read(sources, reading, then=then), model.extractor, prepare=model.prepare, whole_batches=True, keep_originals=model.needs_images, depth=1
         )
         # Without motion nothing keeps a batch's features past its update: one reused buffer.
         gathered = (
-            stages.gather(features, frames=options.accumulate_frames) if tracker is None else stages.rebatch(features, min_frames=options.accumulate_frames)
+            stages.gather(features, frames=options.accumulate_frames) if not temporal else stages.rebatch(features, min_frames=options.accumulate_frames)
         )
-        for batch in engine.consume(track(gathered, tracker)):
-            batch = stages.select(batch, [i for i, r in enumerate(batch.refs) if r.index >= primed.get(r.source_id, 0) and options.holdout.fitted(r.index)])
-            if not batch.refs:
-                continue
-            model.update(batch.features)
-            for ref in batch.refs:
-                state.next_index[ref.source_id] = ref.index + 1
-            state.frames_seen += len(batch.refs)
-            summary.frames_added += len(batch.refs)
-            since_checkpoint += len(batch.refs)
-            progress.advance(len(batch.refs))
-            if since_checkpoint >= options.checkpoint_every:
-                commit(target, model, state, extra=extra)
-                since_checkpoint = 0
+        for _ in checkpoints(fitter, engine.consume(gathered)):
+            assert target is not None  # due only with a store
+            commit(target, model, state, extra=extra)
         summary.interrupted = interrupted[0]
     progress.finish()
-    if summary.interrupted or model.trainable:  # else the caller commits the statistics with their factors, next
+    summary.frames_added += fitter.added
+    if target is not None and (summary.interrupted or model.trainable):  # else the caller commits the statistics with their factors, next
         commit(target, model, state, extra=extra)
     summary.frames_seen, summary.dropped, summary.drop_report = state.frames_seen, engine.drops.by_reason(), engine.drops.lines()
 
@@ -377,19 +371,17 @@ def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOpt
     trained on and on Ctrl-C."""
     assert model.cache is not None
     size = model.cache.size(model.frames_seen)
-    steps = getattr(scorer_factory(model.config.method), "steps", PAPER_STEPS)
-    epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size, steps)
+    epochs = options.epochs or int(target.attrs().get("epochs") or 0) or default_epochs(size, options.train_batch_size, model.spec.steps or PAPER_STEPS)
     extra = {**fit_extra(options), "epochs": epochs}
-    scorer: TrainableScorer = model.scorer  # type: ignore[assignment]
     shown = [-1]
 
-    def on_step(frames: int) -> None:
-        if shown[0] != scorer.epoch:
-            shown[0] = scorer.epoch
-            progress.start(f"epoch {scorer.epoch + 1}/{epochs}", size)
-            progress.advance(scorer.position - frames)
-        progress.advance(frames)
-        progress.note(f"loss {scorer.loss:.4g}")
+    def on_step(step: TrainStep) -> None:
+        if shown[0] != step.epoch:
+            shown[0] = step.epoch
+            progress.start(f"epoch {step.epoch + 1}/{epochs}", size)
+            progress.advance(step.position - step.frames)
+        progress.advance(step.frames)
+        progress.note(f"loss {step.loss:.4g}")
 
     with graceful_interrupt(Runner()) as interrupted:
         done = model.train(
@@ -401,5 +393,7 @@ def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOpt
             checkpoint_every=options.checkpoint_every,
         )
     progress.finish()
-    summary.epochs, summary.loss = scorer.epoch, scorer.loss
+    trained = model.trained
+    assert trained is not None
+    summary.epochs, summary.loss = trained.epoch, trained.loss
     return done

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from streamad.config import ModelConfig
+from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
-from streamad.ground_truth import GroundTruth, kolektor, kolektor_folders, kolektor_parts, read_mask
-from streamad.pipelines.common import Progress, no_progress
+from streamad.evaluation.ground_truth import GroundTruth, kolektor, kolektor_folders, kolektor_parts, read_mask
+from streamad.io.sources import ImageSequence
 from streamad.pipelines.evaluate import EvalRun, evaluate_model, markdown, summarise, write_report
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import ScoreOptions
-from streamad.sources import ImageSequence
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from streamad.errors import StoreError
-from streamad.model_store import KIND as MODEL_KIND
-from streamad.score_store import KIND as SCORES_KIND
-from streamad.store import ZarrStore
+from streamad.stores.array_store import ZarrStore
+from streamad.stores.model_store import KIND as MODEL_KIND
+from streamad.stores.score_store import KIND as SCORES_KIND
 
 
 def describe_store(path: str | Path, *, as_json: bool = False) -> list[str]:

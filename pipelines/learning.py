@@ -12,26 +12,25 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from streamad import stages
 from streamad.calibration import HoldOut, Normalisation, decision_threshold, measure_normalisation, quantile_threshold
-from streamad.cameras import Camera
-from streamad.engine import Scoring
+from streamad.engine import stages
+from streamad.engine.assembly import Scoring
+from streamad.engine.fitter import Fitter
 from streamad.errors import ConfigError
-from streamad.features import Extractors, FeatureExtractor, Features
+from streamad.features.extractor import Extractors, FeatureExtractor
+from streamad.features.preprocess import default_input_hw
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
+from streamad.io.cameras import Camera
 from streamad.model import Model
-from streamad.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
-from streamad.motion import MotionTracker
-from streamad.preprocess import default_input_hw
-from streamad.scorers import resolve
-from streamad.store import ArrayStore
+from streamad.scorers.registry import resolve
+from streamad.stores.array_store import ArrayStore
+from streamad.stores.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
 
 if TYPE_CHECKING:
     from streamad.pipelines.watch import WatchOptions
 
 logger = logging.getLogger(__name__)
 
-HOLDOUT = HoldOut(every_nth=10)  # while learning, every 10th frame is kept out to normalise on
 MAX_HELD_OUT = 64  # held-out features kept while learning
 MIN_LEARNED = 20  # learning goes on past --learn-for until this many frames were fitted ...
 MIN_HELD_OUT = 2  # ... and this many held out (the alert threshold is measured on them)
@@ -50,8 +49,7 @@ class CameraModel:
         self.last_pts_s: float | None = None
         self.learning_on = False  # learning past --learn-for for want of frames
         self.frame_rate: Callable[[], float | None] | None = None  # the camera's, for the motion lag
-        self.tracker: MotionTracker | None = None  # motion memory while learning
-        self.held_out: list[tuple[FrameRef, Features]] = []
+        self.fitter: Fitter | None = None  # learning, then adapting
         self.adapted_since_refresh = 0
         self.dirty = False  # adapted since the store was written
         self.last_checkpoint = clock()
@@ -62,8 +60,8 @@ class CameraModel:
             self.store = open_store(path, mode="a" if options.adapt else "r")  # only a writer takes the lock
             stored = config_from_attrs(self.store.attrs(), where=str(path))
             extractor = extractors.for_config(stored)
-            self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
             self.progress = read_progress(self.store)  # adapting adds to it
+            self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
         elif options.learn_for_s is None:
             raise ConfigError(f"expected a fitted model at {path} for camera {camera.name}, got none; hint: fit one, or pass --learn-for DURATION")
 
@@ -75,6 +73,7 @@ class CameraModel:
         """Score from now on: the alert threshold is ``--threshold``, the stored one (for these
         frame-score settings), else the 0.99 quantile of the normal frames' scores."""
         self.model = model
+        self.fitter = Fitter(model, self.progress, holdout=HoldOut())  # adapting: every frame judged normal
         frame_score = self.options.frame_score
         self.scoring = Scoring(model, frame_score if model.normalisation is not None else replace(frame_score, normalised=False), prepared=False)
         self.threshold = decision_threshold(model.threshold, self.options.threshold, frame_score.attrs())
@@ -102,7 +101,7 @@ class CameraModel:
             config = replace(config, input_hw=default_input_hw(frame.image.shape[:2]))
         extractor = self.extractors.for_config(config)
         self.model = Model(config, device=self.device, extractor=extractor)
-        self.tracker = self.model.tracker()
+        self.fitter = Fitter(self.model, self.progress, holdout=HoldOut(), keep_held_out=MAX_HELD_OUT)
         self.store = open_store(self.camera.model, mode="w")
         create(self.store, self.model)
         self.learning_left_s = float(self.options.learn_for_s or 0)
@@ -125,19 +124,8 @@ class CameraModel:
         return results
 
     def _learn(self, batch: FeatureBatch) -> None:
-        assert self.model is not None
-        tracked = FeatureBatch(batch.refs, self.model.prepare(batch.features), batch.originals)
-        if self.tracker is not None:  # held-out frames too are motion references
-            tracked = self.tracker(tracked)
-        prepared = tracked.features
-        fitted = [i for i, ref in enumerate(batch.refs) if HOLDOUT.fitted(ref.index)]
-        part = stages.select(tracked, fitted)
-        if fitted:
-            self.model.update(part.features)
-        for i, ref in enumerate(batch.refs):
-            if HOLDOUT.held_out(ref.index) and len(self.held_out) < MAX_HELD_OUT:
-                self.held_out.append((ref, {k: v[i : i + 1].clone() for k, v in prepared.items()}))
-        self._advance(batch.refs)
+        assert self.model is not None and self.fitter is not None
+        self.fitter.add(FeatureBatch(batch.refs, self.model.prepare(batch.features), batch.originals))
         for ref in batch.refs:
             if self.last_pts_s is not None and self.learning_left_s is not None:
                 self.learning_left_s -= min(max(ref.pts_s - self.last_pts_s, 0.0), MAX_GAP_S)
@@ -145,29 +133,23 @@ class CameraModel:
         if self.learning_left_s is not None and self.learning_left_s <= 0:
             self._finish_learning(final=False)
 
-    def _advance(self, refs: Sequence[FrameRef]) -> None:
-        assert self.model is not None
-        self.progress.frames_seen = self.model.frames_seen
-        for ref in refs:
-            self.progress.next_index[ref.source_id] = ref.index + 1
-
     def _finish_learning(self, *, final: bool) -> None:
         """Finalise what was learned, measure the normalisation and threshold on the held-out
         frames and commit; too few frames: learn on (or, ``final``, leave no store)."""
-        assert self.model is not None and self.store is not None
+        assert self.model is not None and self.store is not None and self.fitter is not None
+        held_out = self.fitter.held_out
         enough = (MIN_LEARNED, MIN_HELD_OUT) if not final else (2, 0)
-        if self.model.frames_seen < enough[0] or len(self.held_out) < enough[1]:
+        if self.model.frames_seen < enough[0] or len(held_out) < enough[1]:
             if not final and not self.learning_on:
-                logger.warning("%s: only %d frames learned (%d held out); learning on", self.camera.name, self.model.frames_seen, len(self.held_out))
+                logger.warning("%s: only %d frames learned (%d held out); learning on", self.camera.name, self.model.frames_seen, len(held_out))
                 self.learning_on = True
             return
         self.model.finalise()
         self.learning_left_s = None
         normalisation = None
-        if len(self.held_out) >= 2:
-            batches = [((ref,), self.model.distances(f)) for ref, f in self.held_out]
+        if len(held_out) >= 2:
+            batches = [((ref,), self.model.distances(f)) for ref, f in held_out]
             normalisation = measure_normalisation(batches, self._normal_scores)
-        self.held_out = []
         self.model.normalisation = normalisation
         threshold = None
         if self.options.threshold is None:
@@ -184,10 +166,9 @@ class CameraModel:
     def _adapt(self, batch: FeatureBatch) -> None:
         """Fold frames judged normal (prepared, as scored) into the state; refinalise every
         ``refresh_every`` frames."""
-        assert self.model is not None
-        self.model.update(batch.features)
+        assert self.model is not None and self.fitter is not None
+        self.fitter.adapt(batch)
         self.dirty = True
-        self._advance(batch.refs)
         self.adapted_since_refresh += len(batch.refs)
         if self.adapted_since_refresh >= self.options.refresh_every:
             self.model.finalise()

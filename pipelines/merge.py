@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamad.engine import Reading
+from streamad.engine.assembly import Reading
+from streamad.engine.normalising import normalise_on
+from streamad.engine.progress import Progress, no_progress
+from streamad.engine.runtime import pick_device
 from streamad.errors import ConfigError, StoreError
-from streamad.model_store import check_compatible, commit, create, load, open_store, read_progress
-from streamad.outputs import check_outputs
-from streamad.pipelines.common import Progress, no_progress, normalise_on
-from streamad.runtime import pick_device
-from streamad.sources import resolve_sources
+from streamad.io.outputs import check_outputs
+from streamad.io.sources import resolve_sources
+from streamad.stores.model_store import check_compatible, commit, create, load, open_store, read_progress
 
 
 @dataclass(frozen=True, slots=True)

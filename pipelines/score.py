@@ -11,21 +11,21 @@ from typing import Any
 
 from streamad.calibration import decision_threshold, quantile_threshold
 from streamad.config import FrameScoreConfig
-from streamad.engine import Engine, Reading, Scoring
+from streamad.engine.assembly import Engine, Reading, Scoring
+from streamad.engine.progress import Progress, graceful_interrupt, no_progress
+from streamad.engine.runner import Runner
+from streamad.engine.runtime import pick_device, seconds_since_start
 from streamad.errors import ConfigError
+from streamad.io.outputs import check_outputs, input_paths
+from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
-from streamad.model_store import load, open_store
-from streamad.outputs import check_outputs, input_paths
-from streamad.pipelines.common import Progress, graceful_interrupt, no_progress
-from streamad.runner import Runner
-from streamad.runtime import pick_device, seconds_since_start
-from streamad.score_store import create_scores
 from streamad.sinks import Sink, Sinks
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
-from streamad.sinks.score_store import ScoreStoreSink
+from streamad.sinks.score_writer import ScoreStoreSink
 from streamad.sinks.timeline import TimelineSink
-from streamad.sources import Source, resolve_sources
+from streamad.stores.model_store import load, open_store
+from streamad.stores.score_store import create_scores
 
 logger = logging.getLogger(__name__)
 

@@ -16,26 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamad import stages
-from streamad.cameras import Camera
 from streamad.config import FrameScoreConfig, ModelConfig
-from streamad.engine import Engine
+from streamad.engine import stages
+from streamad.engine.assembly import Engine
+from streamad.engine.progress import graceful_interrupt
+from streamad.engine.runner import Runner
+from streamad.engine.runtime import pick_device
 from streamad.errors import ConfigError
-from streamad.features import Extractors
+from streamad.features.extractor import Extractors
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
-from streamad.live import LiveOptions, LiveStream, is_live
-from streamad.outputs import check_outputs, input_paths
-from streamad.pipelines.common import graceful_interrupt
+from streamad.io.cameras import Camera
+from streamad.io.live import LiveOptions, LiveStream, is_live
+from streamad.io.outputs import check_outputs, input_paths
+from streamad.io.urls import redact
 from streamad.pipelines.learning import CameraModel
-from streamad.runner import Runner
-from streamad.runtime import pick_device
-from streamad.score_store import create_scores
 from streamad.sinks import Sinks
 from streamad.sinks.alerts import AlertSink, Event
 from streamad.sinks.csv import CsvSink
-from streamad.sinks.score_store import ScoreStoreSink
+from streamad.sinks.score_writer import ScoreStoreSink
 from streamad.sinks.stats import StatsSink, StreamStats
-from streamad.urls import redact
+from streamad.stores.score_store import create_scores
 
 logger = logging.getLogger(__name__)
 

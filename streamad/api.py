@@ -23,17 +23,17 @@ import numpy as np
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
+from streamad.io.sources import FrameArrays, resolve_sources
 from streamad.model import Model
-from streamad.model_store import commit, create, open_store, read_progress
-from streamad.model_store import load as load_store
 from streamad.pipelines.evaluate import EvalRun
 from streamad.pipelines.evaluate import evaluate as evaluate_job
 from streamad.pipelines.fit import FitOptions, FitSummary
 from streamad.pipelines.fit import fit as fit_job
 from streamad.pipelines.score import ScoreOptions, ScoreSummary
 from streamad.pipelines.score import score as score_job
-from streamad.sources import FrameArrays, resolve_sources
-from streamad.store import MemoryStore
+from streamad.stores.array_store import MemoryStore
+from streamad.stores.model_store import commit, create, open_store, read_progress
+from streamad.stores.model_store import load as load_store
 
 
 @dataclass(frozen=True, slots=True)

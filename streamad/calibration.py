@@ -23,9 +23,12 @@ from torch import Tensor
 
 from streamad.errors import ConfigError
 from streamad.frames import FrameRef
-from streamad.gaussian import batch_moments, chan_merge
+from streamad.scorers.running import batch_moments, chan_merge
 
 logger = logging.getLogger(__name__)
+
+
+HOLDOUT_EVERY = 10  # the default: every 10th frame used is held out to normalise on
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ class HoldOut:
         [9, 19, 29]
     """
 
-    every_nth: int = 10
+    every_nth: int = HOLDOUT_EVERY
     stride: int = 1
 
     def __post_init__(self) -> None:

@@ -15,9 +15,9 @@ class ModelConfig:
     """Everything that defines a model before it has seen data.
 
     Attributes:
-        method: a registered scorer (:func:`streamad.scorers.scorer_names`): ``padim`` (random
+        method: a registered scorer (:func:`streamad.scorers.registry.scorer_names`): ``padim`` (random
             channel subset) or ``soe`` (semi-orthogonal projection) built in.
-        backbone: a name from :data:`streamad.backbones.SPECS`.
+        backbone: a name from :data:`streamad.features.backbones.SPECS`.
         input_hw: network input (height, width), multiples of 16; None picks it from the first
             frame (aspect ratio kept, short side near 256).
         k: projected dimension (Gaussian scorers).
@@ -25,13 +25,13 @@ class ModelConfig:
         eps: ridge added to every covariance (Gaussian scorers).
         sigma: Gaussian blur of the anomaly map, in input pixels.
         weights: weights file (required for torchvision backbones).
-        motion: cues besides appearance, for video (:mod:`streamad.motion`): ``"feat"`` (how
+        motion: cues besides appearance, for video (:mod:`streamad.features.temporal`): ``"feat"`` (how
             the embeddings change over a lag), ``"flow"`` (optical flow per cell), ``"both"``;
             ``"off"``: appearance only. Image sets get appearance only whatever this says.
         motion_lag_s: the motion lag in seconds; None picks one frame step (``--every`` over
             the first source's frame rate) when the fit starts.
         backbone_b: the second backbone of a feature-mapping method (``pfm``, ``pefm``); None:
-            none, or for those methods the default pair (:func:`streamad.scorers.resolve`).
+            none, or for those methods the default pair (:func:`streamad.scorers.registry.resolve`).
         weights_b: the second backbone's weights file (torchvision backbones).
     """
 

@@ -1,7 +1,8 @@
 """A model: a feature extractor, a scorer, and how distances become maps and frame scores.
 
-Jobs hold a :class:`Model` and reach the method only through ``model.scorer``'s protocol
-(:mod:`streamad.scorers.base`).
+Jobs hold a :class:`Model` and reach the method only through it: the model speaks the scorer
+protocol (:mod:`streamad.scorers.base`) and asks the scorer's declared capabilities with
+``isinstance``, never by probing attributes.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamad.anomaly_map import AnomalyMap, topk_mean
 from streamad.calibration import Normalisation, Threshold, cue_scales, normalise
 from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.engine.feature_cache import FeatureCache
 from streamad.errors import ConfigError
-from streamad.features import FeatureExtractor, Features
+from streamad.features.extractor import FeatureExtractor, Features
+from streamad.features.temporal import MotionTracker
 from streamad.frames import FrameRef, ScoreMap
-from streamad.motion import MotionTracker
-from streamad.scorers import build_scorer
-from streamad.scorers.base import ScorerState
-from streamad.store import ArrayStore
-from streamad.training import FeatureCache, TrainableScorer, train
+from streamad.maps import AnomalyMap, topk_mean
+from streamad.scorers.base import Mergeable, MultiCue, Releasable, Scorer, ScorerState, Temporal, Trainable, TrainStep
+from streamad.scorers.registry import ScorerSpec, scorer_spec
+from streamad.stores.array_store import ArrayStore
 
 
 class Model:
@@ -48,7 +49,10 @@ class Model:
         if (self.extractor.spec.name, self.extractor.input_hw, second) != (config.backbone, config.input_hw, config.backbone_b):
             raise ConfigError(f"expected an extractor for {config.backbone} at {config.input_hw}, got {self.extractor.key}")
         self.device = self.extractor.device
-        self.scorer = build_scorer(config, self.extractor)
+        self.spec: ScorerSpec = scorer_spec(config.method)
+        self.scorer = self.spec.factory(config, self.extractor)
+        if not isinstance(self.scorer, Scorer):
+            raise ConfigError(f"expected method {config.method!r} to build a scorer (streamad.scorers.base.Scorer), got {type(self.scorer).__name__}")
         self.to_map = AnomalyMap(feature_hw=self.extractor.feature_hw, out_hw=self.input_hw, sigma=config.sigma).to(self.device)
         self.normalisation: Normalisation | None = None
         self.threshold: Threshold | None = None
@@ -90,17 +94,28 @@ class Model:
 
     @property
     def mergeable(self) -> bool:
-        return bool(self.scorer.mergeable)
+        """Whether partial fits merge exactly (:class:`~streamad.scorers.base.Mergeable`)."""
+        return isinstance(self.scorer, Mergeable)
 
     @property
     def trainable(self) -> bool:
-        return bool(self.scorer.trainable)
+        """Whether the scorer trains over a feature cache (:class:`~streamad.scorers.base.Trainable`)."""
+        return isinstance(self.scorer, Trainable)
+
+    @property
+    def trained(self) -> TrainStep | None:
+        """Where a trainable scorer's training stands (None: the scorer does not train)."""
+        return self.scorer.trained if isinstance(self.scorer, Trainable) else None
+
+    def _trainable(self) -> Trainable:
+        if not isinstance(self.scorer, Trainable):
+            raise ConfigError(f"expected a trainable method, got {self.config.method!r}, which fits in one pass")
+        return self.scorer
 
     def use_cache(self, store: ArrayStore, capacity: int) -> FeatureCache:
         """From now on :meth:`update` offers frames to a feature cache in ``store`` (a fit of a
         trainable scorer, whose epochs then run on the cache: :meth:`train`)."""
-        scorer: TrainableScorer = self.scorer  # type: ignore[assignment]
-        self.cache = FeatureCache(store, capacity, self.config.seed, list(scorer.feature_names))
+        self.cache = FeatureCache(store, capacity, self.config.seed, list(self._trainable().feature_names))
         return self.cache
 
     def update(self, prepared: Features) -> None:
@@ -108,7 +123,7 @@ class Model:
         if self.cache is None:
             self.scorer.update(prepared)
             return
-        scorer: TrainableScorer = self.scorer  # type: ignore[assignment]
+        scorer = self._trainable()
         if scorer.steps:
             raise ConfigError(
                 f"expected new frames only before training starts, got more after {scorer.steps} training steps; hint: fit a new store on all the sources"
@@ -121,19 +136,26 @@ class Model:
         *,
         epochs: int,
         batch_size: int,
-        on_step: Callable[[int], None],
+        on_step: Callable[[TrainStep], None],
         stopped: Callable[[], bool],
         checkpoint: Callable[[], None],
         checkpoint_every: int = 500,
     ) -> bool:
-        """The remaining training epochs over the feature cache (:func:`streamad.training.train`);
-        returns whether they all ran (else it was stopped, after a checkpoint)."""
+        """The remaining training epochs over the feature cache
+        (:meth:`streamad.scorers.base.Trainable.train`); returns whether they all ran (else it
+        was stopped, after a checkpoint)."""
         if self.cache is None:
             raise ConfigError("expected a feature cache to train from, got none")
-        scorer: TrainableScorer = self.scorer  # type: ignore[assignment]
-        size = self.cache.size(scorer.frames_seen)
-        return train(
-            scorer, self.cache, size=size, epochs=epochs, batch_size=batch_size, device=self.device, on_step=on_step, stopped=stopped, checkpoint=checkpoint
+        size = self.cache.size(self.scorer.frames_seen)
+        return self._trainable().train(
+            self.cache,
+            size=size,
+            epochs=epochs,
+            batch_size=batch_size,
+            on_step=on_step,
+            stopped=stopped,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
         )
 
     def finalise(self) -> None:
@@ -142,7 +164,7 @@ class Model:
     @property
     def cues(self) -> tuple[str, ...]:
         """The scorer's distance cues: ``appearance``, and for video ``motion`` and/or ``flow``."""
-        return tuple(getattr(self.scorer, "cues", ("appearance",)))
+        return tuple(self.scorer.cues) if isinstance(self.scorer, MultiCue) else ("appearance",)
 
     @property
     def has_motion(self) -> bool:
@@ -152,15 +174,14 @@ class Model:
     @property
     def needs_images(self) -> bool:
         """Whether jobs must keep each frame's original image for the scorer's tracker (flow)."""
-        return bool(getattr(self.scorer, "needs_images", False))
+        return isinstance(self.scorer, Temporal) and self.scorer.needs_images
 
     def release_statistics(self) -> bool:
         """After a committed finalise, let the scorer free what only fitting needs (a Gaussian's
         running statistics); False when it keeps everything."""
-        release = getattr(self.scorer, "release_statistics", None)
-        if release is None:
+        if not isinstance(self.scorer, Releasable):
             return False
-        release()
+        self.scorer.release_statistics()
         return True
 
     def state(self) -> ScorerState:
@@ -178,8 +199,7 @@ class Model:
         """A new per-source memory that adds the motion features a scorer with a motion cue
         needs; run it on prepared batches in frame order, between :meth:`prepare` and the
         scorer (None: the scorer needs none)."""
-        make = getattr(self.scorer, "tracker", None)
-        return make() if make is not None else None
+        return self.scorer.tracker() if isinstance(self.scorer, Temporal) else None
 
     def distances(self, prepared: Features) -> Tensor:
         """Per-position distances (B, C, P) of prepared features, one row per cue (NaN: the
@@ -213,13 +233,9 @@ class Model:
 
     def merge(self, other: Model) -> None:
         """Add another partial fit of the same model (mergeable scorers only)."""
-        if not self.mergeable:
+        if not isinstance(self.scorer, Mergeable):
             raise ConfigError(f"expected a mergeable method, got {self.config.method!r}, which cannot merge partial fits")
         self.scorer.merge(other.scorer)
-
-    def embed(self, frames: Sequence[np.ndarray]) -> Features:
-        """RGB uint8 frames to the scorer's prepared features (extractor, then prepare)."""
-        return self.prepare(self.extractor.extract(frames))
 
     @torch.inference_mode()
     def maps(self, distances: Tensor) -> Tensor:

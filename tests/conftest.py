@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from streamad.decode import VideoWriter
+from streamad.features.extractor import Features
+from streamad.io.decode import VideoWriter
+from streamad.model import Model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -63,3 +66,8 @@ def frame_folder(tmp_path: Path) -> Path:
     for t in range(30):
         cv2.imwrite(str(folder / f"{t}.png"), cv2.cvtColor(scene(t), cv2.COLOR_RGB2BGR))
     return folder
+
+
+def embed(model: Model, frames: Sequence[np.ndarray]) -> Features:
+    """RGB uint8 frames to a model's prepared features (extractor, then the scorer's prepare)."""
+    return model.prepare(model.extractor.extract(frames))

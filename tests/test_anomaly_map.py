@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamad.anomaly_map import AnomalyMap, axis_operators
+from streamad.maps import AnomalyMap, axis_operators
 
 
 def anomaly_map(distances: torch.Tensor, *, feature_hw: tuple[int, int], out_hw: tuple[int, int], sigma: float) -> torch.Tensor:

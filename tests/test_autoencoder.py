@@ -17,11 +17,11 @@ from streamad.cli import main
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError
 from streamad.model import Model
-from streamad.model_store import load, open_store, read_state
 from streamad.pipelines.fit import FitOptions
-from streamad.scorers import resolve
 from streamad.scorers.autoencoder import LATENT, ConvAutoencoder, ssim_map
-from tests.conftest import scene
+from streamad.scorers.registry import resolve
+from streamad.stores.model_store import load, open_store, read_state
+from tests.conftest import embed, scene
 from tests.test_evaluate import mvtec
 
 
@@ -76,7 +76,7 @@ def test_reconstructs_normal_images_better_than_a_pasted_defect(tmp_path: Path, 
     assert summary.epochs == 60 and summary.loss is not None
     model = load(open_store(tmp_path / "ae.zarr"))
     normal = scene(10, height=64, width=64)  # a training image
-    residual = model.distances(model.embed([normal, _pasted(normal)]))[:, 0].reshape(2, 64, 64)
+    residual = model.distances(embed(model, [normal, _pasted(normal)]))[:, 0].reshape(2, 64, 64)
     inside = residual[(slice(None), *PATCH)]
     assert float(inside[1].mean()) > 2 * float(inside[0].mean())  # the defect is reconstructed worse than what it covers
     assert float(residual[1].mean()) > float(residual[0].mean())  # and the image with it worse than the normal one

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamad.backbones import build_backbone, build_classifier
 from streamad.errors import WeightsError
-from streamad.preprocess import default_input_hw, normalize_images, to_tensor
+from streamad.features.backbones import build_backbone, build_classifier
+from streamad.features.preprocess import default_input_hw, normalize_images, to_tensor
 
 
 class TestLite:
@@ -90,8 +90,8 @@ def test_cpu_micro_batches_give_the_whole_batch(input_hw: tuple[int, int], rtol:
     """The extractor runs a CPU batch a few frames at a time (features.CPU_MICRO_BATCH). At the
     usual input sizes a frame's features do not depend on its batch (bitwise); at small ones
     oneDNN picks other kernels by batch size and they differ by float rounding."""
-    from streamad import features
-    from streamad.features import FeatureExtractor
+    from streamad.features import extractor as features
+    from streamad.features.extractor import FeatureExtractor
 
     extractor = FeatureExtractor("lite0", input_hw=input_hw)
     x = torch.randn(2 * features.CPU_MICRO_BATCH + 1, 3, *input_hw)

@@ -20,15 +20,15 @@ from click.testing import CliRunner
 
 from streamad.cli import main
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter
-from streamad.engine import Reading
+from streamad.engine.assembly import Reading
 from streamad.errors import ClusterError, ConfigError
-from streamad.model_store import open_store, read_state
+from streamad.io.decode import VideoWriter
+from streamad.io.sources import FrameArrays
 from streamad.pipelines.distributed import ClusterOptions, Shard, fit_on_cluster, plan_shards, score_on_cluster, shard_count
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import score
-from streamad.score_store import open_scores, read_source
-from streamad.sources import FrameArrays
+from streamad.stores.model_store import open_store, read_state
+from streamad.stores.score_store import open_scores, read_source
 from tests.conftest import scene
 
 ray = pytest.importorskip("ray")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamad.decode import VideoWriter
-from streamad.model_store import open_store
+from streamad.io.decode import VideoWriter
+from streamad.stores.model_store import open_store
 from tests.conftest import scene
 
 pytest.importorskip("ray")

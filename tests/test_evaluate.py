@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from streamad.cli import main
 from streamad.config import FrameScoreConfig, ModelConfig
-from streamad.ground_truth import GroundTruthError, load_ground_truth
+from streamad.evaluation.ground_truth import GroundTruthError, load_ground_truth
 from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions, markdown, write_report
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import ScoreOptions
@@ -342,9 +342,9 @@ class TestThresholds:
     def test_quantile_f1_and_fixed_thresholds_drive_decisions(self, category: tuple[Path, Path], tmp_path: Path) -> None:
         import csv
 
-        from streamad.model_store import load, open_store
         from streamad.pipelines.calibrate import calibrate
         from streamad.pipelines.score import score
+        from streamad.stores.model_store import load, open_store
 
         root, fitted = category
         model = tmp_path / "m.zarr"
@@ -369,8 +369,8 @@ class TestThresholds:
         assert score([str(root / "test" / "red")], model, tmp_path / "fixed").anomalous == {}
 
     def test_refit_makes_the_threshold_stale(self, tmp_path: Path, frame_folder: Path) -> None:
-        from streamad.model_store import load, open_store
         from streamad.pipelines.calibrate import calibrate
+        from streamad.stores.model_store import load, open_store
 
         fit([str(frame_folder)], tmp_path / "m.zarr", SMALL, options=FitOptions(holdout_every=4, stop=20))
         calibrate(tmp_path / "m.zarr", fixed=3.0)
@@ -387,7 +387,7 @@ class TestThresholds:
 
 
 def open_scores_of(path: str):  # noqa: ANN201
-    from streamad.score_store import open_scores
+    from streamad.stores.score_store import open_scores
 
     return open_scores(path)
 
@@ -411,7 +411,7 @@ def test_generic_masks_folder(category: tuple[Path, Path], tmp_path: Path) -> No
 
 def test_predictions_written_by_another_tool(category: tuple[Path, Path], tmp_path: Path) -> None:
     """The minimal documented format: index, score and map per source, plus the two attributes."""
-    from streamad.store import ZarrStore
+    from streamad.stores.array_store import ZarrStore
 
     root, _ = category
     truth = load_ground_truth(root)

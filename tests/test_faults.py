@@ -24,23 +24,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from streamad.cameras import Camera, cameras_from
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter, decode_video
-from streamad.engine import Reading
+from streamad.engine.assembly import Reading
+from streamad.engine.runner import DropLog, Runner
 from streamad.errors import ConfigError, StoreError, StoreLockedError
 from streamad.frames import Frame
-from streamad.locking import WriterLock, lock_path, readers
-from streamad.model_store import load, open_store, read_progress
+from streamad.io.cameras import Camera, cameras_from
+from streamad.io.decode import VideoWriter, decode_video
+from streamad.io.urls import redact
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.merge import merge
 from streamad.pipelines.score import ScoreOptions, score
 from streamad.pipelines.watch import WatchOptions, watch
-from streamad.runner import DropLog, Runner
-from streamad.score_store import open_scores, read_source
 from streamad.sinks.stats import StreamStats
-from streamad.store import ZarrStore
-from streamad.urls import redact
+from streamad.stores.array_store import ZarrStore
+from streamad.stores.locking import WriterLock, lock_path, readers
+from streamad.stores.model_store import load, open_store, read_progress
+from streamad.stores.score_store import open_scores, read_source
 from tests.conftest import scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=8)
@@ -83,7 +83,8 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
 
 
 def test_lock_left_by_a_killed_process_is_recovered(tmp_path: Path) -> None:
-    code = f"from streamad.locking import WriterLock; import os, signal; lock = WriterLock({str(tmp_path / 's.zarr')!r}); os.kill(os.getpid(), signal.SIGKILL)"
+    code = f"from streamad.stores.locking import WriterLock; import os, signal; lock = WriterLock({str(tmp_path / 's.zarr')!r}); "
+    code += "os.kill(os.getpid(), signal.SIGKILL)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
     assert lock_path(tmp_path / "s.zarr", "lock").read_text().startswith("pid ")  # left behind, but not held
     WriterLock(tmp_path / "s.zarr").release()
@@ -285,7 +286,7 @@ def test_redaction_by_parsing(url: str, shown: str) -> None:
 
 def test_no_credential_reaches_logs_or_the_score_store(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = "rtsp://user:se@cret@127.0.0.1:9/x?password=hunter2"
-    options = WatchOptions(live=__import__("streamad.live", fromlist=["LiveOptions"]).LiveOptions(open_timeout_s=1, max_retries=0, backoff_s=0.01))
+    options = WatchOptions(live=__import__("streamad.io.live", fromlist=["LiveOptions"]).LiveOptions(open_timeout_s=1, max_retries=0, backoff_s=0.01))
     summary = watch([Camera("door", url, str(data / "base.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
     assert summary.gave_up == ["door"]
     stored = json.dumps(open_scores(tmp_path / "w" / "scores.zarr")[1])
@@ -380,7 +381,7 @@ def test_score_fails_when_nothing_was_scored_and_counts_unreadable_images(data: 
 
 
 def test_a_stop_does_not_start_the_next_source_nor_fail_it(data: Path) -> None:
-    from streamad.sources import resolve_sources
+    from streamad.io.sources import resolve_sources
 
     sources = resolve_sources([str(data / "clip.mp4"), str(data / "clip.mp4")])
     stop = [False]
@@ -506,7 +507,7 @@ def test_stream_counters_are_exact_under_threads() -> None:
 
 def test_a_score_store_left_by_a_crash_reads_as_its_flushed_rows(data: Path, tmp_path: Path) -> None:
     from streamad.frames import FrameRef, ScoreMap
-    from streamad.sinks.score_store import ScoreStoreSink
+    from streamad.sinks.score_writer import ScoreStoreSink
 
     store = ZarrStore(tmp_path / "scores.zarr", mode="w")
     sink = ScoreStoreSink(store, attrs={}, flush_every=8)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamad.errors import ShapeError
-from streamad.gaussian import RunningGaussian, batch_moments, chan_merge
+from streamad.scorers.running import RunningGaussian, batch_moments, chan_merge
 
 
 def reference(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +61,7 @@ class TestRunningGaussian:
     def test_position_blocks_change_nothing(self, data: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
         """Updates and merges go a block of positions at a time; one position per block gives
         numpy's statistics as the whole does."""
-        import streamad.gaussian as gaussian
+        import streamad.scorers.running as gaussian
 
         monkeypatch.setattr(gaussian, "BLOCK_BYTES", 8)
         assert len(gaussian.position_blocks(3, 5 * 11)) == 3

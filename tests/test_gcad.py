@@ -15,9 +15,9 @@ from streamad.cli import main
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError
 from streamad.model import Model
-from streamad.scorers import resolve
 from streamad.scorers.gcad import LATENT, GcadNet
-from tests.conftest import scene
+from streamad.scorers.registry import resolve
+from tests.conftest import embed, scene
 from tests.test_evaluate import mvtec
 
 
@@ -49,12 +49,12 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_branches_are_cues_scored_together_or_alone(fitted: tuple[Path, Path]) -> None:
-    from streamad.model_store import load, open_store
+    from streamad.stores.model_store import load, open_store
 
     model = load(open_store(fitted[1]))
     assert model.cues == ("local", "global")
     frames = [scene(t) for t in range(4)] + [scene(1, anomaly=True)]
-    distances = model.distances(model.embed(frames))
+    distances = model.distances(embed(model, frames))
     assert distances.shape[1] == 2 and torch.isfinite(distances).all()
     refs = list(range(len(frames)))
     both = [r.score for r in model.results(refs, distances, frame_score=FrameScoreConfig())]  # type: ignore[arg-type]
@@ -112,8 +112,8 @@ def test_refusals() -> None:
 
 def test_watch_scores_a_file_as_score_does(fitted: tuple[Path, Path], tmp_path: Path) -> None:
     """A trained scorer runs in watch unchanged: the same frame scores as score on the file."""
-    from streamad.cameras import Camera
-    from streamad.decode import VideoWriter
+    from streamad.io.cameras import Camera
+    from streamad.io.decode import VideoWriter
     from streamad.pipelines.score import ScoreOptions, score
     from streamad.pipelines.watch import WatchOptions, watch
 

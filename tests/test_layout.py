@@ -33,7 +33,7 @@ def test_jobs_do_not_reach_into_scorers(path: Path) -> None:
 
 
 def test_model_store_knows_no_method() -> None:
-    text = (ROOT / "streamad" / "model_store.py").read_text()
+    text = (ROOT / "streamad" / "stores" / "model_store.py").read_text()
     assert not re.search(r"padim|soe|gaussian|\bm2\b|chol|projection", text, re.I)
 
 
@@ -41,7 +41,7 @@ def test_watch_is_short() -> None:
     assert len((ROOT / "pipelines" / "watch.py").read_text().splitlines()) < 250
 
 
-@pytest.mark.parametrize(("library", "owner"), [("zarr", "store.py"), ("av", "decode.py"), ("click", "cli.py"), ("ray", "cluster.py")])
+@pytest.mark.parametrize(("library", "owner"), [("zarr", "array_store.py"), ("av", "decode.py"), ("click", "cli.py"), ("ray", "cluster.py")])
 def test_one_importer_per_heavy_library(library: str, owner: str) -> None:
     importers = []
     for path in [*LIBRARY, *JOBS]:

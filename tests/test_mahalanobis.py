@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from streamad.errors import ShapeError
-from streamad.mahalanobis import Mahalanobis, cholesky_factors, mahalanobis, mahalanobis_whitened, whitening_factors
+from streamad.scorers.mahalanobis import Mahalanobis, cholesky_factors, mahalanobis, mahalanobis_whitened, whitening_factors
 
 
 def random_gaussians(positions: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

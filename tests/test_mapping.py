@@ -18,15 +18,16 @@ from click.testing import CliRunner
 import streamad
 from streamad.cli import main
 from streamad.config import ModelConfig
+from streamad.engine.feature_cache import FeatureCache, reservoir_slot
+from streamad.engine.progress import NoProgress
 from streamad.errors import ConfigError
 from streamad.model import Model
-from streamad.model_store import open_store, read_state
-from streamad.pipelines.common import NoProgress
 from streamad.pipelines.fit import FitOptions
-from streamad.scorers import resolve
-from streamad.scorers.mapping import MappingScorer, position_encoding
-from streamad.store import MemoryStore
-from streamad.training import FeatureCache, default_epochs, epoch_order, reservoir_slot
+from streamad.scorers.pfm import MappingScorer, position_encoding
+from streamad.scorers.registry import resolve
+from streamad.scorers.trained import default_epochs, epoch_order
+from streamad.stores.array_store import MemoryStore
+from streamad.stores.model_store import open_store, read_state
 from tests.conftest import scene
 from tests.test_evaluate import mvtec
 
@@ -193,8 +194,8 @@ def test_a_torchvision_second_backbone_with_its_weights_file(tmp_path: Path) -> 
 
 
 def test_a_live_camera_learns_pefm_in_one_pass(tmp_path: Path) -> None:
-    from streamad.cameras import Camera
-    from streamad.decode import VideoWriter
+    from streamad.io.cameras import Camera
+    from streamad.io.decode import VideoWriter
     from streamad.pipelines.watch import WatchOptions, watch
 
     video = tmp_path / "cam.mp4"

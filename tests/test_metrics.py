@@ -6,7 +6,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from streamad.errors import ConfigError, ShapeError
-from streamad.metrics import PixelMetrics, SproMetrics, auroc, float16_keys, key_values
+from streamad.evaluation.metrics import PixelMetrics, SproMetrics, auroc, float16_keys, key_values
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -125,7 +125,7 @@ def test_shape_mismatch_refused() -> None:
 def test_f1_threshold_is_the_best_of_every_cut(seed: int) -> None:
     from sklearn.metrics import f1_score
 
-    from streamad.metrics import f1_threshold
+    from streamad.evaluation.metrics import f1_threshold
 
     rng = np.random.default_rng(seed)
     labels = rng.random(300) < 0.2

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from streamad.cameras import Camera
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter
 from streamad.errors import ConfigError
+from streamad.features.temporal import HAS_MOTION, MOTION, MotionTracker
 from streamad.frames import FeatureBatch, FrameRef
+from streamad.io.cameras import Camera
+from streamad.io.decode import VideoWriter
 from streamad.model import Model
-from streamad.model_store import open_store, read_state
-from streamad.motion import HAS_MOTION, MOTION, MotionTracker
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.merge import merge
 from streamad.pipelines.score import ScoreOptions, score
 from streamad.pipelines.watch import WatchOptions, watch
-from tests.conftest import scene
+from streamad.stores.model_store import open_store, read_state
+from tests.conftest import embed, scene
 
 MOTION_CONFIG = ModelConfig(input_hw=(64, 96), k=16, motion="feat")
 
@@ -45,7 +45,7 @@ def motion_energy(model: Model, frames: list[np.ndarray]) -> torch.Tensor:
     """Per-position norm of the motion features of the last frame, as (h, w)."""
     tracker = MotionTracker("embedding", lag_s=0.1)
     refs = tuple(FrameRef("c", i, i / 10) for i in range(len(frames)))
-    batch = tracker(FeatureBatch(refs, model.embed(frames)))
+    batch = tracker(FeatureBatch(refs, embed(model, frames)))
     assert batch.features[HAS_MOTION].tolist() == [False] + [True] * (len(frames) - 1)
     return batch.features[MOTION][-1].norm(dim=-1).view(*model.extractor.feature_hw)
 
@@ -157,7 +157,7 @@ def test_learning_a_camera_learns_motion_with_its_frame_step(tmp_path: Path) -> 
 
 
 def test_overlay_shows_the_motion_map_beside_the_appearance_map(tmp_path: Path) -> None:
-    from streamad.decode import probe
+    from streamad.io.decode import probe
 
     train, test = clip(tmp_path / "train.mp4", 40), clip(tmp_path / "test.mp4", 12)
     fit([str(train)], tmp_path / "m.zarr", MOTION_CONFIG)
@@ -170,7 +170,7 @@ def test_overlay_shows_the_motion_map_beside_the_appearance_map(tmp_path: Path) 
 
 
 def test_flow_features_measure_speed_and_direction_where_the_square_moves() -> None:
-    from streamad.motion import flow_features
+    from streamad.features.temporal import flow_features
 
     rng = np.random.default_rng(0)
     background = cv2.resize(rng.uniform(0, 255, (16, 24)).astype(np.float32), (192, 128), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
@@ -193,7 +193,7 @@ def test_watch_realtime_gives_the_scores_of_score(tmp_path: Path) -> None:
     """A file played at its native rate, as a camera: every frame scored with its predecessor
     also scored (live, a frame may be dropped when the machine is busy, and the next then has
     no motion) gets the offline score."""
-    from streamad.live import LiveOptions
+    from streamad.io.live import LiveOptions
 
     train, test = clip(tmp_path / "train.mp4", 60, fps=20), clip(tmp_path / "test.mp4", 30, fps=20, anomaly_from=20)
     fit([str(train)], tmp_path / "m.zarr", replace(MOTION_CONFIG, motion="both"))

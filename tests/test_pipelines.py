@@ -17,12 +17,12 @@ from click.testing import CliRunner
 
 from streamad.cli import main
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter
-from streamad.model_store import open_store, read_state
+from streamad.io.decode import VideoWriter
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.merge import merge
 from streamad.pipelines.score import ScoreOptions, score
-from streamad.score_store import open_scores, read_source
+from streamad.stores.model_store import open_store, read_state
+from streamad.stores.score_store import open_scores, read_source
 from tests.conftest import scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=16)
@@ -47,8 +47,8 @@ def assert_same_stats(a: Path, b: Path) -> None:
 def test_default_input_size_comes_from_the_first_source_with_a_readable_frame(tmp_path: Path, frame_folder: Path) -> None:
     import shutil
 
+    from streamad.io.sources import resolve_sources
     from streamad.pipelines.fit import _first_frame_hw
-    from streamad.sources import resolve_sources
 
     root = tmp_path / "clips"
     (root / "a").mkdir(parents=True)
@@ -62,11 +62,11 @@ class TestFitScore:
         """The held-out frames are set aside as the fit decodes them: every frame is read once
         (the input size is given here: no frame is read for it), and the normalisation equals one measured by
         reading the held-out frames again, as fits did before."""
-        import streamad.sources as sources_module
-        from streamad.engine import Reading
-        from streamad.model_store import load
-        from streamad.pipelines.common import normalise_on
-        from streamad.sources import resolve_sources
+        import streamad.io.sources as sources_module
+        from streamad.engine.assembly import Reading
+        from streamad.engine.normalising import normalise_on
+        from streamad.io.sources import resolve_sources
+        from streamad.stores.model_store import load
 
         reads: list[str] = []
         real = sources_module.read_image
@@ -189,7 +189,7 @@ class TestCli:
     def test_bad_input_one_line_error(self, tmp_path: Path, tiny_video: Path, args: list[str], message: str) -> None:
         (tmp_path / "notvideo.mp4").write_text("hello")
         (tmp_path / "empty").mkdir()
-        from streamad.store import ZarrStore
+        from streamad.stores.array_store import ZarrStore
 
         with ZarrStore(tmp_path / "plain.zarr", mode="w") as plain:
             plain.set_attrs({"x": 1})

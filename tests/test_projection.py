@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from streamad.errors import ConfigError, ShapeError
-from streamad.projection import Projection, make_projection, project, random_channel_subset, semi_orthogonal
+from streamad.scorers.projection import Projection, make_projection, project, random_channel_subset, semi_orthogonal
 
 
 class TestSemiOrthogonal:
@@ -63,7 +63,7 @@ class TestProject:
 class TestProjectLayers:
     @pytest.mark.parametrize("method", ["padim", "soe"])
     def test_equals_concatenate_then_project(self, method: str) -> None:
-        from streamad.projection import project_layers
+        from streamad.scorers.projection import project_layers
 
         def concat_features(features: dict[str, torch.Tensor], layers: tuple[str, ...]) -> torch.Tensor:
             """The reference: every map upsampled (nearest) to the finest, then concatenated."""

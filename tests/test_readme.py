@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from streamad.cli import main
-from streamad.decode import VideoWriter
+from streamad.io.decode import VideoWriter
 from tests.conftest import scene
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from streamad.engine.runner import DropLog, Runner
 from streamad.errors import ConfigError
-from streamad.runner import DropLog, Runner
 
 
 class Boom(RuntimeError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,29 +16,26 @@ from click.testing import CliRunner
 from torch import Tensor
 
 import streamad
-from streamad.cameras import Camera
 from streamad.cli import main
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter
-from streamad.features import FeatureExtractor, Features
+from streamad.features.extractor import FeatureExtractor, Features
+from streamad.io.cameras import Camera
+from streamad.io.decode import VideoWriter
 from streamad.model import Model
-from streamad.model_store import open_store, read_state
 from streamad.pipelines.fit import FitOptions
 from streamad.pipelines.watch import WatchOptions, watch
-from streamad.scorers import register_scorer, resolve, unregister_scorer
-from streamad.scorers.base import Scorer, ScorerState
-from tests.conftest import scene
+from streamad.scorers.base import Mergeable, Scorer, ScorerState, Trainable
+from streamad.scorers.registry import ScorerSpec, register_scorer, resolve, unregister_scorer
+from streamad.stores.model_store import open_store, read_state
+from tests.conftest import embed, scene
 from tests.test_evaluate import mvtec
 
 TOY = "toy-mean"
 
 
 class MeanScorer:
-    """Per-position mean of the finest map's channels; distance = Euclidean distance to it."""
-
-    mergeable: ClassVar[bool] = False
-    trainable: ClassVar[bool] = False
-    extractors: ClassVar[int] = 1
+    """Per-position mean of the finest map's channels; distance = Euclidean distance to it
+    (declares no capability: not mergeable, not trainable, one cue)."""
 
     def __init__(self, config: ModelConfig, extractor: FeatureExtractor) -> None:
         self.layer = extractor.spec.layers[0]
@@ -72,9 +69,6 @@ class MeanScorer:
         assert self.mean is not None
         return (prepared["x"] - self.mean).norm(dim=-1)
 
-    def merge(self, other: Scorer) -> None:
-        raise AssertionError("merge must refuse a scorer that is not mergeable before calling this")
-
     def state(self) -> ScorerState:
         arrays = {"total": self.total.numpy(), "count": np.asarray(self.count)}
         if self.mean is not None:
@@ -89,7 +83,7 @@ class MeanScorer:
 
 @pytest.fixture(autouse=True)
 def toy() -> Iterator[None]:
-    register_scorer(TOY, MeanScorer)
+    register_scorer(ScorerSpec(TOY, MeanScorer))
     yield
     unregister_scorer(TOY)
 
@@ -126,9 +120,10 @@ def test_protocol_conformance(config: ModelConfig) -> None:
     have the patch grid's shape and survive a reload."""
     model = Model(config)
     assert isinstance(model.scorer, Scorer)
-    assert isinstance(model.scorer.mergeable, bool) and isinstance(model.scorer.trainable, bool)
+    assert model.mergeable == isinstance(model.scorer, Mergeable) == (config.method in ("padim", "soe"))
+    assert model.trainable == isinstance(model.scorer, Trainable) == (config.method not in ("padim", "soe", TOY))
     frames = [scene(t) for t in range(6)]
-    prepared = model.embed(frames)
+    prepared = embed(model, frames)
     model.update(prepared)
     model.finalise()
     d = model.distances(prepared)

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from streamad.decode import VideoWriter, decode_video, probe
+from streamad.engine.runner import DropLog
 from streamad.errors import EmptySourceError, SourceNotFoundError, UnsupportedSourceError
-from streamad.runner import DropLog
-from streamad.sources import ImageSequence, VideoFile, natural_key, resolve_sources
+from streamad.io.decode import VideoWriter, decode_video, probe
+from streamad.io.sources import ImageSequence, VideoFile, natural_key, resolve_sources
 
 
 class TestResolve:
@@ -86,7 +86,7 @@ class TestFrames:
         assert [f.index for f in source.frames(every=4, start_index=10, stop_index=30)] == [12, 16, 20, 24, 28]
 
     def test_a_late_start_seeks_and_yields_what_decoding_from_the_start_yields(self, tiny_video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        import streamad.decode as decode_module
+        import streamad.io.decode as decode_module
 
         full = {f.index: f for f in decode_video(tiny_video, source_id="v")}  # 40 frames, a keyframe every 10
         landed: list[bool] = []
@@ -102,7 +102,7 @@ class TestFrames:
         assert landed[:2] == [False, False] and landed[3:] == [True, True, True]
 
     def test_keep_selects_before_conversion_and_size_from_metadata(self, tiny_video: Path, frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        import streamad.sources as sources_module
+        import streamad.io.sources as sources_module
 
         (video,) = resolve_sources([str(tiny_video)])
         assert video.frame_hw() == (96, 128) and len(video) == 40 and video.fps == pytest.approx(10)

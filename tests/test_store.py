@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from streamad.errors import StoreError, StoreNotFoundError
-from streamad.store import ArrayStore, MemoryStore, ZarrStore
+from streamad.stores.array_store import ArrayStore, MemoryStore, ZarrStore
 
 
 @pytest.fixture(params=["memory", "zarr"])
@@ -98,7 +98,7 @@ class TestModelStore:
     def test_round_trip_exact(self, tmp_path: Path) -> None:
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.model_store import Progress, commit, create, load, open_store, read_progress, read_state
+        from streamad.stores.model_store import Progress, commit, create, load, open_store, read_progress, read_state
 
         model = Model(ModelConfig(method="soe", input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
@@ -124,7 +124,7 @@ class TestModelStore:
         """(store, model, positions): a small model fitted on 30 random embeddings, committed."""
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.model_store import Progress, commit, create, open_store
+        from streamad.stores.model_store import Progress, commit, create, open_store
 
         model = Model(ModelConfig(method=method, input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
@@ -136,7 +136,7 @@ class TestModelStore:
         return store, model, positions
 
     def test_scoring_only_load_leaves_the_statistics_out(self, tmp_path: Path) -> None:
-        from streamad.model_store import load, open_store
+        from streamad.stores.model_store import load, open_store
 
         _, model, positions = self.fitted_store(tmp_path / "m.zarr", "soe")
         full, scoring = load(open_store(tmp_path / "m.zarr")), load(open_store(tmp_path / "m.zarr"), scoring_only=True)
@@ -151,7 +151,7 @@ class TestModelStore:
     def test_reads_format_2_factors(self, tmp_path: Path) -> None:
         """A format-2 store kept float32 Cholesky factors (chol) where format 3 keeps their
         inverse: it loads and scores exactly like the fit that wrote the new format."""
-        from streamad.model_store import load, open_store
+        from streamad.stores.model_store import load, open_store
 
         store, model, positions = self.fitted_store(tmp_path / "m.zarr", "padim")
         attrs = store.attrs()
@@ -167,7 +167,7 @@ class TestModelStore:
         np.testing.assert_allclose(old.scorer.distances(x).numpy(), model.scorer.distances(x).numpy(), rtol=1e-5)
 
     def test_refuses_other_format(self, tmp_path: Path) -> None:
-        from streamad.model_store import open_store
+        from streamad.stores.model_store import open_store
 
         with ZarrStore(tmp_path / "o.zarr", mode="w") as store:
             store.set_attrs({"kind": "streamad-model", "format_version": 999, "streamad_version": "9"})

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamad import live as live_module
-from streamad.cameras import Camera, cameras_from
 from streamad.config import ModelConfig
-from streamad.decode import VideoWriter
 from streamad.errors import ConfigError
 from streamad.frames import Frame
-from streamad.live import LiveOptions, LiveStream
+from streamad.io import live as live_module
+from streamad.io.cameras import Camera, cameras_from
+from streamad.io.decode import VideoWriter
+from streamad.io.live import LiveOptions, LiveStream
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import ScoreOptions, score
 from streamad.pipelines.watch import WatchOptions, WatchSummary, watch
@@ -261,8 +261,8 @@ def test_camera_and_model_pairing_errors() -> None:
 def test_adapt_folds_normal_frames_in_and_a_restart_resumes(model: Path, tmp_path: Path) -> None:
     import shutil
 
-    from streamad.model_store import load, open_store, read_progress
     from streamad.pipelines.calibrate import calibrate
+    from streamad.stores.model_store import load, open_store, read_progress
 
     store = tmp_path / "m.zarr"
     shutil.copytree(model, store)

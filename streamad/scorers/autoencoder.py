@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError
-from streamad.features import FeatureExtractor, Features
+from streamad.features.extractor import FeatureExtractor, Features
+from streamad.scorers.registry import ScorerSpec
 from streamad.scorers.trained import NetworkScorer, seeded
 
 LR = 2e-4
@@ -158,5 +159,5 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> AutoencoderScorer
     return AutoencoderScorer(method=config.method, input_hw=(h, w), seed=config.seed, device=extractor.device)
 
 
-build.backbone = "pixels"  # type: ignore[attr-defined]  # what it reads instead of a backbone
-build.input_hw = INPUT_HW  # type: ignore[attr-defined]  # the paper's input size, unless one is given
+AE_L2 = ScorerSpec("ae-l2", build, fixed_input="pixels", input_hw=INPUT_HW)  # the paper's input size, unless one is given
+AE_SSIM = ScorerSpec("ae-ssim", build, fixed_input="pixels", input_hw=INPUT_HW)

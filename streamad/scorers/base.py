@@ -1,7 +1,7 @@
 """The scorer protocol: what every anomaly-scoring method implements.
 
 Jobs talk to a method only through this protocol (plus the registry in
-:mod:`streamad.scorers`); stores persist :meth:`Scorer.state`, never fields they know by name.
+:mod:`streamad.scorers.registry`); stores persist :meth:`Scorer.state`, never fields they know by name.
 
 A step of the engine::
 
@@ -9,18 +9,27 @@ A step of the engine::
     scorer.update(prepared)               # fit: one streaming step
     scorer.finalise()                     # after the last update (factorise, freeze, ...)
     scorer.distances(prepared)            # score: (B, P) distances on the patch grid
+
+What a method can do beyond that is declared, never probed: small capability protocols checked
+with ``isinstance`` (:class:`Mergeable`, :class:`Trainable`, :class:`MultiCue`,
+:class:`Temporal`, :class:`Releasable`), and what it needs (extractors, default backbones,
+input size, training steps) in its :class:`~streamad.scorers.registry.ScorerSpec`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from streamad.features import Features
+from streamad.features.extractor import Features
+
+if TYPE_CHECKING:
+    from streamad.features.temporal import MotionTracker
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +58,7 @@ class ScorerState:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """An anomaly-scoring method on one feature extractor's maps.
-
-    Capabilities (class attributes):
-        mergeable: :meth:`merge` combines two partial fits exactly (``streamad merge``, Ray).
-        trainable: needs an optimiser and several passes (epochs) over its data.
-        extractors: how many feature extractors it reads (1: any one backbone).
-    """
-
-    mergeable: ClassVar[bool]
-    trainable: ClassVar[bool]
-    extractors: ClassVar[int]
+    """An anomaly-scoring method on one feature extractor's maps (or two: its spec says)."""
 
     @property
     def frames_seen(self) -> int:
@@ -88,13 +87,114 @@ class Scorer(Protocol):
         ...
 
     def distances(self, prepared: Features) -> Tensor:
-        """Per-position distances, a tensor of shape (B, P) on the scorer's device."""
-        ...
-
-    def merge(self, other: Scorer) -> None:
-        """Add another partial fit (mergeable scorers only)."""
+        """Per-position distances, a tensor of shape (B, P), or (B, C, P) for C cues
+        (:class:`MultiCue`), on the scorer's device."""
         ...
 
     def state(self) -> ScorerState: ...
 
     def load_state(self, state: ScorerState) -> None: ...
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    """Partial fits combine exactly (``streamad merge``, Ray): fitting A then B equals fitting
+    A and B apart and merging."""
+
+    def merge(self, other: Scorer) -> None:
+        """Add another partial fit of the same settings."""
+        ...
+
+
+@runtime_checkable
+class MultiCue(Protocol):
+    """Distances of several cues, (B, C, P), named in order (``appearance``, ``motion``, ...)."""
+
+    @property
+    def cues(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class Temporal(Protocol):
+    """A scorer that may measure change over time: jobs run its :meth:`tracker` per source, in
+    frame order, between ``prepare`` and the scorer."""
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether the tracker reads each frame's original image (dense flow)."""
+        ...
+
+    def tracker(self) -> MotionTracker | None:
+        """A new per-source memory adding the temporal features (None: this fit has none)."""
+        ...
+
+
+@runtime_checkable
+class Releasable(Protocol):
+    """Keeps statistics that only fitting needs and can let them go once the factors are stored."""
+
+    def release_statistics(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainStep:
+    """Where a trainable scorer's training stands (emitted after each optimiser step).
+
+    Attributes:
+        epoch: epochs over the feature cache completed.
+        position: frames of the current epoch's order trained on.
+        frames: frames in the step just taken (0: no step yet).
+        loss: the last step's loss (NaN before the first).
+    """
+
+    epoch: int
+    position: int
+    frames: int
+    loss: float
+
+
+class TrainingRows(Protocol):
+    """The rows a trainable scorer's epochs read (:class:`~streamad.engine.feature_cache.FeatureCache`)."""
+
+    seed: int
+
+    def preload(self, size: int) -> None: ...
+
+    def read(self, slots: np.ndarray, device: torch.device) -> Features: ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """Needs an optimiser and epochs over a cache of prepared features (the fitting pass fills
+    the cache, :meth:`train` runs the epochs); resumable from its own state."""
+
+    feature_names: tuple[str, ...]
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken."""
+        ...
+
+    @property
+    def trained(self) -> TrainStep:
+        """Where training stands."""
+        ...
+
+    def add_frames(self, count: int) -> None:
+        """Count frames that went into the feature cache instead of ``update``."""
+        ...
+
+    def train(
+        self,
+        rows: TrainingRows,
+        *,
+        size: int,
+        epochs: int,
+        batch_size: int,
+        on_step: Callable[[TrainStep], None],
+        stopped: Callable[[], bool],
+        checkpoint: Callable[[], None],
+        checkpoint_every: int = 500,
+    ) -> bool:
+        """The remaining epochs over ``size`` rows; returns whether they all ran."""
+        ...

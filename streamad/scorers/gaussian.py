@@ -8,7 +8,7 @@ each position's covariance (Cholesky) and scores with the whitening factors.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,12 +16,13 @@ from torch import Tensor, nn
 
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError, StoreError
-from streamad.features import FeatureExtractor, Features
-from streamad.gaussian import RunningGaussian, position_blocks
-from streamad.mahalanobis import Mahalanobis, cholesky_factors, whitening_factors
-from streamad.motion import DIRECTIONS, FLOW, HAS_MOTION, MOTION, MotionTracker
-from streamad.projection import METHODS, make_projection, project_layers
+from streamad.features.extractor import FeatureExtractor, Features
+from streamad.features.temporal import DIRECTIONS, FLOW, HAS_MOTION, MOTION, MotionTracker
 from streamad.scorers.base import Scorer, ScorerState
+from streamad.scorers.mahalanobis import Mahalanobis, cholesky_factors, whitening_factors
+from streamad.scorers.projection import METHODS, make_projection, project_layers
+from streamad.scorers.registry import ScorerSpec
+from streamad.scorers.running import RunningGaussian, position_blocks
 
 EMBEDDING = "embedding"
 
@@ -121,7 +122,7 @@ class PositionGaussians(nn.Module):
 class GaussianScorer(nn.Module):
     """Per-position Gaussians of projected multi-scale features (``padim`` or ``soe``), and with
     ``motion_lag_s`` a second cue: per-position Gaussians of how those embeddings change over
-    the lag (:mod:`streamad.motion`), fitted on the same frames.
+    the lag (:mod:`streamad.features.temporal`), fitted on the same frames.
 
     Distances are (B, P) with appearance alone, else (B, 2, P): appearance and motion, NaN for
     the motion of a frame without a frame one lag before it.
@@ -137,10 +138,6 @@ class GaussianScorer(nn.Module):
         motion_lag_s: the motion cue's lag in seconds (None: appearance only).
         device: where statistics and factors live.
     """
-
-    mergeable: ClassVar[bool] = True
-    trainable: ClassVar[bool] = False
-    extractors: ClassVar[int] = 1
 
     projection: Tensor
 
@@ -307,3 +304,7 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
         input_hw=extractor.input_hw,
         device=extractor.device,
     )
+
+
+PADIM = ScorerSpec("padim", build, motion=True)
+SOE = ScorerSpec("soe", build, motion=True)

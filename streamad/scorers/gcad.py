@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError
-from streamad.features import SECOND, FeatureExtractor, Features
+from streamad.features.extractor import SECOND, FeatureExtractor, Features
+from streamad.scorers.registry import ScorerSpec
 from streamad.scorers.trained import NetworkScorer, seeded
 
 LR = 1e-3  # small networks trained for few steps on a CPU (see TRAIN_STEPS)
@@ -115,7 +116,6 @@ class GcadNet(nn.Module):
 class GcadScorer(NetworkScorer):
     """GCAD on a teacher backbone's taps (``layers``, ``channels``) at ``input_hw``."""
 
-    extractors: ClassVar[int] = 2
     cues: ClassVar[tuple[str, ...]] = CUES
 
     def __init__(
@@ -196,5 +196,4 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> GcadScorer:
     )
 
 
-build.extractors = 2  # type: ignore[attr-defined]
-build.steps = TRAIN_STEPS  # type: ignore[attr-defined]  # default optimiser steps (epochs follow)
+GCAD = ScorerSpec("gcad", build, extractors=2, default_pair=default_pair, steps=TRAIN_STEPS)

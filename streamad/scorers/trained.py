@@ -13,15 +13,36 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from streamad.errors import ConfigError, StoreError
-from streamad.features import Features
-from streamad.scorers.base import ScorerState
+from streamad.features.extractor import Features
+from streamad.scorers.base import ScorerState, TrainingRows, TrainStep
+
+PAPER_STEPS = 3000  # PFM/PEFM: 200 epochs of batch 16 over an MVTec AD category (~240 images)
+MIN_EPOCHS, MAX_EPOCHS = 5, 200
+
+
+def default_epochs(frames: int, batch_size: int, steps: int = PAPER_STEPS) -> int:
+    """The papers' schedule scaled to the data: about as many optimiser steps as 200 epochs on
+    an MVTec AD category (or a method's own ``steps``), within [5, 200] epochs (few frames:
+    more epochs; many: fewer).
+
+    Example:
+        >>> default_epochs(200, 16), default_epochs(5000, 16), default_epochs(20, 16)
+        (200, 10, 200)
+    """
+    steps_per_epoch = max(1, math.ceil(frames / batch_size))
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(steps / steps_per_epoch))))
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The order of the cache's rows in one epoch (a permutation fixed by seed and epoch)."""
+    return np.random.default_rng([seed, 1_000_003, epoch]).permutation(size)
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
@@ -40,10 +61,6 @@ class NetworkScorer:
         lr, weight_decay: Adam's settings.
         feature_names: the prepared features the method reads (and the cache keeps).
     """
-
-    mergeable: ClassVar[bool] = False
-    trainable: ClassVar[bool] = True
-    extractors: ClassVar[int] = 1
 
     def __init__(
         self, *, method: str, seed: int, net: nn.Module, lr: float, weight_decay: float, feature_names: tuple[str, ...], device: torch.device | str
@@ -125,8 +142,47 @@ class NetworkScorer:
         self.net.eval()
         self._finalised = True
 
-    def merge(self, other: object) -> None:
-        raise ConfigError(f"expected a mergeable method, got {self.method!r}, whose trained networks cannot merge partial fits; hint: fit once on all sources")
+    @property
+    def trained(self) -> TrainStep:
+        return TrainStep(self.epoch, self.position, 0, self.loss)
+
+    def train(
+        self,
+        rows: TrainingRows,
+        *,
+        size: int,
+        epochs: int,
+        batch_size: int,
+        on_step: Callable[[TrainStep], None],
+        stopped: Callable[[], bool],
+        checkpoint: Callable[[], None],
+        checkpoint_every: int = 500,
+    ) -> bool:
+        """Run the remaining epochs over the ``size`` rows, from the current epoch and position;
+        ``on_step`` after each step, ``checkpoint()`` after every ``checkpoint_every`` frames
+        trained on, when stopped and at the end. Returns whether every epoch ran."""
+        if size < 1:
+            raise ConfigError("expected at least one frame in the feature cache to train on, got none; hint: fit on more frames")
+        if self.epoch < epochs:
+            rows.preload(size)
+        since = 0
+        while self.epoch < epochs:
+            order = epoch_order(rows.seed, self.epoch, size)
+            while self.position < size:
+                if stopped():
+                    checkpoint()
+                    return False
+                slots = order[self.position : self.position + batch_size]
+                self.train_step(rows.read(slots, self.device))
+                self.position += len(slots)
+                on_step(TrainStep(self.epoch, self.position, len(slots), self.loss))
+                since += len(slots)
+                if since >= checkpoint_every:
+                    checkpoint()
+                    since = 0
+            self.epoch, self.position = self.epoch + 1, 0
+        checkpoint()
+        return True
 
     # -- state -------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from streamad import pictures
-from streamad.decode import VideoWriter
 from streamad.frames import ScoreMap
+from streamad.io.decode import VideoWriter
 
 
 def display_range(threshold: float | None) -> tuple[float, float]:

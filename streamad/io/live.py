@@ -1,7 +1,7 @@
 """Live sources that never hang: reconnects with backoff, a stall watchdog, state changes.
 
 A :class:`LiveStream` turns a URL into an endless frame iterator. Each connection is read by
-its own thread (:func:`streamad.decode.read_stream`) into a small queue; the iterator waits on
+its own thread (:func:`streamad.io.decode.read_stream`) into a small queue; the iterator waits on
 that queue, so when no frame arrives for ``stall_timeout_s`` (or the connection does not open
 within ``open_timeout_s``) it gives the connection up, whatever PyAV is stuck in, and
 reconnects after an exponential backoff (``backoff_s`` doubling up to ``max_backoff_s``;
@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamad.decode import DropCallback, read_stream
 from streamad.errors import ConfigError, DecodeError
 from streamad.frames import Frame
-from streamad.urls import redact
+from streamad.io.decode import DropCallback, read_stream
+from streamad.io.urls import redact
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from streamad.anomaly_map import TemporalMean
 from streamad.errors import ConfigError
-from streamad.features import FeatureExtractor, Features
+from streamad.features.extractor import FeatureExtractor, Features
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap, TensorBatch
+from streamad.maps import TemporalMean
 
 Prepare = Callable[[Features], Features]
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from streamad.backbones import BackboneSpec, build_backbone
 from streamad.errors import ConfigError
-from streamad.preprocess import Preprocessor
+from streamad.features.backbones import BackboneSpec, build_backbone
+from streamad.features.preprocess import Preprocessor
 
 if TYPE_CHECKING:
     from streamad.config import ModelConfig
@@ -37,7 +37,7 @@ def feature_hw(spec: BackboneSpec, input_hw: tuple[int, int]) -> tuple[int, int]
     """Size of the finest feature map (the patch grid) for an input size.
 
     Example:
-        >>> from streamad.backbones import SPECS
+        >>> from streamad.features.backbones import SPECS
         >>> feature_hw(SPECS["lite0"], (256, 384))
         (64, 96)
     """
@@ -49,7 +49,7 @@ class FeatureExtractor(nn.Module):
     """Preprocess + backbone (or a pair of backbones on the same images), frozen, on one device.
 
     Args:
-        backbone: a name from :data:`streamad.backbones.SPECS`.
+        backbone: a name from :data:`streamad.features.backbones.SPECS`.
         input_hw: network input (height, width).
         weights: state dict file (torchvision backbones need one; the lites have their own).
         device: where the backbone runs; on CUDA it runs in float16 autocast, channels_last.

@@ -4,7 +4,7 @@ This is the only module that imports zarr. A store holds named n-d arrays (``"st
 and one JSON attribute dict at its root. Writing the root attributes is atomic (zarr's local
 store writes a temporary file and renames it), which is what makes model checkpoints atomic: new
 arrays are written under fresh names first and the attributes that point at them are replaced
-last (see :mod:`streamad.model_store`).
+last (see :mod:`streamad.stores.model_store`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from streamad.errors import StoreError, StoreNotFoundError
-from streamad.locking import WriterLock, lock_path, readers
+from streamad.stores.locking import WriterLock, lock_path, readers
 
 
 @runtime_checkable
@@ -152,7 +152,7 @@ class MemoryStore:
 class ZarrStore:
     """A zarr v3 group on the local file system as an :class:`ArrayStore`.
 
-    A store opened to write holds its writer lock (:class:`~streamad.locking.WriterLock`) until
+    A store opened to write holds its writer lock (:class:`~streamad.stores.locking.WriterLock`) until
     :meth:`close`: a second writer gets :class:`~streamad.errors.StoreLockedError`.
     A new store (mode ``"w"``) is built beside its path (``.NAME.new``) and appears there only
     when :meth:`publish` swaps it in, so a crash before then leaves the old store (or none),

@@ -19,7 +19,7 @@ import numpy as np
 
 from streamad.errors import DecodeError, UnsupportedSourceError
 from streamad.frames import Frame
-from streamad.urls import redact
+from streamad.io.urls import redact
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def read_stream(
     """Decode a live URL (``rtsp://`` over TCP, http/hls, ``/dev/video*``) or a file, once.
 
     Ends when the stream ends, fails or ``should_stop()``: reconnecting is the caller's business
-    (:mod:`streamad.live`). Frame indices continue from ``first_index``; ``on_open(fps)`` is
+    (:mod:`streamad.io.live`). Frame indices continue from ``first_index``; ``on_open(fps)`` is
     called once the container is open.
 
     Raises:

@@ -26,9 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamad import decode
 from streamad.errors import EmptySourceError, SourceNotFoundError, UnsupportedSourceError
 from streamad.frames import Frame
+from streamad.io import decode
 
 logger = logging.getLogger(__name__)
 

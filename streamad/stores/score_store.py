@@ -1,6 +1,6 @@
-"""The score store format (``scores.zarr``) and reading it back; :mod:`streamad.sinks.score_store` writes it.
+"""The score store format (``scores.zarr``) and reading it back; :mod:`streamad.sinks.score_writer` writes it.
 
-``scores.zarr`` layout (an :class:`~streamad.store.ArrayStore`)::
+``scores.zarr`` layout (an :class:`~streamad.stores.array_store.ArrayStore`)::
 
     attrs                 kind="streamad-scores", format_version, model (its attrs subset),
                           input_hw, frame_score (normalised, topk_fraction, window), sources
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from streamad.errors import StoreError
-from streamad.store import ArrayStore, ZarrStore
+from streamad.stores.array_store import ArrayStore, ZarrStore
 
 KIND = "streamad-scores"
 FORMAT_VERSION = 1

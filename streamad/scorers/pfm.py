@@ -16,7 +16,7 @@ moments, epoch and position in the feature cache) is the scorer's state, as arra
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError
-from streamad.features import SECOND, FeatureExtractor, Features
+from streamad.features.extractor import SECOND, FeatureExtractor, Features
+from streamad.scorers.registry import ScorerSpec
 from streamad.scorers.trained import NetworkScorer, seeded
 
 LR = 3e-4  # the papers' Adam settings
@@ -95,8 +96,6 @@ class MappingScorer(NetworkScorer):
         grids: per scale, the feature grid (h, w) at the model's input size.
         seed: initialises the networks.
     """
-
-    extractors: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -186,4 +185,5 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> MappingScorer:
     )
 
 
-build.extractors = 2  # type: ignore[attr-defined]
+PFM = ScorerSpec("pfm", build, extractors=2, default_pair=default_pair)
+PEFM = ScorerSpec("pefm", build, extractors=2, default_pair=default_pair)

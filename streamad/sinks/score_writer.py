@@ -1,4 +1,4 @@
-"""``scores.zarr``: results in the score store format (:mod:`streamad.score_store`)."""
+"""``scores.zarr``: results in the score store format (:mod:`streamad.stores.score_store`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from streamad.frames import ScoreMap
-from streamad.score_store import FORMAT_VERSION, KIND, MAP_CHUNK_FRAMES
-from streamad.store import ArrayStore
+from streamad.stores.array_store import ArrayStore
+from streamad.stores.score_store import FORMAT_VERSION, KIND, MAP_CHUNK_FRAMES
 
 
 @dataclass(slots=True)

@@ -1,60 +1,26 @@
-"""Training a trainable scorer on a stream: a bounded feature cache, then epochs over it.
+"""The feature cache a trainable scorer's epochs read: bounded, in the model store.
 
 The fitting pass runs the backbones once per frame and offers each frame's prepared features to
 a :class:`FeatureCache` (float16 rows in the model store, a uniform reservoir sample when the
-sources hold more frames than it keeps). :func:`train` then runs the epochs on the cache alone,
-so no backbone runs twice for a frame. Every random choice (the reservoir, each epoch's order)
-is a function of the seed and a counter, and the scorer carries its epoch and position in the
+sources hold more frames than it keeps). The scorer's ``train``
+(:class:`~streamad.scorers.base.Trainable`) then runs the epochs on the cache alone, so no
+backbone runs twice for a frame. Every random choice (the reservoir, each epoch's order) is a
+function of the seed and a counter, and the scorer carries its epoch and position in the
 epoch's order, so a fit stopped anywhere resumes exactly.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Protocol
-
 import numpy as np
 import torch
 
 from streamad.errors import ConfigError
-from streamad.features import Features
-from streamad.store import ArrayStore
+from streamad.features.extractor import Features
+from streamad.stores.array_store import ArrayStore
 
 PREFIX = "cache"
 PRELOAD_BYTES = 1 << 30  # a cache up to this size is read into memory once for the epochs
-PAPER_STEPS = 3000  # PFM/PEFM: 200 epochs of batch 16 over an MVTec AD category (~240 images)
-MIN_EPOCHS, MAX_EPOCHS = 5, 200
 CACHE_FRAMES = 1000  # the default --cache-frames
-
-
-class TrainableScorer(Protocol):
-    """What :func:`train` needs of a scorer (beyond :class:`~streamad.scorers.base.Scorer`)."""
-
-    epoch: int
-    position: int
-    loss: float
-    feature_names: tuple[str, ...]
-
-    @property
-    def steps(self) -> int: ...
-
-    def train_step(self, prepared: Features) -> float: ...
-
-    def add_frames(self, count: int) -> None: ...
-
-
-def default_epochs(frames: int, batch_size: int, steps: int = PAPER_STEPS) -> int:
-    """The papers' schedule scaled to the data: about as many optimiser steps as 200 epochs on
-    an MVTec AD category (or a method's own ``steps``), within [5, 200] epochs (few frames:
-    more epochs; many: fewer).
-
-    Example:
-        >>> default_epochs(200, 16), default_epochs(5000, 16), default_epochs(20, 16)
-        (200, 10, 200)
-    """
-    steps_per_epoch = max(1, math.ceil(frames / batch_size))
-    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(steps / steps_per_epoch))))
 
 
 def reservoir_slot(seed: int, offered: int, capacity: int) -> int | None:
@@ -125,49 +91,3 @@ class FeatureCache:
     def clear(self) -> None:
         """Delete the cached rows (training is over)."""
         self.store.delete(PREFIX)
-
-
-def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    """The order of the cache's rows in one epoch (a permutation fixed by seed and epoch)."""
-    return np.random.default_rng([seed, 1_000_003, epoch]).permutation(size)
-
-
-def train(
-    scorer: TrainableScorer,
-    cache: FeatureCache,
-    *,
-    size: int,
-    epochs: int,
-    batch_size: int,
-    device: torch.device,
-    on_step: Callable[[int], None],
-    stopped: Callable[[], bool],
-    checkpoint: Callable[[], None],
-    checkpoint_every: int = 500,
-) -> bool:
-    """Run the scorer's remaining epochs over the cache's ``size`` rows, from its epoch and
-    position; ``on_step(frames)`` after each step, ``checkpoint()`` after every
-    ``checkpoint_every`` frames trained on, when stopped and at the end. Returns whether every
-    epoch ran."""
-    if size < 1:
-        raise ConfigError("expected at least one frame in the feature cache to train on, got none; hint: fit on more frames")
-    if scorer.epoch < epochs:
-        cache.preload(size)
-    since = 0
-    while scorer.epoch < epochs:
-        order = epoch_order(cache.seed, scorer.epoch, size)
-        while scorer.position < size:
-            if stopped():
-                checkpoint()
-                return False
-            slots = order[scorer.position : scorer.position + batch_size]
-            scorer.train_step(cache.read(slots, device))
-            scorer.position += len(slots)
-            on_step(len(slots))
-            since += len(slots)
-            if since >= checkpoint_every:
-                checkpoint()
-                since = 0
-        scorer.epoch, scorer.position = scorer.epoch + 1, 0
-    checkpoint()
-    return True

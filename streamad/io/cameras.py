@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamad.errors import ConfigError
-from streamad.live import is_live
+from streamad.io.live import is_live
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@
 - :class:`PixelMetrics` streams anomaly maps: it keeps three 65536-bin histograms over the
   float16 value of every pixel (normal pixels, anomalous pixels, and anomalous pixels weighted
   by one over their region's size), so memory is constant whatever the number of frames.
-  Maps are stored as float16 (:mod:`streamad.score_store`), so on stored maps the histograms are
+  Maps are stored as float16 (:mod:`streamad.stores.score_store`), so on stored maps the histograms are
   *exact*; on float32 maps the only approximation is the rounding to float16 (relative error
   at most 2**-11), which can merge two scores into a tie, never reorder them.
 - Pixel AUROC and AUPRO follow the MVTec AD protocol: PRO at a threshold is the mean, over every

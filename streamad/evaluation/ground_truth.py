@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from streamad.errors import StreamadError
-from streamad.sources import IMAGE_SUFFIXES, ImageSequence, natural_key
+from streamad.io.sources import IMAGE_SUFFIXES, ImageSequence, natural_key
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LabelledSource:
     """One test source with its labels.
 
     Attributes:
-        source: the frames, as :mod:`streamad.sources` reads them.
+        source: the frames, as :mod:`streamad.io.sources` reads them.
         labels: (T,) bool, True for anomalous frames.
         mask_of: the pixel mask of a frame (None: no pixel labels for this set).
         group: the row it is reported under (defect type, clip).

@@ -1,4 +1,4 @@
-"""The engine: the one assembly of stages on a :class:`~streamad.runner.Runner` that every job
+"""The engine: the one assembly of stages on a :class:`~streamad.engine.runner.Runner` that every job
 runs (fit, its normalisation pass, score, eval, calibrate, watch)::
 
     sources -> decode -> preprocess -> backbone workers (+ prepare) -> scorer routes -> consumer
@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import torch
 
-from streamad import stages
-from streamad.anomaly_map import TemporalMean
 from streamad.config import FrameScoreConfig
-from streamad.features import FeatureExtractor
+from streamad.engine import stages
+from streamad.engine.runner import DropLog, Runner
+from streamad.engine.runtime import thread_plan
+from streamad.features.extractor import FeatureExtractor
 from streamad.frames import FeatureBatch, Frame, ScoreMap, TensorBatch
+from streamad.io.sources import Source
+from streamad.maps import TemporalMean
 from streamad.model import Model
-from streamad.runner import DropLog, Runner
-from streamad.runtime import thread_plan
-from streamad.sources import Source
 
 
 @dataclass(frozen=True, slots=True)

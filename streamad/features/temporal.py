@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamad.errors import ConfigError
-from streamad.features import Features
+from streamad.features.extractor import Features
 from streamad.frames import FeatureBatch
 
 MOTION = "motion"  # (B, P, k): the change of the embedding over one lag

@@ -1,4 +1,4 @@
-"""Reading and writing models in an :class:`~streamad.store.ArrayStore` (``model.zarr``).
+"""Reading and writing models in an :class:`~streamad.stores.array_store.ArrayStore` (``model.zarr``).
 
 Any scorer is persisted the same way, through its protocol (:meth:`Scorer.state` /
 :meth:`Scorer.load_state`); nothing here knows a method. Layout (see README, "Store format")::
@@ -34,10 +34,10 @@ import streamad
 from streamad.calibration import Normalisation, Threshold
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError, StoreError
-from streamad.features import FeatureExtractor
+from streamad.features.extractor import FeatureExtractor
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
-from streamad.store import ArrayStore, ZarrStore
+from streamad.stores.array_store import ArrayStore, ZarrStore
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def commit(
     is, and is used only while it was measured on the same scorer revision."""
     attrs = check_format(store, "store")
     gen = int(attrs.get("generation", 0)) + 1
-    state = model.scorer.state()
+    state = model.state()
     previous = attrs.get("state") or {}
     paths: dict[str, str] = {}
     stored, tags = previous.get("arrays", {}), previous.get("revisions", {})
@@ -318,17 +318,17 @@ def _load(
     state = read_state(store, scoring=scoring)
     if state is not None:
         try:
-            model.scorer.load_state(state)
+            model.load_state(state)
         except StoreError as exc:
             raise StoreError(f"model store {where}: {exc}; hint: its attributes and arrays disagree (edited or damaged): refit it") from None
     if not fitted:
         return model
-    if model.scorer.frames_seen == 0:
+    if model.frames_seen == 0:
         raise StoreError(f"expected a fitted model in {where}, got 0 frames seen; hint: run `streamad fit`")
-    if not model.scorer.finalised and model.scorer.trainable:
+    if not model.finalised and model.trainable:
         raise StoreError(f"expected a trained model in {where}, got one whose training did not finish; hint: run `streamad fit --resume` with the same sources")
-    if not model.scorer.finalised:
-        model.scorer.finalise()
+    if not model.finalised:
+        model.finalise()
     revision = state.revision if state is not None else ""
     cal = attrs.get("normalisation")
     if cal and cal.get("of") == revision:

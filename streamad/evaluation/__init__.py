@@ -1,0 +1,1 @@
+"""Metrics (AUROC, AUPRO, sPRO), labelled test sets and the reports of an evaluation."""

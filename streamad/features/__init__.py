@@ -1,0 +1,1 @@
+"""Frames to features: preprocessing, the backbone registry, the feature extractor, temporal (motion) features."""
