@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check streamad pipelines tests benchmarks cli.py
+	$(BIN)/mypy streamad pipelines
 	$(BIN)/python -m pytest -q streamad pipelines tests
 
 lint: $(STAMP)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamad.calibration import DEFAULT_QUANTILE, Threshold
-from streamad.config import FrameScoreConfig
+from streamad.calibration import DEFAULT_QUANTILE, Threshold, quantile_threshold
 from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth
@@ -47,8 +46,11 @@ def calibrate(
         raise ConfigError("expected one way to set the threshold, got --fixed with another")
     if labelled is not None and (normal or quantile is not None):
         raise ConfigError("expected one way to set the threshold, got --f1 with --quantile or --on")
-    with open_store(model_path, mode="a") as store:  # locked: no fit changes the model meanwhile
-        threshold = _threshold(model_path, quantile, normal, labelled, predictions, fixed, options, work_dir, progress)
+    if quantile is not None and not 0 < quantile <= 1:
+        raise ConfigError(f"expected a quantile in (0, 1], got {quantile}")
+    # The store stays locked, so no fit changes the model meanwhile; the scratch folder goes at the end.
+    with open_store(model_path, mode="a") as store, tempfile.TemporaryDirectory(prefix="streamad-calibrate-") as scratch:
+        threshold = _threshold(model_path, quantile, normal, labelled, predictions, fixed, options, Path(work_dir or scratch), progress)
         write_threshold(store, threshold)
     return threshold
 
@@ -61,16 +63,15 @@ def _threshold(
     predictions: str | Path | None,
     fixed: float | None,
     options: ScoreOptions,
-    work_dir: str | Path | None,
+    work: Path,
     progress: Progress,
 ) -> Threshold:
     frame_score = options.frame_score.attrs()
-    work = Path(work_dir) if work_dir else None
     if fixed is not None:
         threshold = Threshold(float(fixed), "fixed", {}, frame_score)
     elif labelled is not None:
         if predictions is None:
-            evaluation = evaluate_model(labelled, model_path, work or _scratch(), options=replace(options, write_maps=False), progress=progress)
+            evaluation = evaluate_model(labelled, model_path, work, options=replace(options, write_maps=False), progress=progress)
         else:
             evaluation = evaluate_predictions(predictions, labelled, pixels=False, progress=progress)
             stored = evaluation.metrics.get("frame_score")
@@ -80,28 +81,24 @@ def _threshold(
         value, f1 = f1_threshold(scores, labels)
         threshold = Threshold(value, "f1", {"f1": round(f1, 6), "frames": int(labels.size), "anomalous": int(labels.sum())}, frame_score)
     else:
-        q = DEFAULT_QUANTILE if quantile is None else quantile
-        if not 0 < q <= 1:
-            raise ConfigError(f"expected a quantile in (0, 1], got {q}")
         scores = _normal_scores(model_path, normal, options, work, progress)
-        threshold = Threshold(
-            float(np.quantile(scores, q)), "quantile", {"quantile": q, "frames": int(scores.size), "on": list(normal) or "held-out fit frames"}, frame_score
-        )
+        on = list(normal) or "held-out fit frames"
+        threshold = quantile_threshold(scores, frame_score, quantile=DEFAULT_QUANTILE if quantile is None else quantile, on=on)
     return threshold
 
 
-def _scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="streamad-calibrate-"))
-
-
-def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work: Path | None, progress: Progress) -> np.ndarray:
+def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work: Path, progress: Progress) -> np.ndarray:
     if not normal:
-        if options.frame_score.attrs() != FrameScoreConfig().attrs():
-            raise ConfigError("expected the default frame scores to use the held-out fit frames, got other settings; hint: pass normal frames with --on SOURCE")
-        normalisation = load(open_store(model_path, mode="r"), where=str(model_path)).normalisation
+        with open_store(model_path, mode="r") as store:
+            normalisation = load(store, where=str(model_path)).normalisation
         if normalisation is None or not len(normalisation.normal_scores):
             raise ConfigError(f"expected held-out normal frames in {model_path}, got none; hint: pass normal frames with --on SOURCE")
+        if normalisation.frame_score != options.frame_score.attrs():
+            raise ConfigError(
+                f"expected the frame-score settings the held-out fit frames were scored with ({normalisation.frame_score}), got {options.frame_score.attrs()}; "
+                "hint: pass normal frames with --on SOURCE"
+            )
         return np.asarray(normalisation.normal_scores, np.float64)
-    summary = score(list(normal), model_path, work or _scratch(), options=replace(options, write_maps=False, threshold=None), progress=progress)
+    summary = score(list(normal), model_path, work, options=replace(options, write_maps=False, threshold=None), progress=progress)
     store, _ = open_scores(summary.store)
     return np.concatenate([read_source(store, sid).score for sid in summary.frames]).astype(np.float64)

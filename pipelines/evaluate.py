@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamad import pictures
+from streamad import pictures, plots
 from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth, union
@@ -380,40 +380,23 @@ def write_report(evaluation: Evaluation, report_dir: str | Path) -> list[str]:
     written[0].write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
     written[1].write_text(markdown(evaluation.metrics))
     if evaluation.roc:
-        pictures.line_plot(
-            evaluation.roc,
-            out / "roc.png",
-            title="ROC",
-            x_label="false positive rate",
-            y_label="true positive rate",
-            limits=(0, 1, 0, 1),
-            diagonal=True,
-            size=(720, 480),
-        )
+        plots.roc(evaluation.roc, out / "roc.png")
         written.append(out / "roc.png")
     if evaluation.pro is not None:
-        fpr, pro = evaluation.pro
+        fpr, overlap = evaluation.pro
         keep = fpr <= evaluation.metrics["max_fpr"]
         key, _ = region_metric(evaluation.metrics)
         area = evaluation.metrics["overall"].get(key) or 0.0
         name = "sPRO" if key == "spro" else "PRO"
-        pictures.line_plot(
-            {f"{name} (area {area:.3f})": (fpr[keep], pro[keep])},
-            out / "pro.png",
-            title="saturated per-region overlap" if key == "spro" else "per-region overlap",
-            x_label="false positive rate" + (" (defect-free images)" if key == "spro" else ""),
-            y_label=name,
-            limits=(0, evaluation.metrics["max_fpr"], 0, 1),
-            size=(720, 480),
-        )
+        plots.pro(fpr[keep], overlap[keep], out / "pro.png", max_fpr=evaluation.metrics["max_fpr"], label=f"{name} (area {area:.3f})", saturated=key == "spro")
         written.append(out / "pro.png")
     scores, labels = evaluation.scores
     if scores.size:
-        pictures.histogram({"normal": scores[~labels], "anomalous": scores[labels]}, out / "histogram.png", title=f"{evaluation.metrics['level']} scores")
+        plots.histogram({"normal": scores[~labels], "anomalous": scores[labels]}, out / "histogram.png", title=f"{evaluation.metrics['level']} scores")
         written.append(out / "histogram.png")
     tiles = _worst_tiles(evaluation)
     if tiles:
-        pictures.grid(tiles, out / "worst.png", columns=3, tile_width=560)
+        plots.grid(tiles, out / "worst.png", columns=3)
         written.append(out / "worst.png")
     return [str(p) for p in written]
 

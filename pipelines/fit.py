@@ -322,7 +322,7 @@ def fit_pass(
     # With motion, held-out frames are read too, only as the motion reference of the next
     # frame: otherwise the motion after every held-out frame would be missing from the fit
     # (and a camera whose keyframes fall on them would never show the fit a keyframe's change).
-    passed = None if temporal else options.holdout.fitted
+    passed: Callable[[int], bool] | None = None if temporal else options.holdout.fitted
     then = None
     if aside is not None:
         wanted, into = aside

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from streamad.calibration import HoldOut, Normalisation, decision_threshold, measure_normalisation, quantile_threshold
+from streamad.calibration import HoldOut, Normalisation, decision_threshold, measure_normalisation, normal_threshold
 from streamad.engine import stages
 from streamad.engine.assembly import Scoring
 from streamad.engine.fitter import Fitter
@@ -78,8 +78,10 @@ class CameraModel:
         self.scoring = Scoring(model, frame_score if model.normalisation is not None else replace(frame_score, normalised=False), prepared=False)
         self.threshold = decision_threshold(model.threshold, self.options.threshold, frame_score.attrs())
         if self.threshold is None:
-            normal = quantile_threshold(model.normalisation, frame_score.attrs(), on="normal frames")
+            normal = normal_threshold(model.normalisation, frame_score.attrs(), on="normal frames")
             self.threshold = normal.value if normal else None
+            if normal is None and model.normalisation is not None:
+                logger.warning("%s: no alerts: its normal frames were scored with other frame-score settings; hint: pass --threshold", self.camera.name)
 
     def extractor_for(self, frame: Frame) -> FeatureExtractor:
         """The camera's extractor; a camera that learns gets its model sized by its first frame."""
@@ -149,11 +151,11 @@ class CameraModel:
         normalisation = None
         if len(held_out) >= 2:
             batches = [((ref,), self.model.distances(f)) for ref, f in held_out]
-            normalisation = measure_normalisation(batches, self._normal_scores)
+            normalisation = measure_normalisation(batches, self._normal_scores, self.options.frame_score.attrs())
         self.model.normalisation = normalisation
         threshold = None
         if self.options.threshold is None:
-            threshold = quantile_threshold(normalisation, self.options.frame_score.attrs(), on="learned stream")
+            threshold = normal_threshold(normalisation, self.options.frame_score.attrs(), on="learned stream")
         self.model.threshold = threshold
         commit(self.store, self.model, self.progress, normalisation=normalisation, threshold=threshold)
         self._ready(self.model)

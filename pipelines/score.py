@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamad.calibration import decision_threshold, quantile_threshold
+from streamad.calibration import decision_threshold, normal_threshold
 from streamad.config import FrameScoreConfig
 from streamad.engine.assembly import Engine, Reading, Scoring
 from streamad.engine.progress import Progress, graceful_interrupt, no_progress
@@ -153,7 +153,7 @@ def begin(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     decision = decision_threshold(loaded.threshold, options.threshold, frame_score.attrs())
-    normal = quantile_threshold(loaded.normalisation, frame_score.attrs(), on="held-out fit frames") if frame_score.normalised else None
+    normal = normal_threshold(loaded.normalisation, frame_score.attrs(), on="held-out fit frames")
     summary.decisions = decision is not None
     summary.threshold = decision if decision is not None else (normal.value if normal else None)
     attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from streamad.calibration import decision_threshold
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
@@ -99,7 +100,7 @@ class Detector:
         images = frames if isinstance(frames, Sequence) else list(frames)
         collect = _Collect()
         score_job([FrameArrays("frames", images, fps)], self.model, None, options=ScoreOptions(frame_score=frame_score, device=self.device), sinks=[collect])
-        threshold = self.model.threshold.value if self.model.threshold is not None else None
+        threshold = decision_threshold(self.model.threshold, None, frame_score.attrs())  # the stored one, for these frame-score settings only
         return [Result(r.ref.index, r.score, None if threshold is None else r.score > threshold, r.anomaly_map, r.map_max) for r in collect.results]
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,15 +75,23 @@ class NormalisationSample:
 
 @dataclass(frozen=True, slots=True)
 class Normalisation:
-    """Per-position distance statistics and frame scores measured on normal frames."""
+    """Per-position mean distances on normal frames, and the frame scores those frames get.
+
+    Attributes:
+        position_mean: per (cue and) position, the mean normal distance, (P,) or (C, P).
+        normal_scores: the normal frames' scores, with the frame-score settings ``frame_score``.
+        frames: normal frames measured.
+        frame_score: the settings (:meth:`~streamad.config.FrameScoreConfig.attrs`) the normal
+            scores were measured with; a quantile of them is a threshold for those settings only.
+    """
 
     position_mean: np.ndarray
-    position_std: np.ndarray
     normal_scores: np.ndarray
     frames: int
+    frame_score: dict[str, Any] = field(default_factory=dict)
 
-    def with_scores(self, scores: Iterable[float]) -> Normalisation:
-        return Normalisation(self.position_mean, self.position_std, np.asarray(list(scores), np.float32), self.frames)
+    def with_scores(self, scores: Iterable[float], frame_score: dict[str, Any]) -> Normalisation:
+        return Normalisation(self.position_mean, np.asarray(list(scores), np.float32), self.frames, frame_score)
 
 
 def normalise(distances: Tensor, normalisation: Normalisation) -> Tensor:
@@ -107,8 +115,8 @@ def cue_scales(normalisation: Normalisation, distances: Tensor) -> Tensor:
 
 
 def position_statistics(distances: Iterable[Tensor]) -> Normalisation:
-    """Mean and standard deviation per (cue and) position of distance batches (B, P) or
-    (B, C, P), without scores; a frame's NaN cue (nothing measured) is left out of that cue.
+    """Mean per (cue and) position of distance batches (B, P) or (B, C, P), without scores; a
+    frame's NaN cue (nothing measured) is left out of that cue.
 
     Uses the same float64 pairwise (Chan) update as the embeddings' statistics.
     """
@@ -121,25 +129,27 @@ def position_statistics(distances: Iterable[Tensor]) -> Normalisation:
             if not len(rows):
                 continue
             n_b, mean_b, m2_b = batch_moments(rows.unsqueeze(-1))
-            moments[c] = (n_b, mean_b, m2_b) if moments[c] is None else chan_merge(*moments[c], n_b, mean_b, m2_b)  # type: ignore[misc]
+            before = moments[c]
+            moments[c] = (n_b, mean_b, m2_b) if before is None else chan_merge(*before, n_b, mean_b, m2_b)
     if not moments or any(m is None or m[0] < 2 for m in moments):
         counts = [0 if m is None else m[0] for m in moments]
         raise ConfigError(f"expected at least 2 normal frames to normalise every cue on, got {counts or 0}")
     means = [m[1][:, 0] for m in moments if m is not None]
-    stds = [(m[2][:, 0, 0] / (m[0] - 1)).clamp_min(1e-12).sqrt() for m in moments if m is not None]
     count = moments[0][0] if moments[0] is not None else 0  # frames, as the appearance cue saw them
-    squeeze = len(means) == 1  # one cue: (P,) as stores of one cue have always held
-    mean, std = (means[0], stds[0]) if squeeze else (torch.stack(means), torch.stack(stds))
-    return Normalisation(mean.cpu().numpy(), std.cpu().numpy(), np.zeros(0, np.float32), count)
+    mean = means[0] if len(means) == 1 else torch.stack(means)  # one cue: (P,) as stores of one cue have always held
+    return Normalisation(mean.cpu().numpy(), np.zeros(0, np.float32), count)
 
 
 def measure_normalisation(
-    batches: Sequence[tuple[Sequence[FrameRef], Tensor]], frame_scores: Callable[[Sequence[FrameRef], Tensor, Normalisation], Sequence[float]]
+    batches: Sequence[tuple[Sequence[FrameRef], Tensor]],
+    frame_scores: Callable[[Sequence[FrameRef], Tensor, Normalisation], Sequence[float]],
+    frame_score: dict[str, Any],
 ) -> Normalisation:
     """The normalisation of distances (B, P) measured on normal frames, with the frame scores
-    those frames get once normalised by it (``frame_scores(refs, distances, normalisation)``)."""
+    those frames get once normalised by it (``frame_scores(refs, distances, normalisation)``,
+    computed with the frame-score settings ``frame_score``, recorded beside them)."""
     partial = position_statistics(d for _, d in batches)
-    return partial.with_scores(s for refs, d in batches for s in frame_scores(refs, d, partial))
+    return partial.with_scores((s for refs, d in batches for s in frame_scores(refs, d, partial)), frame_score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +173,27 @@ class Threshold:
 DEFAULT_QUANTILE = 0.99
 
 
-def quantile_threshold(normalisation: Normalisation | None, frame_score: dict[str, Any], *, quantile: float = DEFAULT_QUANTILE, on: str) -> Threshold | None:
-    """The ``quantile`` of the normal frames' scores as a threshold (None without scores)."""
-    if normalisation is None or not len(normalisation.normal_scores):
+def quantile_threshold(scores: np.ndarray, frame_score: dict[str, Any], *, quantile: float = DEFAULT_QUANTILE, on: str | list[str]) -> Threshold:
+    """The ``quantile`` of normal frames' ``scores`` (measured with the settings
+    ``frame_score``) as a threshold for those settings.
+
+    Example:
+        >>> quantile_threshold(np.arange(101.0), {}, quantile=0.9, on="test").value
+        90.0
+    """
+    if not 0 < quantile <= 1:
+        raise ConfigError(f"expected a quantile in (0, 1], got {quantile}")
+    if not len(scores):
+        raise ConfigError("expected normal frames' scores to set a threshold on, got none")
+    return Threshold(float(np.quantile(scores, quantile)), "quantile", {"quantile": quantile, "frames": int(len(scores)), "on": on}, frame_score)
+
+
+def normal_threshold(normalisation: Normalisation | None, frame_score: dict[str, Any], *, on: str) -> Threshold | None:
+    """The default quantile of the normal scores a normalisation holds, when they were measured
+    with the frame-score settings ``frame_score`` (else, or without scores, None)."""
+    if normalisation is None or not len(normalisation.normal_scores) or normalisation.frame_score != frame_score:
         return None
-    scores = normalisation.normal_scores
-    return Threshold(float(np.quantile(scores, quantile)), "quantile", {"quantile": quantile, "frames": int(scores.size), "on": on}, frame_score)
+    return quantile_threshold(normalisation.normal_scores, frame_score, on=on)
 
 
 def decision_threshold(stored: Threshold | None, given: float | None, frame_score: dict[str, Any]) -> float | None:

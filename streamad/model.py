@@ -128,7 +128,7 @@ class Model:
             raise ConfigError(
                 f"expected new frames only before training starts, got more after {scorer.steps} training steps; hint: fit a new store on all the sources"
             )
-        self.cache.add(prepared, offered=scorer.frames_seen)
+        self.cache.add(prepared, offered=self.scorer.frames_seen)
         scorer.add_frames(len(next(iter(prepared.values()))))
 
     def train(

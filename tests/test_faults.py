@@ -583,10 +583,6 @@ def bad_inputs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     return {"clip": str(data / "clip.mp4"), "tmp": str(tmp), "base": str(data / "base.zarr")}
 
 
-def test_at_least_thirty_bad_inputs() -> None:
-    assert len(BAD) >= 30
-
-
 @pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a[:1] + a[2:]).replace("{", "").replace("}", ""))
 def test_bad_input_is_a_short_error_without_traceback(args: list[str], bad_inputs: dict[str, str]) -> None:
     code, _, err = cli(*(a.format(**bad_inputs) for a in args))

@@ -6,7 +6,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from streamad.errors import ConfigError, ShapeError
-from streamad.evaluation.metrics import PixelMetrics, SproMetrics, auroc, float16_keys, key_values
+from streamad.evaluation.metrics import BINS, PixelMetrics, SproMetrics, auroc, float16_keys
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -24,6 +24,13 @@ def test_auroc_refuses_one_class_and_nan() -> None:
         auroc(np.array([0.0, np.nan]), np.array([0, 1]))
     with pytest.raises(ShapeError, match="as many labels"):
         auroc(np.arange(3.0), np.zeros(2))
+
+
+def key_values() -> np.ndarray:
+    """The float16 value of every key 0..65535, by inverting the key's bit trick."""
+    keys = np.arange(BINS, dtype=np.uint32)
+    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys & 0xFFFF).astype(np.uint16)
+    return bits.view(np.float16).astype(np.float64)
 
 
 def test_float16_keys_are_ordered_and_invert() -> None:

@@ -178,6 +178,6 @@ class Engine:
             lambda fs: stages.score(stages.rebatch(fs, min_frames=min_frames), route), features, maxsize=64, name="scorer", setup=self.plan.side_setup()
         )
 
-    def consume(self, items: Iterator[ScoreMap] | Iterator[FeatureBatch]) -> Iterator:  # type: ignore[type-arg]
+    def consume(self, items: Iterator[ScoreMap] | Iterator[FeatureBatch]) -> Iterator:
         """Iterate the last stage; on exit every worker is stopped."""
         return self.runner.consume(items)

@@ -56,4 +56,4 @@ def normalise_on(
     def frame_scores(refs: Sequence[FrameRef], distances: torch.Tensor, normalisation: Normalisation) -> list[float]:
         return [r.score for r in model.results(refs, distances.to(model.device), frame_score=config, normalisation=normalisation)]
 
-    return measure_normalisation(kept, frame_scores)
+    return measure_normalisation(kept, frame_scores, config.attrs())

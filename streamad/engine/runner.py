@@ -5,7 +5,6 @@ each in its own thread, connected by bounded queues:
 
 - ``block``: a full queue makes the producer wait (files and folders: lossless backpressure);
 - ``drop-oldest``: a full queue discards its oldest item, which is reported (live streams);
-- ``drop-newest``: a full queue discards the new item, which is reported.
 
 A worker's exception ends the pipeline and is re-raised to the consumer with its traceback.
 :meth:`Runner.stop` asks the sources to stop; everything already read flows on to the end, so
@@ -14,12 +13,13 @@ sinks see a clean end-of-stream (graceful Ctrl-C). Closing the consumer aborts e
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from streamad.errors import ConfigError
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-POLICIES = ("block", "drop-oldest", "drop-newest")
+POLICIES = ("block", "drop-oldest")
 
 
 class _End:
@@ -129,9 +129,6 @@ class _Channel(Generic[Out]):
                 self.queue.put_nowait(item)
                 return True
             except queue.Full:
-                if self.policy == "drop-newest":
-                    self._dropped(item)
-                    return True
                 try:
                     oldest = self.queue.get_nowait()
                 except queue.Empty:
@@ -267,7 +264,7 @@ class Runner:
         inputs: list[_Channel[In]] = [_Channel(maxsize, "block", self.abort, None) for _ in range(workers)]
         self._dispatch(upstream, inputs, name=name)
         outputs = [
-            iter(self._spawn(_after(setup, lambda channel=channel: map(fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}"))
+            iter(self._spawn(_after(setup, functools.partial(map, fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}"))
             for i, channel in enumerate(inputs)
         ]
         return _round_robin(outputs)
@@ -294,7 +291,7 @@ class Runner:
 
     def sources(
         self,
-        makes: list[Callable[[], Iterable[Out]]],
+        makes: Sequence[Callable[[], Iterable[Out]]],
         *,
         maxsize: int,
         policy: str,

@@ -15,7 +15,6 @@ import torch
 from streamad.errors import ConfigError
 from streamad.features.extractor import FeatureExtractor, Features
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap, TensorBatch
-from streamad.maps import TemporalMean
 
 Prepare = Callable[[Features], Features]
 
@@ -184,13 +183,3 @@ def score(batches: Iterable[FeatureBatch], route: Callable[[str], Route]) -> Ite
     for batch in batches:
         for source_id, part in by_source(batch):
             yield from route(source_id)(part)
-
-
-def smooth(results: Iterable[ScoreMap], *, window: int) -> Iterator[ScoreMap]:
-    """Causal per-source moving average of frame scores (the map is unchanged)."""
-    if window == 1:
-        yield from results
-        return
-    mean = TemporalMean(window)
-    for result in results:
-        yield ScoreMap(result.ref, mean(result.ref.source_id, result.score), result.map_max, result.anomaly_map, result.original)

@@ -115,13 +115,6 @@ def float16_keys(values: np.ndarray) -> np.ndarray:
     return np.where(bits & 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
 
 
-def key_values() -> np.ndarray:
-    """The float16 value of every key 0..65535 (NaN keys included, never counted)."""
-    keys = np.arange(BINS, dtype=np.uint32)
-    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys & 0xFFFF).astype(np.uint16)
-    return bits.view(np.float16).astype(np.float64)
-
-
 def regions(mask: np.ndarray) -> tuple[int, np.ndarray]:
     """Connected regions (8-connectivity, as the MVTec AD evaluation) of a boolean mask.
 

@@ -109,8 +109,9 @@ class LiteFeatures(nn.Module):
     def __init__(self, net: nn.Module, taps: tuple[str, ...]) -> None:
         super().__init__()
         last = max(int(t.split(".")[1]) for t in taps)
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(list(net._blocks)[: last + 1])
+        part = net.get_submodule
+        self.stem = nn.Sequential(part("_conv_stem"), part("_bn0"), part("_swish"))
+        self.blocks = nn.ModuleList(list(part("_blocks").children())[: last + 1])
         self.taps = {int(t.split(".")[1]): t for t in taps}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -128,8 +129,9 @@ class TorchvisionFeatures(nn.Module):
 
     def __init__(self, net: nn.Module, taps: tuple[str, ...]) -> None:
         super().__init__()
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layers = nn.ModuleDict({name: getattr(net, name) for name in ("layer1", "layer2", "layer3")})
+        part = net.get_submodule
+        self.stem = nn.Sequential(part("conv1"), part("bn1"), part("relu"), part("maxpool"))
+        self.layers = nn.ModuleDict({name: part(name) for name in ("layer1", "layer2", "layer3")})
         self.taps = taps
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -38,7 +38,7 @@ DIRECTIONS = 8
 def flow_features(previous: np.ndarray, current: np.ndarray, feature_hw: tuple[int, int], *, dis: cv2.DISOpticalFlow) -> Tensor:
     """DIS flow from ``previous`` to ``current`` (grey uint8, same size) summarised per cell of
     the ``feature_hw`` grid: (P, 1 + DIRECTIONS) float32, speed then speed per direction bin."""
-    flow = dis.calc(previous, current, None)
+    flow = dis.calc(previous, current, None)  # type: ignore[call-overload]  # OpenCV's stubs lack the None initial flow the C++ API takes
     speed = np.sqrt((flow**2).sum(-1))
     direction = ((np.arctan2(flow[..., 1], flow[..., 0]) + np.pi) / (2 * np.pi) * DIRECTIONS).astype(np.int64) % DIRECTIONS
     channels = np.zeros((1 + DIRECTIONS, *speed.shape), np.float32)
@@ -81,7 +81,7 @@ class MotionTracker:
             raise ConfigError(f"expected a positive motion lag, got {lag_s} s")
         self.key, self.lag_s, self.kinds = key, lag_s, kinds
         self.flow_hw, self.feature_hw = flow_hw, feature_hw
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if "flow" in kinds else None
+        self._dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if "flow" in kinds else None
         self._last: dict[str, tuple[float, Tensor, np.ndarray | None]] = {}
 
     def _grey(self, image: np.ndarray) -> np.ndarray:

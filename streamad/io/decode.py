@@ -86,7 +86,7 @@ class _Timeline:
     def number(self, vframe: av.VideoFrame, following: int) -> int | None:
         """The frame's number, given that the next one in order would be ``following``; None
         for a frame whose number has passed (damage can make a decoder repeat or reorder)."""
-        if not self.by_pts or vframe.pts is None:
+        if not self.by_pts or vframe.pts is None or self.rate is None or self.time_base is None:
             return following
         if self.start is None:
             self.start = vframe.pts

@@ -83,7 +83,8 @@ class LiveStream:
         source_id: the camera's name.
         on_state: told ``(source_id, state)`` on every state change.
         on_drop: told about every frame the decoder could not decode.
-        sleep: injectable for tests.
+        clock: seconds on a monotonic clock (the watchdog and the backoff read it).
+        sleep: waits that many seconds; a test injects both, and time passes as it says.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class LiveStream:
         options: LiveOptions = LiveOptions(),
         on_state: Callable[[str, str], None] | None = None,
         on_drop: DropCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not is_live(url) and not Path(url).exists():
@@ -106,7 +108,7 @@ class LiveStream:
         self.reconnects = 0
         self._on_state = on_state
         self._on_drop = on_drop
-        self._sleep = sleep
+        self._clock, self._sleep = clock, sleep
         self._next_index = 0
 
     def _set(self, state: str, detail: str = "") -> None:
@@ -147,9 +149,9 @@ class LiveStream:
                 return
             self._set("reconnecting", f"in {backoff:.1f} s")
             self.reconnects += 1
-            deadline = time.monotonic() + backoff
-            while not should_stop() and time.monotonic() < deadline:
-                self._sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            deadline = self._clock() + backoff
+            while not should_stop() and self._clock() < deadline:
+                self._sleep(min(0.1, max(0.0, deadline - self._clock())))
             backoff = min(backoff * 2, self.options.max_backoff_s)
         self._set("ended")
 
@@ -200,7 +202,7 @@ class LiveStream:
 
         thread = threading.Thread(target=read, name=f"streamad-live-{self.source_id}", daemon=True)
         thread.start()
-        last = time.monotonic()
+        last = self._clock()
         try:
             while not should_stop():
                 waiting_to_open = not opened.is_set()
@@ -208,11 +210,11 @@ class LiveStream:
                 try:
                     item = items.get(timeout=0.1)
                 except queue.Empty:
-                    if time.monotonic() - last > limit:
+                    if self._clock() - last > limit:
                         yield _Failed(f"watchdog: {'not open after' if waiting_to_open else 'no frame for'} {limit:.1f} s")
                         return
                     continue
-                last = time.monotonic()
+                last = self._clock()
                 if isinstance(item, Frame):
                     self._next_index = item.index + 1
                 yield item

@@ -73,7 +73,6 @@ class ImageSequence:
     source_id: str
     paths: tuple[Path, ...]
     fps: float = 25.0
-    policy: str = "block"
     timed: bool = True  # frames of a clip (motion applies), not an image set
 
     def __len__(self) -> int:
@@ -119,7 +118,6 @@ class VideoFile:
 
     source_id: str
     path: Path
-    policy: str = "block"
     info: decode.VideoInfo | None = None
 
     def _info(self) -> decode.VideoInfo:
@@ -169,7 +167,6 @@ class FrameArrays:
     source_id: str
     images: Sequence[np.ndarray]
     fps: float = 25.0
-    policy: str = "block"
 
     def __len__(self) -> int:
         return len(self.images)

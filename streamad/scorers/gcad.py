@@ -132,6 +132,7 @@ class GcadScorer(NetworkScorer):
         self.grid = ((input_hw[0] + GRID_STRIDE - 1) // GRID_STRIDE, (input_hw[1] + GRID_STRIDE - 1) // GRID_STRIDE)
         self.finest = finest
         net = seeded(seed, lambda: GcadNet(self.channels, self.grid))
+        self.gcad = net
         super().__init__(method="gcad", seed=seed, net=net, lr=LR, weight_decay=WEIGHT_DECAY, feature_names=("teacher", IMAGE), device=device)
 
     def method_attrs(self) -> dict[str, Any]:
@@ -146,8 +147,8 @@ class GcadScorer(NetworkScorer):
     def _outputs(self, prepared: Features) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         teacher = prepared["teacher"].to(self.device).float()
         image = prepared[IMAGE].to(self.device).float()
-        student = self.net.student(image)
-        return teacher, student[:, : self.channels], student[:, self.channels :], self.net.autoencoder(image)
+        student = self.gcad.student(image)
+        return teacher, student[:, : self.channels], student[:, self.channels :], self.gcad.autoencoder(image)
 
     def loss_of(self, prepared: Features) -> Tensor:
         """Local student vs teacher, autoencoder vs teacher, regression vs autoencoder (whose

@@ -39,30 +39,23 @@ def whitening_factors(chol: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(chol, eye, upper=False)
 
 
-def mahalanobis(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
-    """Distance of patch embeddings to per-position Gaussians, by a triangular solve.
+def mahalanobis(x: Tensor, mean: Tensor, whitener: Tensor) -> Tensor:
+    """Distance of patch embeddings to per-position Gaussians: ``|L^-1 (x - mean)|``, one bmm.
 
     Args:
         x: embeddings, shape (B, P, k).
         mean: shape (P, k).
-        chol: lower Cholesky factors of the covariances, shape (P, k, k).
+        whitener: ``L^-1`` of the lower Cholesky factors of the covariances, shape (P, k, k)
+            (:func:`whitening_factors`).
 
     Returns:
         Distances, shape (B, P).
 
     Example:
-        >>> x = torch.zeros(1, 2, 3); mean = torch.zeros(2, 3); chol = torch.eye(3).expand(2, 3, 3)
-        >>> mahalanobis(x + 2, mean, chol)
+        >>> x = torch.zeros(1, 2, 3); mean = torch.zeros(2, 3); whitener = torch.eye(3).expand(2, 3, 3)
+        >>> mahalanobis(x + 2, mean, whitener)
         tensor([[3.4641, 3.4641]])
     """
-    check_shape("x", x.shape, "(B, P, k)", x.ndim == 3 and tuple(x.shape[1:]) == tuple(mean.shape))
-    diff = (x - mean.to(x.dtype)).permute(1, 2, 0)  # (P, k, B)
-    z = torch.linalg.solve_triangular(chol.to(x.dtype), diff, upper=False)
-    return z.square().sum(1).sqrt().transpose(0, 1)
-
-
-def mahalanobis_whitened(x: Tensor, mean: Tensor, whitener: Tensor) -> Tensor:
-    """Same as :func:`mahalanobis`, with precomputed ``L^-1`` of shape (P, k, k): one bmm."""
     check_shape("x", x.shape, "(B, P, k)", x.ndim == 3 and tuple(x.shape[1:]) == tuple(mean.shape))
     diff = (x - mean.to(x.dtype)).permute(1, 2, 0)  # (P, k, B)
     z = torch.bmm(whitener.to(x.dtype), diff)
@@ -70,7 +63,7 @@ def mahalanobis_whitened(x: Tensor, mean: Tensor, whitener: Tensor) -> Tensor:
 
 
 class Mahalanobis(nn.Module):
-    """Fitted Gaussian factors in buffers; ``forward`` is :func:`mahalanobis_whitened`."""
+    """Fitted Gaussian factors in buffers; ``forward`` is :func:`mahalanobis`."""
 
     mean: Tensor
     whitener: Tensor
@@ -81,4 +74,4 @@ class Mahalanobis(nn.Module):
         self.register_buffer("whitener", whitener)
 
     def forward(self, x: Tensor) -> Tensor:
-        return mahalanobis_whitened(x, self.mean, self.whitener)
+        return mahalanobis(x, self.mean, self.whitener)

@@ -68,6 +68,9 @@ class DualMapping(nn.Module):
     """One scale's bidirectional mapping (the papers' "small" dual projection): A -> latent ->
     B and B -> latent -> A, the two directions sharing the layer into the latent space."""
 
+    pe_a: Tensor
+    pe_b: Tensor
+
     def __init__(self, in_a: int, in_b: int, latent: int, *, grid: tuple[int, int] | None) -> None:
         super().__init__()
         self.a_to_latent = _layers([in_a, in_a // 2 + latent, 2 * latent], last_plain=False)
@@ -75,9 +78,8 @@ class DualMapping(nn.Module):
         self.shared = nn.Conv2d(2 * latent, latent, kernel_size=1)
         self.latent_to_b = _layers([latent, 2 * latent, in_b // 2 + latent, in_b], last_plain=True)
         self.latent_to_a = _layers([latent, 2 * latent, in_a // 2 + latent, in_a], last_plain=True)
-        pe = grid is not None
-        self.register_buffer("pe_a", position_encoding(in_a, *grid) if pe else torch.zeros(1), persistent=False)
-        self.register_buffer("pe_b", position_encoding(in_b, *grid) if pe else torch.zeros(1), persistent=False)
+        self.register_buffer("pe_a", position_encoding(in_a, *grid) if grid is not None else torch.zeros(1), persistent=False)
+        self.register_buffer("pe_b", position_encoding(in_b, *grid) if grid is not None else torch.zeros(1), persistent=False)
 
     def forward(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         """(A's features mapped onto B's, B's mapped onto A's)."""
@@ -118,6 +120,7 @@ class MappingScorer(NetworkScorer):
                 DualMapping(a, b, max(4, round(LATENT_RATIO * b)), grid=grid if pe else None) for a, b, grid in zip(channels, channels_b, grids, strict=True)
             ),
         )
+        self.mappings = net
         super().__init__(method=method, seed=seed, net=net, lr=LR, weight_decay=WEIGHT_DECAY, feature_names=(*self.layers, *self.layers_b), device=device)
 
     def method_attrs(self) -> dict[str, Any]:
@@ -131,7 +134,7 @@ class MappingScorer(NetworkScorer):
     def loss_of(self, prepared: Features) -> Tensor:
         """The summed per-scale, per-direction mean squared errors."""
         loss = torch.zeros((), device=self.device)
-        for mapping, name_a, name_b in zip(self.net, self.layers, self.layers_b, strict=True):
+        for mapping, name_a, name_b in zip(self.mappings, self.layers, self.layers_b, strict=True):
             a, b = prepared[name_a].to(self.device).float(), prepared[name_b].to(self.device).float()
             b_hat, a_hat = mapping(a, b)
             loss = loss + F.mse_loss(b_hat, b) + F.mse_loss(a_hat, a)
@@ -144,7 +147,7 @@ class MappingScorer(NetworkScorer):
         self.net.eval()
         finest = self.grids[0]
         total: Tensor | None = None
-        for mapping, name_a, name_b in zip(self.net, self.layers, self.layers_b, strict=True):
+        for mapping, name_a, name_b in zip(self.mappings, self.layers, self.layers_b, strict=True):
             a, b = prepared[name_a].to(self.device).float(), prepared[name_b].to(self.device).float()
             b_hat, a_hat = mapping(a, b)
             error = 0.5 * ((b_hat - b).square().sum(1, keepdim=True) + (a_hat - a).square().sum(1, keepdim=True))
@@ -152,7 +155,7 @@ class MappingScorer(NetworkScorer):
                 error = F.interpolate(error, size=finest, mode="bilinear", align_corners=False)
             total = error if total is None else total + error
         assert total is not None
-        return (total / len(self.net)).flatten(1)
+        return (total / len(self.mappings)).flatten(1)
 
 
 def default_pair(backbone: str) -> str:

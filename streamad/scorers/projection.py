@@ -115,6 +115,8 @@ def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], project
 class Projection(nn.Module):
     """Holds a projection in a buffer; ``forward`` is :func:`project`."""
 
+    weight: Tensor
+
     def __init__(self, projection: Tensor) -> None:
         super().__init__()
         self.register_buffer("weight", projection)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -45,7 +45,10 @@ def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, 1_000_003, epoch]).permutation(size)
 
 
-def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def seeded(seed: int, build: Callable[[], ModuleT]) -> ModuleT:
     """``build()`` with torch's global generator seeded (and restored afterwards)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -50,7 +50,7 @@ class OverlaySink:
             self.writers[sid] = self._stack.enter_context(VideoWriter(target, fps=self.fps.get(sid, 25.0)))
             self.paths.append(str(target))
         alert = self.threshold is not None and result.score > self.threshold
-        panels = []
+        panels: list[np.ndarray] = []
         for layer in self.layers:
             shown = result.anomaly_map if layer == "combined" else (result.layers or {})[layer]
             panel = pictures.overlay(result.original, shown, vmin=self.vmin, vmax=self.vmax, score=result.score if not panels else None, alert=alert)

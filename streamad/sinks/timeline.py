@@ -1,4 +1,5 @@
-"""A timeline PNG: frame score against presentation time, one line per source."""
+"""A timeline picture: frame score against presentation time, one line per source, the
+threshold and the spans above it (PNG, or SVG/PDF by the suffix)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamad import pictures
+from streamad import plots
 from streamad.frames import ScoreMap
 
 
@@ -24,4 +25,4 @@ class TimelineSink:
 
     def close(self) -> None:
         if self.series:
-            pictures.timeline({k: (np.asarray(t), np.asarray(v)) for k, (t, v) in self.series.items()}, self.path, threshold=self.threshold)
+            plots.timeline({k: (np.asarray(t), np.asarray(v)) for k, (t, v) in self.series.items()}, self.path, threshold=self.threshold)

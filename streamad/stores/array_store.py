@@ -16,10 +16,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 from streamad.errors import StoreError, StoreNotFoundError
 from streamad.stores.locking import WriterLock, lock_path, readers
@@ -84,7 +85,7 @@ class ArrayStore(Protocol):
         ...
 
 
-_STREAM_CODEC = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+_STREAM_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def _check_json(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class ZarrStore:
             self._building = lock_path(self.path, "new")
         self._group = self._open(self._building or self.path, "r" if mode == "r" else "a")
 
-    def _open(self, where: Path, mode: str) -> zarr.Group:
+    def _open(self, where: Path, mode: Literal["r", "a"]) -> zarr.Group:
         try:
             return zarr.open_group(str(where), mode=mode)
         except (zarr.errors.ContainsArrayError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError, FileExistsError) as exc:
@@ -290,8 +291,9 @@ class ZarrStore:
     def write(self, name: str, array: np.ndarray, *, chunks: tuple[int, ...] | None = None, compressed: bool = True) -> None:
         array = np.asarray(array)
         with self._writing(name):
-            codecs = {} if compressed else {"compressors": None}
-            target = self._group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True, **codecs)
+            target = self._group.create_array(
+                name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True, compressors="auto" if compressed else None
+            )
             rows = target.chunks[0] if array.ndim else 0
             if array.ndim and array.shape[0] > rows:  # a chunk at a time: zarr's concurrent writes would hold ten encoded chunks at once
                 for start in range(0, array.shape[0], rows):

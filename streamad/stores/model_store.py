@@ -11,7 +11,7 @@ Any scorer is persisted the same way, through its protocol (:meth:`Scorer.state`
     scorer/gN/<name>          the scorer's arrays, one generation per checkpoint (an array whose
                               revision is unchanged is not written again: the attrs point at
                               the generation that holds it)
-    normalisation/gN/position_mean, position_std (P,) float32, normal_scores (n,) float32
+    normalisation/gN/position_mean (P,) or (C, P) float32, normal_scores (n,) float32
 
 Committing is one atomic write of the root attributes, after every array it names is written;
 a crash at any moment leaves the previous generation readable.
@@ -32,7 +32,7 @@ import torch
 
 import streamad
 from streamad.calibration import Normalisation, Threshold
-from streamad.config import ModelConfig
+from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import FeatureExtractor
 from streamad.model import Model
@@ -198,9 +198,8 @@ def commit(
         if normalisation is not None:
             path = f"normalisation/g{gen}"
             store.write(f"{path}/position_mean", normalisation.position_mean.astype(np.float32))
-            store.write(f"{path}/position_std", normalisation.position_std.astype(np.float32))
             store.write(f"{path}/normal_scores", normalisation.normal_scores.astype(np.float32))
-            attrs["normalisation"] = {"path": path, "frames": normalisation.frames, "of": state.revision}
+            attrs["normalisation"] = {"path": path, "frames": normalisation.frames, "of": state.revision, "frame_score": normalisation.frame_score}
     if threshold is not _KEEP:
         attrs["threshold"] = None if threshold is None else {**dataclasses.asdict(threshold), "of": state.revision}
     attrs.update(extra or {})
@@ -222,7 +221,7 @@ def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
     keep = set((attrs.get("state") or {}).get("arrays", {}).values())
     cal = attrs.get("normalisation")
     if cal:
-        keep |= {f"{cal['path']}/{name}" for name in ("position_mean", "position_std", "normal_scores")}
+        keep |= {f"{cal['path']}/{name}" for name in ("position_mean", "normal_scores")}
     prefixes = {"/".join(path.split("/")[:2]) for path in keep}
     for group in ("scorer", "normalisation"):
         for name in store.arrays(group):
@@ -245,7 +244,8 @@ class _StoredArrays(Mapping[str, np.ndarray]):
     """A state's arrays, each read from the store when first used (inside the reading)."""
 
     def __init__(self, store: ArrayStore, paths: dict[str, str]) -> None:
-        self._store, self._paths, self._read = store, paths, {}
+        self._store, self._paths = store, paths
+        self._read: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._read:
@@ -334,9 +334,9 @@ def _load(
     if cal and cal.get("of") == revision:
         model.normalisation = Normalisation(
             position_mean=store.read(f"{cal['path']}/position_mean"),
-            position_std=store.read(f"{cal['path']}/position_std"),
             normal_scores=store.read(f"{cal['path']}/normal_scores"),
             frames=int(cal["frames"]),
+            frame_score=cal.get("frame_score", FrameScoreConfig().attrs()),  # stores before it was recorded: the defaults
         )
     stored = attrs.get("threshold")
     if stored and stored.get("of") != revision:
