@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint clean
+.PHONY: install system-deps demo test docs lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check streamad pipelines tests benchmarks cli.py
 	$(BIN)/mypy streamad pipelines
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 	$(BIN)/python -m pytest -q streamad pipelines tests
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamad pipelines tests benchmarks cli.py
 
 clean:
-	rm -rf demo-output .pytest_cache
+	rm -rf demo-output .pytest_cache build/site

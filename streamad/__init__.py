@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "Detector": "streamad.api",
     "Result": "streamad.api",
-    "fit": "streamad.api",
-    "score": "streamad.api",
-    "evaluate": "streamad.api",
+    "fit": "streamad.pipelines.fit",
+    "score": "streamad.pipelines.score",
+    "evaluate": "streamad.pipelines.evaluate",
     "load": "streamad.api",
     "read_frames": "streamad.api",
     "ModelConfig": "streamad.config",

@@ -2,4 +2,5 @@
 
 from streamad.cli import main
 
-main(prog_name="streamad")
+if __name__ == "__main__":
+    main(prog_name="streamad")

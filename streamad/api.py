@@ -1,4 +1,5 @@
-"""The Python API: the jobs as functions, and an in-memory :class:`Detector`.
+"""The Python API's own parts: an in-memory :class:`Detector`, :func:`load` and
+:func:`read_frames` (``streamad.fit``, ``score`` and ``evaluate`` are the jobs themselves).
 
 Example (frames are RGB uint8 arrays, shape (H, W, 3); README.md runs the same with a video)::
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,11 +26,9 @@ from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
 from streamad.io.sources import FrameArrays, resolve_sources
 from streamad.model import Model
-from streamad.pipelines.evaluate import EvalRun
-from streamad.pipelines.evaluate import evaluate as evaluate_job
 from streamad.pipelines.fit import FitOptions, FitSummary
 from streamad.pipelines.fit import fit as fit_job
-from streamad.pipelines.score import ScoreOptions, ScoreSummary
+from streamad.pipelines.score import ScoreOptions
 from streamad.pipelines.score import score as score_job
 from streamad.stores.array_store import MemoryStore
 from streamad.stores.model_store import commit, create, open_store, read_progress
@@ -132,18 +130,3 @@ def read_frames(source: str | Path, *, every: int = 1) -> Iterator[np.ndarray]:
 def load(path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:
     """Load a fitted model store as a :class:`Detector`."""
     return Detector.load(path, device=device, weights=weights)
-
-
-def fit(sources: Sequence[str | Path], model: str | Path, config: ModelConfig | None = None, **kwargs: Any) -> FitSummary:
-    """``streamad fit``: see :func:`streamad.pipelines.fit.fit`."""
-    return fit_job(list(sources), model, config, **kwargs)
-
-
-def score(sources: Sequence[str | Path], model: str | Path, out_dir: str | Path, **kwargs: Any) -> ScoreSummary:
-    """``streamad score``: see :func:`streamad.pipelines.score.score`."""
-    return score_job(list(sources), model, out_dir, **kwargs)
-
-
-def evaluate(testset: str | Path, **kwargs: Any) -> EvalRun:
-    """``streamad eval``: see :func:`streamad.pipelines.evaluate.evaluate`."""
-    return evaluate_job(testset, **kwargs)

@@ -1,4 +1,4 @@
-"""The README's "More than one machine" commands, run as written on one machine: a head node
+"""The "More than one machine" page's commands (docs/cluster.md), run as written on one machine: a head node
 started by ``ray start`` (on a free port), ``--ray auto`` fit and score, ``ray stop``. (This
 module starts and stops a Ray of its own: it must not share the process with a ``ray.init``.)"""
 
@@ -25,9 +25,9 @@ BIN = Path(sys.executable).parent
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cluster.md").read_text()
     match = re.search(r"<!-- ray-commands -->\n```sh\n(.*?)```", text, re.S)
-    assert match, "README.md lost its Ray commands"
+    assert match, "docs/cluster.md lost its Ray commands"
     return [line.split("#")[0].strip() for line in match.group(1).splitlines() if line.split("#")[0].strip()]
 
 
