@@ -18,8 +18,9 @@ from streamad.config import ModelConfig
 from streamad.engine.progress import Progress, no_progress
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth, kolektor, kolektor_folders, kolektor_parts, read_mask
+from streamad.evaluation.report import markdown, summarise, write_report
 from streamad.io.sources import ImageSequence
-from streamad.pipelines.evaluate import EvalRun, evaluate_model, markdown, summarise, write_report
+from streamad.pipelines.evaluate import EvalRun, evaluate_model
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import ScoreOptions
 

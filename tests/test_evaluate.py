@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from streamad.cli import main
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.evaluation.ground_truth import GroundTruthError, load_ground_truth
-from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions, markdown, write_report
+from streamad.evaluation.report import markdown, worst_tiles, write_report
+from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import ScoreOptions
 from tests.conftest import scene
@@ -209,11 +210,10 @@ def test_worst_case_tiles_show_map_and_outline(category: tuple[Path, Path], tmp_
     """Each worst case is the image with its ground truth outlined beside a heat map coloured
     everywhere (a missed anomaly under any threshold still shows where the model looked)."""
     from streamad import pictures
-    from streamad.pipelines.evaluate import _worst_tiles
 
     root, model = category
     evaluation = evaluate_model(load_ground_truth(root), model, tmp_path / "e")
-    tiles = _worst_tiles(evaluation)
+    tiles = worst_tiles(evaluation)
     assert len(tiles) == 12
     missed = [image for image, caption in tiles if caption.startswith("lowest anomaly")]
     image = missed[0]
