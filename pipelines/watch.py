@@ -19,6 +19,7 @@ from typing import Any
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Engine
+from streamad.engine.online import CameraModel
 from streamad.engine.progress import graceful_interrupt
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import pick_device
@@ -29,7 +30,6 @@ from streamad.io.cameras import Camera
 from streamad.io.live import LiveOptions, LiveStream, is_live
 from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.urls import redact
-from streamad.pipelines.learning import CameraModel
 from streamad.sinks import Sinks
 from streamad.sinks.alerts import AlertSink, Event
 from streamad.sinks.csv import CsvSink

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from streamad.calibration import HoldOut, Normalisation, decision_threshold, measure_normalisation, normal_threshold
+from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Scoring
 from streamad.engine.fitter import Fitter
@@ -26,9 +27,6 @@ from streamad.scorers.registry import resolve
 from streamad.stores.array_store import ArrayStore
 from streamad.stores.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
 
-if TYPE_CHECKING:
-    from streamad.pipelines.watch import WatchOptions
-
 logger = logging.getLogger(__name__)
 
 MAX_HELD_OUT = 64  # held-out features kept while learning
@@ -37,10 +35,29 @@ MIN_HELD_OUT = 2  # ... and this many held out (the alert threshold is measured 
 MAX_GAP_S = 5.0  # a longer gap between a camera's frames (an outage) counts as this much time
 
 
+class LearningOptions(Protocol):
+    """What a camera's route reads of the watch's options (``streamad watch``'s WatchOptions)."""
+
+    @property
+    def frame_score(self) -> FrameScoreConfig: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def learn_for_s(self) -> float | None: ...
+    @property
+    def learn_config(self) -> ModelConfig: ...
+    @property
+    def adapt(self) -> bool: ...
+    @property
+    def refresh_every(self) -> int: ...
+    @property
+    def checkpoint_every_s(self) -> float: ...
+
+
 class CameraModel:
     """The route of one camera's frames: learn while learning, else score (and adapt)."""
 
-    def __init__(self, camera: Camera, options: WatchOptions, extractors: Extractors, *, device: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, camera: Camera, options: LearningOptions, extractors: Extractors, *, device: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.camera, self.options, self.extractors, self.device, self.clock = camera, options, extractors, device, clock
         self.model: Model | None = None
         self.store: ArrayStore | None = None
