@@ -315,7 +315,7 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
     outputs = {"overlay": kw["overlay"], "overlay_layers": layers, "plot": kw["plot"]}
     on = cluster_options(kw)
     if on is not None:
-        from streamad.pipelines.distributed import score_on_cluster
+        from streamad.pipelines.cluster_score import score_on_cluster
 
         run_score = functools.partial(score_on_cluster, on=on)
     summary = run_score(list(sources), model_path, out_dir, options=options, **outputs, weights=kw["weights"], weights_b=kw["weights_b"], progress=progress)

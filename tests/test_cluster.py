@@ -24,7 +24,8 @@ from streamad.engine.assembly import Reading
 from streamad.errors import ClusterError, ConfigError
 from streamad.io.decode import VideoWriter
 from streamad.io.sources import FrameArrays
-from streamad.pipelines.distributed import ClusterOptions, Shard, fit_on_cluster, plan_shards, score_on_cluster, shard_count
+from streamad.pipelines.cluster_score import score_on_cluster
+from streamad.pipelines.distributed import ClusterOptions, Shard, fit_on_cluster, plan_shards, shard_count
 from streamad.pipelines.fit import FitOptions, fit
 from streamad.pipelines.score import score
 from streamad.stores.model_store import open_store, read_state

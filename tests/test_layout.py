@@ -26,10 +26,28 @@ def test_no_job_function_longer_than_60_lines(path: Path) -> None:
     assert not long, f"{path.name}: {long}"
 
 
-@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*JOBS, ROOT / "streamad" / "api.py"], ids=lambda p: p.name)
 def test_jobs_do_not_reach_into_scorers(path: Path) -> None:
-    hits = [line for line in path.read_text().splitlines() if re.search(r"\.gaussian\.|\.chol\b|\.scorer\.", line)]
+    """Jobs hold a model, never its scorer (with or without an attribute after it), and never
+    probe a scorer's capabilities by name."""
+    hits = [line for line in path.read_text().splitlines() if re.search(r"\.gaussian\.|\.chol\b|\.scorer\b|getattr\(.*scorer", line)]
     assert not hits, hits
+
+
+def test_capabilities_are_declared_not_probed() -> None:
+    """No module asks a scorer (or a factory) for an attribute by name: capabilities are
+    protocols checked with isinstance, requirements a ScorerSpec."""
+    hits = []
+    for path in [*LIBRARY, *JOBS]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"getattr\((self\.)?(scorer|factory|model)\b", line) or "# type: ignore[attr-defined]" in line:
+                hits.append(f"{path.name}:{number}: {line.strip()}")
+    assert not hits, hits
+
+
+def test_no_two_modules_share_a_name() -> None:
+    names = [p.name for p in [*LIBRARY, *JOBS] if p.name not in ("__init__.py", "__main__.py")]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
 
 
 def test_model_store_knows_no_method() -> None:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from streamad.sinks.base import Sink, Sinks
+from streamad.sinks.sink import Sink, Sinks
 
 __all__ = ["Sink", "Sinks"]
