@@ -130,12 +130,12 @@ def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 with_common = options(
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto."),
-    click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
-    click.option("--workers", type=int, default=None, help="Backbone passes at once (default: 2 on a multi-core CPU, 1 on CUDA)."),
-    click.option("--batch-size", type=int, default=8, show_default=True, help="Frames per backbone pass."),
-    click.option("--every", type=int, default=1, show_default=True, help="Use every N-th frame."),
-    click.option("--start", type=int, default=0, show_default=True, help="First frame index of each source."),
-    click.option("--stop", type=int, default=None, help="Stop before this frame index of each source."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's choice)."),
+    click.option("--workers", type=click.IntRange(min=1), default=None, help="Backbone passes at once (default: 2 on a multi-core CPU, 1 on CUDA)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per backbone pass."),
+    click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Use every N-th frame."),
+    click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame index of each source."),
+    click.option("--stop", type=click.IntRange(min=1), default=None, help="Stop before this frame index of each source."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     click.option("--verbose", "-v", is_flag=True, help="Log what happens."),
 )
@@ -150,8 +150,10 @@ with_ray = options(
         metavar="[ADDRESS]",
         help="Run on Ray: alone (put it last) or local, a local cluster here; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
     ),
-    click.option("--ray-gpus-per-task", type=float, default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."),
-    click.option("--ray-shard-frames", type=int, default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),
+    click.option(
+        "--ray-gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."
+    ),
+    click.option("--ray-shard-frames", type=click.IntRange(min=1), default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),
 )
 
 
@@ -167,8 +169,10 @@ def cluster_options(kw: dict[str, Any]) -> Any:
 
 with_frame_score = options(
     click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
-    click.option("--topk", type=float, default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."),
-    click.option("--window", type=int, default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
+    click.option(
+        "--topk", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."
+    ),
+    click.option("--window", type=click.IntRange(min=1), default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
     click.option("--branch", type=click.Choice(["local", "global", "both"]), default="both", show_default=True, help="gcad: score one branch alone."),
 )
 
@@ -227,19 +231,29 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
-@click.option("-k", "k", type=int, default=None, help="Projected dimension (default 100).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
 @click.option("--motion", type=click.Choice(["off", "feat", "flow", "both"]), default=None, help="Motion cues for video (see README); default off.")
 @click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file for a torchvision --backbone-b.")
 @click.option(
-    "--epochs", type=int, default=None, help="Training epochs of trained scorers (pfm, pefm, ae-*; default: the papers' schedule scaled to the data)."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training epochs of trained scorers (pfm, pefm, ae-*; default: the papers' schedule scaled to the data).",
 )
-@click.option("--cache-frames", type=int, default=None, help="Trained scorers: frames kept (reservoir-sampled) to train on (default 1000).")
-@click.option("--checkpoint-every", type=int, default=2000, show_default=True, help="Frames between checkpoints.")
-@click.option("--calibration-frames", type=int, default=500, show_default=True, help="At most this many held-out frames normalise the distances.")
-@click.option("--holdout-every", type=int, default=None, help="Every N-th frame is held out of the fit to normalise on (default 10; a resumed fit: its own).")
+@click.option("--cache-frames", type=click.IntRange(min=1), default=None, help="Trained scorers: frames kept (reservoir-sampled) to train on (default 1000).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=2000, show_default=True, help="Frames between checkpoints.")
+@click.option(
+    "--calibration-frames", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many held-out frames normalise the distances."
+)
+@click.option(
+    "--holdout-every",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Every N-th frame is held out of the fit to normalise on (default 10; a resumed fit: its own).",
+)
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_ray
@@ -336,7 +350,7 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
 
 @main.command()
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to calibrate.")
-@click.option("--quantile", type=float, default=None, help="Threshold = this quantile of normal frame scores (default 0.99).")
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=None, help="Threshold = this quantile of normal frame scores (default 0.99).")
 @click.option("--on", "normal", multiple=True, help="Normal SOURCE to take the quantile on (repeatable; default: the frames fit held out).")
 @click.option("--f1", "f1_testset", default=None, help="Labelled TESTSET (as for eval): the F1-optimal threshold on it.")
 @click.option("--predictions", default=None, help="With --f1: read that test set's scores from this score store instead of scoring it.")
@@ -373,26 +387,28 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.argument("urls", nargs=-1, required=True)
 @click.option("--model", "-m", "models", multiple=True, required=True, help="Model store, for every camera, or NAME=PATH per camera (repeatable).")
 @click.option("--out", "-o", "out_dir", default="watch", show_default=True, help="Folder for scores.csv, events.jsonl and snapshots.")
-@click.option("--stats-every", type=float, default=10.0, show_default=True, help="Seconds between stats lines.")
+@click.option("--stats-every", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Seconds between stats lines.")
 @click.option("--stats-json", default=None, help="Also append the stats as JSON lines to this file.")
 @click.option("--threshold", type=float, default=None, help="Alert threshold (default: the model's stored or calibrated one).")
-@click.option("--min-frames", type=int, default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
+@click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
 @click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
 @click.option("--learn-motion", type=click.Choice(["off", "feat", "flow", "both"]), default="off", show_default=True, help="Motion cues to learn.")
 @click.option("--adapt", is_flag=True, help="Keep updating the statistics with frames below the threshold.")
-@click.option("--refresh-every", type=int, default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
+@click.option("--refresh-every", type=click.IntRange(min=1), default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
 @click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
-@click.option("--stall-timeout", type=float, default=5.0, show_default=True, help="Seconds without a frame before reconnecting.")
-@click.option("--open-timeout", type=float, default=10.0, show_default=True, help="Seconds to open a stream.")
-@click.option("--max-retries", type=int, default=None, help="Give a camera up after this many failed reconnects (default: never).")
+@click.option(
+    "--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True, help="Seconds without a frame before reconnecting."
+)
+@click.option("--open-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Seconds to open a stream.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=None, help="Give a camera up after this many failed reconnects (default: never).")
 @click.option("--realtime", is_flag=True, help="Play files at their native frame rate (as if live; drops when behind).")
-@click.option("--max-batch", type=int, default=8, show_default=True, help="Frames (of all cameras) per backbone pass.")
-@click.option("--max-wait", type=float, default=0.05, show_default=True, help="Seconds a batch waits to fill.")
-@click.option("--queue-size", type=int, default=4, show_default=True, help="Frames buffered per camera before the oldest is dropped.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="Frames (of all cameras) per backbone pass.")
+@click.option("--max-wait", type=click.FloatRange(min=0), default=0.05, show_default=True, help="Seconds a batch waits to fill.")
+@click.option("--queue-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames buffered per camera before the oldest is dropped.")
 @click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
 @with_frame_score
 @click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--verbose", "-v", is_flag=True)
 @friendly_errors
 def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: Any) -> None:
@@ -446,13 +462,20 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--categories", multiple=True, help="Evaluate these categories (subfolders of TESTSET), each with its own model (repeatable).")
 @click.option("--masks", default=None, help="Generic layout: a folder of masks for the images in TESTSET.")
 @click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
-@click.option("--max-fpr", type=float, default=None, help="Integration limit of AUPRO (default 0.3) or, for MVTec LOCO, of sPRO (default 0.05).")
-@click.option("--folds", type=int, default=None, help="KolektorSDD fold protocol: fit on the defect-free parts of the other folds, test each fold.")
+@click.option(
+    "--max-fpr",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Integration limit of AUPRO (default 0.3) or, for MVTec LOCO, of sPRO (default 0.05).",
+)
+@click.option(
+    "--folds", type=click.IntRange(min=2), default=None, help="KolektorSDD fold protocol: fit on the defect-free parts of the other folds, test each fold."
+)
 @click.option("--method", default=None, help="With --folds: the scorer to fit (default padim).")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="With --folds: the backbone (default lite0).")
 @click.option("--input-size", default=None, help="With --folds: HEIGHTxWIDTH of the fitted models.")
-@click.option("-k", "k", type=int, default=None, help="With --folds: projected dimension (default 100).")
-@click.option("--epochs", type=int, default=None, help="With --folds: training epochs of trained scorers.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="With --folds: projected dimension (default 100).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="With --folds: training epochs of trained scorers.")
 @with_frame_score
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")

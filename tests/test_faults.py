@@ -435,7 +435,7 @@ def test_one_unnamed_model_cannot_be_learned_by_two_cameras(tmp_path: Path) -> N
 
 
 def test_a_crash_while_learning_leaves_no_store_and_a_restart_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from streamad.pipelines import learning
+    from streamad.engine import online as learning
 
     video = clip(tmp_path / "cam.mp4", 120)
     original = learning.CameraModel._learn
