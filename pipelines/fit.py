@@ -26,7 +26,7 @@ from streamad.features.temporal import TOLERANCE
 from streamad.frames import Frame
 from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
-from streamad.scorers.base import TrainStep
+from streamad.scorers.base import TrainRun, TrainStep
 from streamad.scorers.registry import resolve
 from streamad.scorers.trained import PAPER_STEPS, default_epochs
 from streamad.stores.array_store import ArrayStore
@@ -384,14 +384,8 @@ def _train(target: ArrayStore, model: Model, state: FitProgress, options: FitOpt
         progress.note(f"loss {step.loss:.4g}")
 
     with graceful_interrupt(Runner()) as interrupted:
-        done = model.train(
-            epochs=epochs,
-            batch_size=options.train_batch_size,
-            on_step=on_step,
-            stopped=lambda: interrupted[0],
-            checkpoint=lambda: commit(target, model, state, extra=extra),
-            checkpoint_every=options.checkpoint_every,
-        )
+        checkpoint = functools.partial(commit, target, model, state, extra=extra)
+        done = model.train(TrainRun(epochs, options.train_batch_size, on_step, lambda: interrupted[0], checkpoint, options.checkpoint_every))
     progress.finish()
     trained = model.trained
     assert trained is not None

@@ -8,7 +8,7 @@ protocol (:mod:`streamad.scorers.base`) and asks the scorer's declared capabilit
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from streamad.features.extractor import FeatureExtractor, Features
 from streamad.features.temporal import MotionTracker
 from streamad.frames import FrameRef, ScoreMap
 from streamad.maps import AnomalyMap, topk_mean
-from streamad.scorers.base import Mergeable, MultiCue, Releasable, Scorer, ScorerState, Temporal, Trainable, TrainStep
+from streamad.scorers.base import Mergeable, MultiCue, Releasable, Scorer, ScorerState, Temporal, Trainable, TrainRun, TrainStep
 from streamad.scorers.registry import ScorerSpec, scorer_spec
 from streamad.stores.array_store import ArrayStore
 
@@ -131,32 +131,13 @@ class Model:
         self.cache.add(prepared, offered=self.scorer.frames_seen)
         scorer.add_frames(len(next(iter(prepared.values()))))
 
-    def train(
-        self,
-        *,
-        epochs: int,
-        batch_size: int,
-        on_step: Callable[[TrainStep], None],
-        stopped: Callable[[], bool],
-        checkpoint: Callable[[], None],
-        checkpoint_every: int = 500,
-    ) -> bool:
+    def train(self, run: TrainRun) -> bool:
         """The remaining training epochs over the feature cache
         (:meth:`streamad.scorers.base.Trainable.train`); returns whether they all ran (else it
         was stopped, after a checkpoint)."""
         if self.cache is None:
             raise ConfigError("expected a feature cache to train from, got none")
-        size = self.cache.size(self.scorer.frames_seen)
-        return self._trainable().train(
-            self.cache,
-            size=size,
-            epochs=epochs,
-            batch_size=batch_size,
-            on_step=on_step,
-            stopped=stopped,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
-        )
+        return self._trainable().train(self.cache, self.cache.size(self.scorer.frames_seen), run)
 
     def finalise(self) -> None:
         self.scorer.finalise()

@@ -153,6 +153,27 @@ class TrainStep:
     loss: float
 
 
+@dataclass(frozen=True, slots=True)
+class TrainRun:
+    """What a training run is told: how long, in what batches, and whom to tell.
+
+    Attributes:
+        epochs: train until this many epochs are complete.
+        batch_size: frames per optimiser step.
+        on_step: told each step's :class:`TrainStep`.
+        stopped: polled before each step; true ends the run (after a checkpoint).
+        checkpoint: persists the scorer's state.
+        checkpoint_every: frames trained on between checkpoints (also one when stopped and at the end).
+    """
+
+    epochs: int
+    batch_size: int
+    on_step: Callable[[TrainStep], None]
+    stopped: Callable[[], bool]
+    checkpoint: Callable[[], None]
+    checkpoint_every: int = 500
+
+
 class TrainingRows(Protocol):
     """The rows a trainable scorer's epochs read (:class:`~streamad.engine.feature_cache.FeatureCache`)."""
 
@@ -184,17 +205,6 @@ class Trainable(Protocol):
         """Count frames that went into the feature cache instead of ``update``."""
         ...
 
-    def train(
-        self,
-        rows: TrainingRows,
-        *,
-        size: int,
-        epochs: int,
-        batch_size: int,
-        on_step: Callable[[TrainStep], None],
-        stopped: Callable[[], bool],
-        checkpoint: Callable[[], None],
-        checkpoint_every: int = 500,
-    ) -> bool:
-        """The remaining epochs over ``size`` rows; returns whether they all ran."""
+    def train(self, rows: TrainingRows, size: int, run: TrainRun) -> bool:
+        """The remaining epochs over the first ``size`` rows; returns whether they all ran."""
         ...

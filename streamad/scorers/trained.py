@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import Features
-from streamad.scorers.base import ScorerState, TrainingRows, TrainStep
+from streamad.scorers.base import ScorerState, TrainingRows, TrainRun, TrainStep
 
 PAPER_STEPS = 3000  # PFM/PEFM: 200 epochs of batch 16 over an MVTec AD category (~240 images)
 MIN_EPOCHS, MAX_EPOCHS = 5, 200
@@ -149,42 +149,31 @@ class NetworkScorer:
     def trained(self) -> TrainStep:
         return TrainStep(self.epoch, self.position, 0, self.loss)
 
-    def train(
-        self,
-        rows: TrainingRows,
-        *,
-        size: int,
-        epochs: int,
-        batch_size: int,
-        on_step: Callable[[TrainStep], None],
-        stopped: Callable[[], bool],
-        checkpoint: Callable[[], None],
-        checkpoint_every: int = 500,
-    ) -> bool:
-        """Run the remaining epochs over the ``size`` rows, from the current epoch and position;
-        ``on_step`` after each step, ``checkpoint()`` after every ``checkpoint_every`` frames
-        trained on, when stopped and at the end. Returns whether every epoch ran."""
+    def train(self, rows: TrainingRows, size: int, run: TrainRun) -> bool:
+        """Run the remaining epochs over the first ``size`` rows, from the current epoch and
+        position, telling ``run`` each step and checkpointing as it says. Returns whether every
+        epoch ran."""
         if size < 1:
             raise ConfigError("expected at least one frame in the feature cache to train on, got none; hint: fit on more frames")
-        if self.epoch < epochs:
+        if self.epoch < run.epochs:
             rows.preload(size)
         since = 0
-        while self.epoch < epochs:
+        while self.epoch < run.epochs:
             order = epoch_order(rows.seed, self.epoch, size)
             while self.position < size:
-                if stopped():
-                    checkpoint()
+                if run.stopped():
+                    run.checkpoint()
                     return False
-                slots = order[self.position : self.position + batch_size]
+                slots = order[self.position : self.position + run.batch_size]
                 self.train_step(rows.read(slots, self.device))
                 self.position += len(slots)
-                on_step(TrainStep(self.epoch, self.position, len(slots), self.loss))
+                run.on_step(TrainStep(self.epoch, self.position, len(slots), self.loss))
                 since += len(slots)
-                if since >= checkpoint_every:
-                    checkpoint()
+                if since >= run.checkpoint_every:
+                    run.checkpoint()
                     since = 0
             self.epoch, self.position = self.epoch + 1, 0
-        checkpoint()
+        run.checkpoint()
         return True
 
     # -- state -------------------------------------------------------------------------------
