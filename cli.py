@@ -186,7 +186,7 @@ def frame_score_config(kw: dict[str, Any]) -> FrameScoreConfig:
 
 def score_options(kw: dict[str, Any], **extra: Any) -> Any:
     """The common and frame-score options of score, eval and calibrate as ScoreOptions."""
-    from streamad.pipelines.score import ScoreOptions
+    from streamad.engine.scoring import ScoreOptions
 
     picked = {k: kw[k] for k in ("every", "start", "stop", "batch_size", "device", "workers") if k in kw}
     return ScoreOptions(frame_score=frame_score_config(kw), **picked, **extra)
@@ -266,7 +266,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     """
     setup(kw["threads"], kw["verbose"])
     from streamad.config import ModelConfig
-    from streamad.pipelines.fit import FitOptions
+    from streamad.engine.fitting import FitOptions
     from streamad.pipelines.fit import fit as run_fit
 
     given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"], "seed": kw["seed"]}
@@ -522,7 +522,7 @@ def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
 def _evaluate_folds(testset: str, kw: dict[str, Any], progress: ClickProgress) -> Any:
     """``eval --folds K``: fit and evaluate each fold (the models go under --out)."""
     from streamad.config import ModelConfig
-    from streamad.pipelines.fit import FitOptions
+    from streamad.engine.fitting import FitOptions
     from streamad.pipelines.folds import evaluate_folds
 
     if kw["model_path"] or kw["predictions"] or kw["categories"] or kw["masks"] or kw["labels"]:

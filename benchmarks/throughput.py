@@ -96,9 +96,11 @@ def main() -> None:
     import torch
 
     from streamad.config import ModelConfig
+    from streamad.engine.fitting import FitOptions
     from streamad.engine.runtime import set_threads, thread_plan, tune_allocator
-    from streamad.pipelines.fit import FitOptions, fit
-    from streamad.pipelines.score import ScoreOptions, score
+    from streamad.engine.scoring import ScoreOptions
+    from streamad.pipelines.fit import fit
+    from streamad.pipelines.score import score
     from streamad.stores.model_store import load, open_store
 
     tune_allocator()

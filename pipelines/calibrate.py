@@ -15,11 +15,12 @@ import numpy as np
 
 from streamad.calibration import DEFAULT_QUANTILE, Threshold, quantile_threshold
 from streamad.engine.progress import Progress, no_progress
+from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth
 from streamad.evaluation.metrics import f1_threshold
 from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions
-from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.score import score
 from streamad.stores.model_store import load, open_store, write_threshold
 from streamad.stores.score_store import open_scores, read_source
 

@@ -21,12 +21,13 @@ from streamad.engine.assembly import Reading
 from streamad.engine.progress import Progress, graceful_interrupt, no_progress
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import tune_allocator
+from streamad.engine.scoring import ScoreOptions, ScoreSummary, load_model, score_frames
 from streamad.errors import ClusterError, ConfigError
 from streamad.frames import FrameRef, ScoreMap
 from streamad.io.sources import Source
 from streamad.model import Model
 from streamad.pipelines.distributed import ClusterOptions, add_drops
-from streamad.pipelines.score import ScoreJob, ScoreOptions, ScoreSummary, begin, check_layers, load_model, score_frames
+from streamad.pipelines.score import ScoreJob, begin, check_layers
 from streamad.sinks import Sinks
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink

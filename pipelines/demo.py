@@ -10,12 +10,14 @@ import cv2
 import numpy as np
 
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions, FitSummary
 from streamad.engine.progress import Progress, no_progress
+from streamad.engine.scoring import ScoreOptions, ScoreSummary
 from streamad.errors import ConfigError
 from streamad.io.decode import VideoWriter, probe
 from streamad.io.sources import resolve_sources
-from streamad.pipelines.fit import FitOptions, FitSummary, fit
-from streamad.pipelines.score import ScoreOptions, ScoreSummary, score
+from streamad.pipelines.fit import fit
+from streamad.pipelines.score import score
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """``fit --ray``: a fit spread over a Ray cluster (:mod:`streamad.engine.cluster` makes the calls).
 
 A **fit** cuts its sources into shards (whole sources, and long ones into frame ranges), each
-fitted by the local fit's own pass (:func:`~streamad.pipelines.fit.fit_pass`) into a fresh
+fitted by the local fit's own pass (:func:`~streamad.engine.fitting.fit_pass`) into a fresh
 scorer on a worker. The shards' states merge exactly (Chan's pairwise formula) in a fixed tree;
 the driver adds the result to its model (a resumed store's, or a new one), makes the factors and
 the normalisation, and commits the store as a local fit would. Held-out frames to normalise on
@@ -24,6 +24,7 @@ from typing import Any
 from streamad.config import ModelConfig
 from streamad.engine import cluster
 from streamad.engine.assembly import Reading
+from streamad.engine.fitting import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, holdout_of, open_fit
 from streamad.engine.progress import Progress, graceful_interrupt, no_progress
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import pick_device, tune_allocator
@@ -32,7 +33,6 @@ from streamad.features.extractor import Extractors
 from streamad.frames import Frame
 from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
-from streamad.pipelines.fit import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, holdout_of, open_fit
 from streamad.scorers.base import ScorerState
 from streamad.stores.array_store import ArrayStore
 from streamad.stores.model_store import Progress as FitProgress
@@ -90,6 +90,7 @@ def plan_shards(sources: Sequence[Source], reading: Reading, count: int) -> list
     (a source's last piece reads to its end, whatever its metadata said its length was).
 
     Example:
+        >>> import numpy as np
         >>> from streamad.io.sources import FrameArrays
         >>> clips = [FrameArrays(name, np.zeros((n, 2, 2, 3), np.uint8)) for name, n in (("a", 5), ("b", 3))]
         >>> [str(s) for s in plan_shards(clips, Reading(), 2)]

@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 
 from streamad.engine.progress import Progress, no_progress
+from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth, union
 from streamad.evaluation.metrics import PixelMetrics, SproMetrics, auroc, roc_curve
 from streamad.evaluation.report import Case, Evaluation, markdown, rounded, summarise, write_report
-from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.score import score
 from streamad.stores.score_store import open_scores, read_source
 
 logger = logging.getLogger(__name__)

@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
 from streamad.engine.progress import Progress, no_progress
+from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth, kolektor, kolektor_folders, kolektor_parts, read_mask
 from streamad.evaluation.report import markdown, summarise, write_report
 from streamad.io.sources import ImageSequence
 from streamad.pipelines.evaluate import EvalRun, evaluate_model
-from streamad.pipelines.fit import FitOptions, fit
-from streamad.pipelines.score import ScoreOptions
+from streamad.pipelines.fit import fit
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streamad.calibration import decision_threshold, normal_threshold
-from streamad.config import FrameScoreConfig
-from streamad.engine.assembly import Engine, Reading, Scoring
-from streamad.engine.progress import Progress, graceful_interrupt, no_progress
-from streamad.engine.runner import Runner
-from streamad.engine.runtime import pick_device, seconds_since_start
+from streamad.engine.progress import Progress, no_progress
+from streamad.engine.scoring import ScoreOptions, ScoreSummary, load_model, score_frames
 from streamad.errors import ConfigError
 from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.sources import Source, resolve_sources
@@ -24,53 +20,9 @@ from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
 from streamad.sinks.score_writer import ScoreStoreSink
 from streamad.sinks.timeline import TimelineSink
-from streamad.stores.model_store import load, open_store
 from streamad.stores.score_store import create_scores
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreOptions:
-    every: int = 1
-    start: int = 0
-    stop: int | None = None
-    batch_size: int = 8
-    score_batch: int = 32
-    frame_score: FrameScoreConfig = FrameScoreConfig()
-    write_maps: bool = True
-    device: str = "cpu"
-    workers: int | None = None
-    threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ConfigError(f"expected --every >= 1, got {self.every}")
-        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
-            raise ConfigError(f"expected 0 <= --start < --stop, got start={self.start}, stop={self.stop}")
-
-
-@dataclass(slots=True)
-class ScoreSummary:
-    out_dir: str
-    csv: str
-    store: str
-    frames: Counter[str] = field(default_factory=Counter)
-    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
-    drop_report: list[str] = field(default_factory=list)
-    overlays: list[str] = field(default_factory=list)
-    plot: str | None = None
-    interrupted: bool = False
-    threshold: float | None = None
-    decisions: bool = False
-    anomalous: Counter[str] = field(default_factory=Counter)
-
-
-def load_model(model: str | Path | Model, *, device: str, weights: str | None, weights_b: str | None = None) -> Model:
-    """A model given as a store path (loaded, fitted) or as it is."""
-    if isinstance(model, Model):
-        return model
-    return load(open_store(model, mode="r"), where=str(model), device=str(pick_device(device)), weights=weights, weights_b=weights_b, scoring_only=True)
 
 
 def _store_attrs(loaded: Model, model: str | Path | Model, options: ScoreOptions, *, threshold: float | None, decision: float | None) -> dict[str, Any]:
@@ -188,37 +140,3 @@ def score(
     summary.overlays = overlays.paths if overlays else []
     summary.plot = str(plot) if plot and summary.frames else None
     return summary
-
-
-def score_frames(
-    loaded: Model,
-    sources: Sequence[Source],
-    options: ScoreOptions,
-    outputs: Sinks,
-    summary: ScoreSummary,
-    *,
-    decision: float | None,
-    originals: bool = False,
-    layers: bool = False,
-    progress: Progress = no_progress,
-) -> None:
-    """The frames of ``sources`` through the engine into ``outputs`` (closed at the end), counted
-    in ``summary``. ``originals``, ``layers``: results carry their frame, their cues' maps."""
-    runner = Runner()
-    engine = Engine(runner, loaded.device, batch_size=options.batch_size, workers=options.workers)
-    reading = Reading(options.every, (options.start, options.stop))
-    route = Scoring(loaded, options.frame_score, prepared=True, layers=layers)
-    progress.start("scoring", reading.expected(sources))
-    with graceful_interrupt(runner) as interrupted, outputs:
-        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=originals or loaded.needs_images)
-        for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch)):
-            if not summary.frames:
-                logger.info("first frame scored %.2f s after the process started", seconds_since_start() or float("nan"))
-            outputs.write(result)
-            summary.frames[result.ref.source_id] += 1
-            if decision is not None and result.score > decision:
-                summary.anomalous[result.ref.source_id] += 1
-            progress.advance(1)
-        summary.interrupted = interrupted[0]
-    progress.finish()
-    summary.dropped, summary.drop_report = engine.drops.by_reason(), engine.drops.lines()

@@ -1,5 +1,6 @@
-"""The Python API's own parts: an in-memory :class:`Detector`, :func:`load` and
-:func:`read_frames` (``streamad.fit``, ``score`` and ``evaluate`` are the jobs themselves).
+"""The Python API's own parts, built on the library (not on the jobs): an in-memory
+:class:`Detector`, :func:`load` and :func:`read_frames` (``streamad.fit``, ``score`` and
+``evaluate`` are the jobs themselves).
 
 Example (frames are RGB uint8 arrays, shape (H, W, 3); README.md runs the same with a video)::
 
@@ -22,14 +23,15 @@ import numpy as np
 
 from streamad.calibration import decision_threshold
 from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.engine.fitting import FitOptions, FitSummary, open_fit, run_fit
+from streamad.engine.progress import no_progress
+from streamad.engine.runtime import pick_device
+from streamad.engine.scoring import ScoreOptions, ScoreSummary, score_frames
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
 from streamad.io.sources import FrameArrays, resolve_sources
 from streamad.model import Model
-from streamad.pipelines.fit import FitOptions, FitSummary
-from streamad.pipelines.fit import fit as fit_job
-from streamad.pipelines.score import ScoreOptions
-from streamad.pipelines.score import score as score_job
+from streamad.sinks import Sinks
 from streamad.stores.array_store import MemoryStore
 from streamad.stores.model_store import commit, create, open_store, read_progress
 from streamad.stores.model_store import load as load_store
@@ -87,7 +89,11 @@ class Detector:
         """Fit on normal frames (held in memory: every 10th frame is kept out to normalise on)."""
         images = frames if isinstance(frames, Sequence) else list(frames)
         self._store = MemoryStore()
-        summary = fit_job([FrameArrays("frames", images, fps)], self._store, self.config, options=self.options)
+        sources = [FrameArrays("frames", images, fps)]
+        device = str(pick_device(self.options.device))
+        _, model, state = open_fit(sources, self._store, self.config, resume=False, overwrite=False, options=self.options, device=device)
+        summary = FitSummary("memory")
+        run_fit(sources, self._store, model, state, self.options, summary, no_progress)
         self.model = load_store(self._store, where="the detector", device=self.options.device)
         return summary
 
@@ -97,7 +103,8 @@ class Detector:
             raise ConfigError("expected a fitted detector, got one without a model; hint: call fit() or streamad.load() first")
         images = frames if isinstance(frames, Sequence) else list(frames)
         collect = _Collect()
-        score_job([FrameArrays("frames", images, fps)], self.model, None, options=ScoreOptions(frame_score=frame_score, device=self.device), sinks=[collect])
+        options = ScoreOptions(frame_score=frame_score, device=self.device)
+        score_frames(self.model, [FrameArrays("frames", images, fps)], options, Sinks([collect]), ScoreSummary("", "", ""), decision=None)
         threshold = decision_threshold(self.model.threshold, None, frame_score.attrs())  # the stored one, for these frame-score settings only
         return [Result(r.ref.index, r.score, None if threshold is None else r.score > threshold, r.anomaly_map, r.map_max) for r in collect.results]
 

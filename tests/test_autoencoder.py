@@ -15,9 +15,9 @@ from click.testing import CliRunner
 import streamad
 from streamad.cli import main
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
 from streamad.errors import ConfigError
 from streamad.model import Model
-from streamad.pipelines.fit import FitOptions
 from streamad.scorers.autoencoder import LATENT, ConvAutoencoder, ssim_map
 from streamad.scorers.registry import resolve
 from streamad.stores.model_store import load, open_store, read_state

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 from streamad.cli import main
 from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.engine.fitting import FitOptions
+from streamad.engine.scoring import ScoreOptions
 from streamad.evaluation.ground_truth import GroundTruthError, load_ground_truth
 from streamad.evaluation.report import markdown, worst_tiles, write_report
 from streamad.pipelines.evaluate import evaluate_model, evaluate_predictions
-from streamad.pipelines.fit import FitOptions, fit
-from streamad.pipelines.score import ScoreOptions
+from streamad.pipelines.fit import fit
 from tests.conftest import scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=16)

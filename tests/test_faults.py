@@ -26,15 +26,17 @@ from click.testing import CliRunner
 
 from streamad.config import ModelConfig
 from streamad.engine.assembly import Reading
+from streamad.engine.fitting import FitOptions
 from streamad.engine.runner import DropLog, Runner
+from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError, StoreError, StoreLockedError
 from streamad.frames import Frame
 from streamad.io.cameras import Camera, cameras_from
 from streamad.io.decode import VideoWriter, decode_video
 from streamad.io.urls import redact
-from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.fit import fit
 from streamad.pipelines.merge import merge
-from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.score import score
 from streamad.pipelines.watch import WatchOptions, watch
 from streamad.sinks.stats import StreamStats
 from streamad.stores.array_store import ZarrStore

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from streamad.calibration import HoldOut
 from streamad.engine.fitter import Fitter, checkpoints
 from streamad.frames import FeatureBatch, FrameRef
+from streamad.holdout import HoldOut
 from streamad.stores.model_store import Progress
 
 

@@ -112,9 +112,10 @@ def test_refusals() -> None:
 
 def test_watch_scores_a_file_as_score_does(fitted: tuple[Path, Path], tmp_path: Path) -> None:
     """A trained scorer runs in watch unchanged: the same frame scores as score on the file."""
+    from streamad.engine.scoring import ScoreOptions
     from streamad.io.cameras import Camera
     from streamad.io.decode import VideoWriter
-    from streamad.pipelines.score import ScoreOptions, score
+    from streamad.pipelines.score import score
     from streamad.pipelines.watch import WatchOptions, watch
 
     video = tmp_path / "cam.mp4"

@@ -68,3 +68,15 @@ def test_one_importer_per_heavy_library(library: str, owner: str) -> None:
             if any(name == library or name.startswith(library + ".") for name in names):
                 importers.append(path.name)
     assert len(set(importers)) <= 1 and (not owner or set(importers) == {owner}), importers
+
+
+def test_the_library_is_not_built_on_the_jobs() -> None:
+    """``streamad/`` (the API included) imports no job from ``pipelines/``; only the CLI does."""
+    importers = []
+    for path in LIBRARY:
+        if path.name == "__init__.py" and path.parent.name == "streamad":
+            continue  # names the jobs as lazy exports, imports none
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("streamad.pipelines"):
+                importers.append(f"{path.relative_to(ROOT)}: {node.module}")
+    assert not importers, importers

@@ -19,10 +19,10 @@ import streamad
 from streamad.cli import main
 from streamad.config import ModelConfig
 from streamad.engine.feature_cache import FeatureCache, reservoir_slot
+from streamad.engine.fitting import FitOptions
 from streamad.engine.progress import NoProgress
 from streamad.errors import ConfigError
 from streamad.model import Model
-from streamad.pipelines.fit import FitOptions
 from streamad.scorers.pfm import MappingScorer, position_encoding
 from streamad.scorers.registry import resolve
 from streamad.scorers.trained import default_epochs, epoch_order

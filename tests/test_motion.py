@@ -12,15 +12,17 @@ import pytest
 import torch
 
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
+from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError
 from streamad.features.temporal import HAS_MOTION, MOTION, MotionTracker
 from streamad.frames import FeatureBatch, FrameRef
 from streamad.io.cameras import Camera
 from streamad.io.decode import VideoWriter
 from streamad.model import Model
-from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.fit import fit
 from streamad.pipelines.merge import merge
-from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.score import score
 from streamad.pipelines.watch import WatchOptions, watch
 from streamad.stores.model_store import open_store, read_state
 from tests.conftest import embed, scene

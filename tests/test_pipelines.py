@@ -18,10 +18,12 @@ from click.testing import CliRunner
 
 from streamad.cli import main
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
+from streamad.engine.scoring import ScoreOptions
 from streamad.io.decode import VideoWriter
-from streamad.pipelines.fit import FitOptions, fit
+from streamad.pipelines.fit import fit
 from streamad.pipelines.merge import merge
-from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.score import score
 from streamad.stores.model_store import open_store, read_state
 from streamad.stores.score_store import open_scores, read_source
 from tests.conftest import scene
@@ -48,8 +50,8 @@ def assert_same_stats(a: Path, b: Path) -> None:
 def test_default_input_size_comes_from_the_first_source_with_a_readable_frame(tmp_path: Path, frame_folder: Path) -> None:
     import shutil
 
+    from streamad.engine.fitting import _first_frame_hw
     from streamad.io.sources import resolve_sources
-    from streamad.pipelines.fit import _first_frame_hw
 
     root = tmp_path / "clips"
     (root / "a").mkdir(parents=True)

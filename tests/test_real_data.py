@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from streamad.pipelines.fit import FitOptions, fit
+from streamad.engine.fitting import FitOptions
+from streamad.pipelines.fit import fit
 from streamad.pipelines.score import score
 from tests.conftest import SHARED_DATA
 

@@ -18,11 +18,11 @@ from torch import Tensor
 import streamad
 from streamad.cli import main
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
 from streamad.features.extractor import FeatureExtractor, Features
 from streamad.io.cameras import Camera
 from streamad.io.decode import VideoWriter
 from streamad.model import Model
-from streamad.pipelines.fit import FitOptions
 from streamad.pipelines.watch import WatchOptions, watch
 from streamad.scorers.base import Mergeable, Scorer, ScorerState, Trainable
 from streamad.scorers.registry import ScorerSpec, register_scorer, resolve, unregister_scorer

@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 
 from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
+from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError
 from streamad.frames import Frame
 from streamad.io import live as live_module
 from streamad.io.cameras import Camera, cameras_from
 from streamad.io.decode import VideoWriter
 from streamad.io.live import LiveOptions, LiveStream
-from streamad.pipelines.fit import FitOptions, fit
-from streamad.pipelines.score import ScoreOptions, score
+from streamad.pipelines.fit import fit
+from streamad.pipelines.score import score
 from streamad.pipelines.watch import WatchOptions, WatchSummary, watch
 from tests.conftest import scene
 

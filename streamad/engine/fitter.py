@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from streamad.calibration import HoldOut
 from streamad.engine import stages
 from streamad.engine.progress import Progress, no_progress
 from streamad.features.extractor import Features
 from streamad.frames import FeatureBatch, FrameRef
+from streamad.holdout import HoldOut
 from streamad.model import Model
 from streamad.stores.model_store import Progress as FitProgress
 

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from streamad.calibration import HoldOut, Normalisation, decision_threshold, measure_normalisation, normal_threshold
+from streamad.calibration import Normalisation, decision_threshold, measure_normalisation, normal_threshold
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Scoring
@@ -21,6 +21,7 @@ from streamad.errors import ConfigError
 from streamad.features.extractor import Extractors, FeatureExtractor
 from streamad.features.preprocess import default_input_hw
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
+from streamad.holdout import HoldOut
 from streamad.io.cameras import Camera
 from streamad.model import Model
 from streamad.scorers.registry import resolve
