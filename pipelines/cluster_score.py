@@ -166,14 +166,20 @@ def score_on_cluster(
             actors = functools.partial(cluster.actor_map, functools.partial(_load, told), _score_source, job.sources, gpus=on.gpus_per_task)
             actors(on_done=done, stopped=lambda: interrupted[0])
             summary.interrupted = len(scored) < len(job.sources)
-        for source in [s for s in job.sources if s.source_id in scored]:  # the CSV and the timeline in the sources' order, as locally
-            result = scored[source.source_id]
-            for ref, value, top in zip(result.refs, result.scores, result.map_max, strict=True):
-                rows.write(ScoreMap(ref, value, top, np.empty((0, 0), np.float32)))
-            _add(summary, result)
+        _write_rows(rows, job.sources, scored, summary)
     progress.finish()
     summary.plot = str(plot) if plot and summary.frames else None
     return summary
+
+
+def _write_rows(rows: Sinks, sources: Sequence[Source], scored: dict[str, SourceScored], summary: ScoreSummary) -> None:
+    """The CSV and the timeline from the actors' frame scores, in the sources' order (as a local
+    score writes them), and their counts into ``summary``."""
+    for source in [s for s in sources if s.source_id in scored]:
+        result = scored[source.source_id]
+        for ref, value, top in zip(result.refs, result.scores, result.map_max, strict=True):
+            rows.write(ScoreMap(ref, value, top, np.empty((0, 0), np.float32)))
+        _add(summary, result)
 
 
 def _told(

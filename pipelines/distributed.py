@@ -35,8 +35,7 @@ from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
 from streamad.stores.array_store import ArrayStore
-from streamad.stores.model_store import Progress as FitProgress
-from streamad.stores.model_store import commit
+from streamad.stores.model_store import FitProgress, commit
 
 logger = logging.getLogger(__name__)
 
@@ -233,17 +232,7 @@ def fit_on_cluster(
         job = _FitJob(model.config, options, calibration.read if calibration.kept is not None else None, device, hook)
         shards_before = int((target.attrs().get("cluster") or {}).get("shards", 0))
         extra = {**fit_extra(options), "cluster": {"shards": shards_before, "address": on.address or "local"}}  # shards merged, over all runs
-        with cluster.connect(on.address):
-            slots = cluster.slots(gpus=on.gpus_per_task)
-            shards = plan_shards(sources, reading, shard_count(summary.frames_read, slots, on.shard_frames))
-            logger.info("%d shards on %d workers", len(shards), slots)
-            committed = state.frames_seen
-            try:
-                kept = _run_shards(job, shards, target, model, state, summary, progress, extra=extra, slots=slots, gpus=on.gpus_per_task)
-            except ClusterError as exc:
-                if state.frames_seen == committed:
-                    raise
-                raise ClusterError(f"{exc}; the {state.frames_seen - committed} frames of the rounds before it are committed: continue with --resume") from None
+        kept = _on_cluster(job, sources, reading, target, model, state, summary, progress, extra=extra, on=on)
         if summary.interrupted:  # Ctrl-C: the finished rounds are committed
             summary.frames_seen = state.frames_seen
             logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
@@ -256,6 +245,34 @@ def fit_on_cluster(
         return summary
     finally:
         target.close()
+
+
+def _on_cluster(
+    job: _FitJob,
+    sources: Sequence[Source],
+    reading: Reading,
+    target: ArrayStore,
+    model: Model,
+    state: FitProgress,
+    summary: FitSummary,
+    progress: Progress,
+    *,
+    extra: dict[str, Any],
+    on: ClusterOptions,
+) -> list[Frame]:
+    """Connect, cut the shards for the cluster's task slots and run them (:func:`_run_shards`);
+    a failure after some rounds were committed says so."""
+    with cluster.connect(on.address):
+        slots = cluster.slots(gpus=on.gpus_per_task)
+        shards = plan_shards(sources, reading, shard_count(summary.frames_read, slots, on.shard_frames))
+        logger.info("%d shards on %d workers", len(shards), slots)
+        committed = state.frames_seen
+        try:
+            return _run_shards(job, shards, target, model, state, summary, progress, extra=extra, slots=slots, gpus=on.gpus_per_task)
+        except ClusterError as exc:
+            if state.frames_seen == committed:
+                raise
+            raise ClusterError(f"{exc}; the {state.frames_seen - committed} frames of the rounds before it are committed: continue with --resume") from None
 
 
 def _in_order(frames: list[Frame], sources: Sequence[Source]) -> list[Frame]:

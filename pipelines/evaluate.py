@@ -104,15 +104,23 @@ def evaluate_predictions(
     frames = [case for labelled in truth.sources for case in _add_source(store, attrs, store_path, labelled, groups, overall, levels, progress)]
     progress.finish()
     all_scores, all_labels = overall.arrays()
+    metrics = _metrics(truth, store_path, attrs, overall, groups, max_fpr)
+    roc, pro = _curves(overall, metrics, max_fpr)
+    normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
+    missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
+    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path), truth)
+
+
+def _metrics(truth: GroundTruth, store_path: str | Path, attrs: dict[str, Any], overall: _Group, groups: dict[str, _Group], max_fpr: float) -> dict[str, Any]:
+    """The evaluation's numbers, JSON-ready: what was evaluated, then the overall and per-group rows."""
+    all_scores, all_labels = overall.arrays()
     normal_pool = all_scores[~all_labels]
     normal_pixels = overall.spro.normal if overall.spro is not None else None
-    video = truth.layout in VIDEO_LAYOUTS
-    every = attrs.get("every", 1)
-    metrics: dict[str, Any] = {
+    return {
         "layout": truth.layout,
-        "level": "frame" if video else "image",
+        "level": "frame" if truth.layout in VIDEO_LAYOUTS else "image",
         "predictions": str(Path(store_path).resolve()),
-        "every": every,
+        "every": attrs.get("every", 1),
         "frames_evaluated": int(all_labels.size),
         "frames_labelled": int(sum(len(s.labels) for s in truth.sources)),
         "frame_score": attrs.get("frame_score"),
@@ -122,10 +130,6 @@ def evaluate_predictions(
         "overall": _row(overall, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels),
         "groups": {name: _row(g, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels) for name, g in groups.items()},
     }
-    roc, pro = _curves(overall, metrics, max_fpr)
-    normal_frames = sorted((f for f in frames if not f.label), key=lambda f: -f.score)[:worst]
-    missed = sorted((f for f in frames if f.label), key=lambda f: f.score)[:worst]
-    return Evaluation(metrics, roc, pro, (all_scores, all_labels), normal_frames, missed, str(store_path), truth)
 
 
 def _curves(overall: _Group, metrics: dict[str, Any], max_fpr: float) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray] | None]:

@@ -14,7 +14,8 @@ from streamad.engine.runtime import pick_device
 from streamad.errors import ConfigError, StoreError
 from streamad.io.outputs import check_outputs
 from streamad.io.sources import resolve_sources
-from streamad.stores.model_store import check_compatible, commit, create, load, open_store, read_progress
+from streamad.model import Model
+from streamad.stores.model_store import FitProgress, check_compatible, commit, create, load, open_store, read_progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +49,7 @@ def merge(
         raise StoreError(f"expected a new output path, got an existing store {out}; hint: pass --overwrite")
     check_outputs({"the merged store": out}, inputs)
     _check_distinct(inputs)
-    torch_device = str(pick_device(device))
-    first = open_store(inputs[0], mode="r")
-    model = load(first, where=str(inputs[0]), device=torch_device, fitted=False)
-    if not model.mergeable:
-        method = model.config.method
-        raise ConfigError(f"expected stores of a mergeable method, got {method!r} in {inputs[0]}, which cannot merge; hint: fit one store on all sources")
-    state = read_progress(first)
-    for path in inputs[1:]:
-        store = open_store(path, mode="r")
-        check_compatible(store.attrs(), model, str(path), hint="merge only stores fitted with the same settings")
-        other = load(store, where=str(path), device=torch_device, extractor=model.extractor, fitted=False)
-        model.merge(other)
-        part = read_progress(store)
-        for sid, n in part.next_index.items():
-            state.next_index[sid if sid not in state.next_index else f"{sid}@{Path(path).name}"] = n
-        state.frames_seen += part.frames_seen
-    parts = sorted({part for path in inputs for part in _parts(open_store(path, mode="r").attrs(), path)})
+    model, state, parts = _merged(inputs, str(pick_device(device)))
     target = open_store(out, mode="w")
     try:
         create(target, model, merged_from=[str(Path(p)) for p in inputs], parts=parts)
@@ -82,6 +67,26 @@ def merge(
 def _parts(attrs: dict[str, Any], path: str | Path) -> list[str]:
     """The fits a store's statistics came from: its own id, or its inputs' ids once merged."""
     return list(attrs.get("parts") or [attrs.get("fit_id") or str(Path(path).resolve())])
+
+
+def _merged(inputs: Sequence[str | Path], device: str) -> tuple[Model, FitProgress, list[str]]:
+    """The inputs' states merged into the first's model, their progress, and the fit ids merged."""
+    with open_store(inputs[0], mode="r") as first:
+        model = load(first, where=str(inputs[0]), device=device, fitted=False)
+        if not model.mergeable:
+            method = model.config.method
+            raise ConfigError(f"expected stores of a mergeable method, got {method!r} in {inputs[0]}, which cannot merge; hint: fit one store on all sources")
+        state, parts = read_progress(first), set(_parts(first.attrs(), inputs[0]))
+    for path in inputs[1:]:
+        with open_store(path, mode="r") as store:
+            check_compatible(store.attrs(), model, str(path), hint="merge only stores fitted with the same settings")
+            model.merge(load(store, where=str(path), device=device, extractor=model.extractor, fitted=False))
+            part = read_progress(store)
+            parts |= set(_parts(store.attrs(), path))
+        for sid, n in part.next_index.items():
+            state.next_index[sid if sid not in state.next_index else f"{sid}@{Path(path).name}"] = n
+        state.frames_seen += part.frames_seen
+    return model, state, sorted(parts)
 
 
 def _check_distinct(inputs: Sequence[str | Path]) -> None:

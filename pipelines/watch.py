@@ -9,6 +9,7 @@ for: received = scored + learned + dropped, by reason.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from streamad.engine import stages
 from streamad.engine.assembly import Engine
 from streamad.engine.online import CameraModel
 from streamad.engine.progress import graceful_interrupt
-from streamad.engine.runner import Runner
+from streamad.engine.runner import Channel, Runner
 from streamad.engine.runtime import pick_device
 from streamad.errors import ConfigError
 from streamad.features.extractor import Extractors
@@ -165,6 +166,15 @@ def _check_cameras(cameras: Sequence[Camera], options: WatchOptions) -> None:
                 )
 
 
+def _gathered(runner: Runner, channels: list[Channel[Frame]], options: WatchOptions, summary: WatchSummary, _: Iterator[object]) -> Iterator[list[Frame]]:
+    """Batches of the cameras' frames (at most ``max_batch``, waiting at most ``max_wait_s``),
+    counted in ``summary``."""
+    for batch in runner.gather(channels, max_batch=options.max_batch, max_wait_s=options.max_wait_s):
+        summary.batches += 1
+        summary.mixed_batches += len({f.source_id for f in batch}) > 1
+        yield batch
+
+
 def watch(
     cameras: Sequence[Camera],
     out_dir: str | Path,
@@ -190,12 +200,6 @@ def watch(
     live = any(is_live(c.url) or options.live.realtime for c in cameras)
     deadline = None if options.duration_s is None else clock() + options.duration_s
 
-    def gathered(_: Iterator[object]) -> Iterator[list[Frame]]:
-        for batch in runner.gather(channels, max_batch=options.max_batch, max_wait_s=options.max_wait_s):
-            summary.batches += 1
-            summary.mixed_batches += len({f.source_id for f in batch}) > 1
-            yield batch
-
     with graceful_interrupt(runner) as interrupted, contextlib.ExitStack() as closing:  # closes run on every path, last opened first
         models: dict[str, CameraModel] = {}
         for c in cameras:
@@ -209,7 +213,7 @@ def watch(
             models[name].frame_rate = lambda stream=live_stream: stream.fps
         closing.callback(_sync_states, lives, streams)
         channels = runner.sources(readers, maxsize=options.queue_size, policy="drop-oldest" if live else "block", on_drop=_count_drop(streams), name="camera")
-        batches = runner.stage(gathered, iter(()), maxsize=1, name="gather")
+        batches = runner.stage(functools.partial(_gathered, runner, channels, options, summary), iter(()), maxsize=1, name="gather")
         features = engine.gathered_features(batches, lambda frame: models[frame.source_id].extractor_for(frame), keep_originals=True)
         runner.stop_when(lambda: (deadline is not None and clock() >= deadline) or (should_stop is not None and should_stop()))
         route = lambda sid: _route(models[sid], streams[sid], alerts, scorer_hook)  # noqa: E731

@@ -12,7 +12,7 @@ import torch
 from streamad.engine.fitter import Fitter, checkpoints
 from streamad.frames import FeatureBatch, FrameRef
 from streamad.holdout import HoldOut
-from streamad.stores.model_store import Progress
+from streamad.stores.model_store import FitProgress
 
 
 class RecordingModel:
@@ -69,7 +69,7 @@ def test_fits_holds_out_and_records_as_the_rules_say(size: int, temporal: bool) 
     items = frames("a", 45) + frames("b", 23)
     holdout, primed = HoldOut(every_nth=5, stride=1), {"a": 6}
     model = RecordingModel(temporal=temporal)
-    position = Progress()
+    position = FitProgress()
     fitter = Fitter(model, position, holdout=holdout, primed=primed, keep_held_out=3)  # type: ignore[arg-type]
     for batch in batches(items, size):
         fitter.add(batch)
@@ -87,7 +87,7 @@ def test_fits_holds_out_and_records_as_the_rules_say(size: int, temporal: bool) 
 def test_checkpoints_are_due_every_n_fitted_frames(size: int) -> None:
     items = frames("a", 50)
     holdout = HoldOut(every_nth=10, stride=1)
-    fitter = Fitter(RecordingModel(temporal=False), Progress(), holdout=holdout, checkpoint_every=8)  # type: ignore[arg-type]
+    fitter = Fitter(RecordingModel(temporal=False), FitProgress(), holdout=holdout, checkpoint_every=8)  # type: ignore[arg-type]
     due = [position.frames_seen for position in checkpoints(fitter, batches(items, size))]
     # a plain count: a checkpoint when at least 8 fitted frames came since the last one, at batch ends
     expected, since, seen = [], 0, 0
@@ -101,10 +101,10 @@ def test_checkpoints_are_due_every_n_fitted_frames(size: int) -> None:
 
 
 def test_no_checkpoint_without_a_sink_and_adapt_fits_everything() -> None:
-    fitter = Fitter(RecordingModel(temporal=False), Progress(), holdout=HoldOut())  # type: ignore[arg-type]
+    fitter = Fitter(RecordingModel(temporal=False), FitProgress(), holdout=HoldOut())  # type: ignore[arg-type]
     assert list(checkpoints(fitter, batches(frames("a", 40), 4))) == []  # a Ray shard never checkpoints
     model = RecordingModel(temporal=True)
-    position = Progress(next_index={"cam": 3}, frames_seen=3)
+    position = FitProgress(next_index={"cam": 3}, frames_seen=3)
     adapter = Fitter(model, position, holdout=HoldOut(), checkpoint_every=5)  # type: ignore[arg-type]
     due = [adapter.adapt(batch) for batch in batches(frames("cam", 10, start=3), 5)]
     assert due == [True, True] and model.updates == [[3.0, 4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0, 12.0]]

@@ -98,17 +98,17 @@ class TestModelStore:
     def test_round_trip_exact(self, tmp_path: Path) -> None:
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.stores.model_store import Progress, commit, create, load, open_store, read_progress, read_state
+        from streamad.stores.model_store import FitProgress, commit, create, load, open_store, read_progress, read_state
 
         model = Model(ModelConfig(method="soe", input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
         model.scorer.update({"embedding": torch.randn(20, positions, 8)})
         store = open_store(tmp_path / "m.zarr", mode="w")
         create(store, model)
-        commit(store, model, Progress({"a": 20}, 20))
+        commit(store, model, FitProgress({"a": 20}, 20))
         written = set(store.arrays("scorer"))
         model.scorer.finalise()
-        commit(store, model, Progress({"a": 20}, 20))
+        commit(store, model, FitProgress({"a": 20}, 20))
         assert written < set(store.arrays("scorer"))  # unchanged statistics are not written again
         loaded = load(open_store(tmp_path / "m.zarr"))
         assert loaded.normalisation is None and read_progress(store).next_index == {"a": 20}
@@ -124,7 +124,7 @@ class TestModelStore:
         """(store, model, positions): a small model fitted on 30 random embeddings, committed."""
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.stores.model_store import Progress, commit, create, open_store
+        from streamad.stores.model_store import FitProgress, commit, create, open_store
 
         model = Model(ModelConfig(method=method, input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
@@ -132,7 +132,7 @@ class TestModelStore:
         model.scorer.finalise()
         store = open_store(path, mode="w")
         create(store, model)
-        commit(store, model, Progress({"a": 30}, 30))
+        commit(store, model, FitProgress({"a": 30}, 30))
         return store, model, positions
 
     def test_scoring_only_load_leaves_the_statistics_out(self, tmp_path: Path) -> None:

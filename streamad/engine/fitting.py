@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,7 @@ from streamad.scorers.base import TrainRun, TrainStep
 from streamad.scorers.registry import resolve
 from streamad.scorers.trained import PAPER_STEPS, default_epochs
 from streamad.stores.array_store import ArrayStore
-from streamad.stores.model_store import Progress as FitProgress
-from streamad.stores.model_store import commit, config_from_attrs, create, load, open_store, read_progress
+from streamad.stores.model_store import FitProgress, commit, config_from_attrs, create, load, open_store, read_progress
 
 logger = logging.getLogger(__name__)
 
@@ -271,20 +270,8 @@ def fit_pass(
     runner = Runner()
     engine = Engine(runner, model.device, batch_size=options.batch_size, workers=options.workers)
     temporal = model.has_motion
-    # A resumed fit with motion reads each source's last counted frame again, only to give the
-    # next frame its motion as an uninterrupted fit would.
     primed = dict(state.next_index)
-    start = {sid: max(0, n - options.every) for sid, n in primed.items()} if temporal else primed
-    # With motion, held-out frames are read too, only as the motion reference of the next
-    # frame: otherwise the motion after every held-out frame would be missing from the fit
-    # (and a camera whose keyframes fall on them would never show the fit a keyframe's change).
-    passed: Callable[[int], bool] | None = None if temporal else options.holdout.fitted
-    then = None
-    if aside is not None:
-        wanted, into = aside
-        then = functools.partial(stages.set_aside, wanted=wanted, into=into, resize=model.extractor.resize, passed=passed)
-        passed = None if passed is None else (lambda i: options.holdout.fitted(i) or wanted(i))
-    reading = Reading(options.every, (options.start, options.stop), start=start, keep=passed)
+    reading, then = _fit_reading(model, options, primed, aside)
     extra = fit_extra(options)
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     every = options.checkpoint_every if target is not None else None
@@ -306,6 +293,27 @@ def fit_pass(
     if target is not None and (summary.interrupted or model.trainable):  # else the caller commits the statistics with their factors, next
         commit(target, model, state, extra=extra)
     summary.frames_seen, summary.dropped, summary.drop_report = state.frames_seen, engine.drops.by_reason(), engine.drops.lines()
+
+
+def _fit_reading(
+    model: Model, options: FitOptions, primed: dict[str, int], aside: tuple[Callable[[int], bool], list[Frame]] | None
+) -> tuple[Reading, Callable[[Iterator[Frame]], Iterator[Frame]] | None]:
+    """Which frames the fitting pass reads, and the stage setting the calibration's aside as
+    they are decoded (None: nothing to set aside)."""
+    temporal = model.has_motion
+    # A resumed fit with motion reads each source's last counted frame again, only to give the
+    # next frame its motion as an uninterrupted fit would.
+    start = {sid: max(0, n - options.every) for sid, n in primed.items()} if temporal else primed
+    # With motion, held-out frames are read too, only as the motion reference of the next
+    # frame: otherwise the motion after every held-out frame would be missing from the fit
+    # (and a camera whose keyframes fall on them would never show the fit a keyframe's change).
+    passed: Callable[[int], bool] | None = None if temporal else options.holdout.fitted
+    then = None
+    if aside is not None:
+        wanted, into = aside
+        then = functools.partial(stages.set_aside, wanted=wanted, into=into, resize=model.extractor.resize, passed=passed)
+        passed = None if passed is None else (lambda i: options.holdout.fitted(i) or wanted(i))
+    return Reading(options.every, (options.start, options.stop), start=start, keep=passed), then
 
 
 def _use_cache(target: ArrayStore, model: Model, given: int | None) -> None:

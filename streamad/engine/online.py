@@ -26,7 +26,7 @@ from streamad.io.cameras import Camera
 from streamad.model import Model
 from streamad.scorers.registry import resolve
 from streamad.stores.array_store import ArrayStore
-from streamad.stores.model_store import Progress, commit, config_from_attrs, create, load, open_store, read_progress
+from streamad.stores.model_store import FitProgress, commit, config_from_attrs, create, load, open_store, read_progress
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class CameraModel:
         self.camera, self.options, self.extractors, self.device, self.clock = camera, options, extractors, device, clock
         self.model: Model | None = None
         self.store: ArrayStore | None = None
-        self.progress = Progress()
+        self.progress = FitProgress()
         self.learning_left_s: float | None = None  # stream time still to learn
         self.last_pts_s: float | None = None
         self.learning_on = False  # learning past --learn-for for want of frames

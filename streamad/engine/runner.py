@@ -103,7 +103,7 @@ def _round_robin(outputs: list[Iterator[Out]]) -> Iterator[Out]:
             yield item
 
 
-class _Channel(Generic[Out]):
+class Channel(Generic[Out]):
     """A bounded queue with an overflow policy and an abort flag."""
 
     def __init__(self, maxsize: int, policy: str, abort: threading.Event, on_drop: Callable[[object], None] | None) -> None:
@@ -261,7 +261,7 @@ class Runner:
             raise ConfigError(f"expected at least 1 worker, got {workers}")
         if workers == 1:
             return self.stage(lambda items: map(fn, items), upstream, maxsize=maxsize, name=name, setup=setup)
-        inputs: list[_Channel[In]] = [_Channel(maxsize, "block", self.abort, None) for _ in range(workers)]
+        inputs: list[Channel[In]] = [Channel(maxsize, "block", self.abort, None) for _ in range(workers)]
         self._dispatch(upstream, inputs, name=name)
         outputs = [
             iter(self._spawn(_after(setup, functools.partial(map, fn, channel)), maxsize=maxsize, policy="block", on_drop=None, name=f"{name}-{i}"))
@@ -269,7 +269,7 @@ class Runner:
         ]
         return _round_robin(outputs)
 
-    def _dispatch(self, upstream: Iterator[In], inputs: list[_Channel[In]], *, name: str) -> None:
+    def _dispatch(self, upstream: Iterator[In], inputs: list[Channel[In]], *, name: str) -> None:
         """A thread dealing item ``j`` to ``inputs[j % len(inputs)]``; end and failure go to all."""
 
         def dispatch() -> None:
@@ -297,7 +297,7 @@ class Runner:
         policy: str,
         on_drop: Callable[[object], None] | None = None,
         name: str = "source",
-    ) -> list[_Channel[Out]]:
+    ) -> list[Channel[Out]]:
         """Several sources, each in its own thread and queue (live cameras), for :meth:`gather`."""
         channels = []
         for i, make in enumerate(makes):
@@ -311,7 +311,7 @@ class Runner:
             channels.append(self._spawn(produce, maxsize=maxsize, policy=policy, on_drop=on_drop, name=f"{name}-{i}"))
         return channels
 
-    def gather(self, channels: list[_Channel[Out]], *, max_batch: int, max_wait_s: float, poll_s: float = 0.002) -> Iterator[list[Out]]:
+    def gather(self, channels: list[Channel[Out]], *, max_batch: int, max_wait_s: float, poll_s: float = 0.002) -> Iterator[list[Out]]:
         """Batches of up to ``max_batch`` items taken from all ``channels`` in turn.
 
         A batch is closed when full or ``max_wait_s`` after its first item, so several cameras
@@ -363,8 +363,8 @@ class Runner:
         policy: str,
         on_drop: Callable[[object], None] | None,
         name: str,
-    ) -> _Channel[Out]:
-        channel: _Channel[Out] = _Channel(maxsize, policy, self.abort, on_drop)
+    ) -> Channel[Out]:
+        channel: Channel[Out] = Channel(maxsize, policy, self.abort, on_drop)
 
         def work() -> None:
             try:

@@ -157,6 +157,19 @@ class _Packets:
         self.finished = True
 
 
+def _open_file(path: str | Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as exc:
+        raise DecodeError(f"expected a readable video, got {path}: {exc}") from exc
+
+
+def _frame(vframe: av.VideoFrame, source_id: str, index: int, fps: float) -> Frame:
+    """A decoded frame as RGB, at its presentation time (``index / fps`` without one)."""
+    pts_s = float(vframe.time) if vframe.time is not None else index / fps
+    return Frame(source_id=source_id, index=index, pts_s=pts_s, image=vframe.to_ndarray(format="rgb24"), t_decoded_s=time.monotonic())
+
+
 def decode_video(
     path: str | Path,
     *,
@@ -196,25 +209,14 @@ def decode_video(
         if on_drop is not None and index >= start_index and index % every == 0:
             on_drop(sid, index, reason)
 
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as exc:
-        raise DecodeError(f"expected a readable video, got {path}: {exc}") from exc
-    with container:
+    with _open_file(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         _seek_before(container, stream, start_index)  # a late start: from the keyframe before it
         packets = _Packets(container, stream, source_id=source_id, index=0, on_drop=wanted, should_stop=should_stop, stop_index=stop_index, by_pts=True)
         for index, vframe in packets:
             if index >= start_index and index % every == 0 and (keep is None or keep(index)):
-                pts_s = float(vframe.time) if vframe.time is not None else index / fps
-                yield Frame(
-                    source_id=source_id,
-                    index=index,
-                    pts_s=pts_s,
-                    image=vframe.to_ndarray(format="rgb24"),
-                    t_decoded_s=time.monotonic(),
-                )
+                yield _frame(vframe, source_id, index, fps)
     if packets.finished:
         _check_end(packets, info, path)
 
@@ -344,7 +346,6 @@ def read_stream(
             on_open(float(rate))
         try:
             for index, vframe in _Packets(container, stream, source_id=source_id, index=first_index, on_drop=on_drop, should_stop=should_stop):
-                pts_s = float(vframe.time) if vframe.time is not None else index / float(rate)
-                yield Frame(source_id, index, pts_s, vframe.to_ndarray(format="rgb24"), "", time.monotonic())
+                yield _frame(vframe, source_id, index, float(rate))
         except (av.FFmpegError, OSError) as exc:  # a network error mid-stream ends this connection
             logger.info("%s: stream error: %s", redact(url), getattr(exc, "strerror", None) or exc)

@@ -15,6 +15,7 @@ per change, with credentials removed from the URL.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -163,45 +164,14 @@ class LiveStream:
         return on_open
 
     def _connection(self, should_stop: Callable[[], bool]) -> Iterator[Frame | _End | _Failed]:
-        """One connection's frames; a _Failed or _End item closes it. The reader thread is left
-        to finish on its own when it hangs (it only sees its own ``abandoned`` flag)."""
+        """One connection's frames, read by their own thread (:meth:`_read`) and watched here: a
+        _Failed or _End item closes it. A reader that hangs is left to finish on its own (it
+        only sees its own ``abandoned`` flag)."""
         self.connections += 1
         items: queue.Queue[Frame | _End | _Failed] = queue.Queue(maxsize=8)
-        abandoned = threading.Event()
-        opened = threading.Event()
-        realtime = self.options.realtime and not is_live(self.url)
-
-        def read() -> None:
-            try:
-                frames = read_stream(
-                    self.url,
-                    source_id=self.source_id,
-                    first_index=self._next_index,
-                    # PyAV's own timeouts only end an abandoned reader: the watchdog below fires first
-                    open_timeout_s=2 * self.options.open_timeout_s + self.options.stall_timeout_s,
-                    read_timeout_s=2 * self.options.stall_timeout_s,
-                    should_stop=lambda: abandoned.is_set() or should_stop(),
-                    on_open=self._opened(opened),
-                    on_drop=self._on_drop,
-                )
-                for frame in paced(frames) if realtime else frames:
-                    while not abandoned.is_set():
-                        try:
-                            items.put(frame, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                if not abandoned.is_set():
-                    items.put(_End())
-            except DecodeError as exc:
-                if not abandoned.is_set():
-                    items.put(_Failed(str(exc)))
-            except Exception as exc:  # a reader must never take the watcher down
-                if not abandoned.is_set():
-                    items.put(_Failed(f"reader failed: {exc!r}"))
-
-        thread = threading.Thread(target=read, name=f"streamad-live-{self.source_id}", daemon=True)
-        thread.start()
+        abandoned, opened = threading.Event(), threading.Event()
+        reader = functools.partial(self._read, items, abandoned, opened, should_stop)
+        threading.Thread(target=reader, name=f"streamad-live-{self.source_id}", daemon=True).start()
         last = self._clock()
         try:
             while not should_stop():
@@ -222,3 +192,40 @@ class LiveStream:
                     return
         finally:
             abandoned.set()
+
+    def _read(
+        self,
+        items: queue.Queue[Frame | _End | _Failed],
+        abandoned: threading.Event,
+        opened: threading.Event,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """The reader thread of one connection: its frames into ``items``, then an _End, or a
+        _Failed with the reason; nothing once the connection was abandoned."""
+        try:
+            frames = read_stream(
+                self.url,
+                source_id=self.source_id,
+                first_index=self._next_index,
+                # PyAV's own timeouts only end an abandoned reader: the watchdog fires first
+                open_timeout_s=2 * self.options.open_timeout_s + self.options.stall_timeout_s,
+                read_timeout_s=2 * self.options.stall_timeout_s,
+                should_stop=lambda: abandoned.is_set() or should_stop(),
+                on_open=self._opened(opened),
+                on_drop=self._on_drop,
+            )
+            for frame in paced(frames) if self.options.realtime and not is_live(self.url) else frames:
+                while not abandoned.is_set():
+                    try:
+                        items.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            if not abandoned.is_set():
+                items.put(_End())
+        except DecodeError as exc:
+            if not abandoned.is_set():
+                items.put(_Failed(str(exc)))
+        except Exception as exc:  # a reader must never take the watcher down
+            if not abandoned.is_set():
+                items.put(_Failed(f"reader failed: {exc!r}"))

@@ -49,7 +49,7 @@ _KEEP: Any = object()  # commit(): leave the stored normalisation / threshold as
 
 
 @dataclass(slots=True)
-class Progress:
+class FitProgress:
     """How far a fit got: the next frame index of each source, and the frames taken."""
 
     next_index: dict[str, int] = field(default_factory=dict)
@@ -165,7 +165,7 @@ def _chunks(array: np.ndarray) -> tuple[int, ...] | None:
 def commit(
     store: ArrayStore,
     model: Model,
-    progress: Progress,
+    progress: FitProgress,
     *,
     normalisation: Normalisation | None = _KEEP,
     threshold: Threshold | None = _KEEP,
@@ -177,21 +177,7 @@ def commit(
     attrs = check_format(store, "store")
     gen = int(attrs.get("generation", 0)) + 1
     state = model.state()
-    previous = attrs.get("state") or {}
-    paths: dict[str, str] = {}
-    stored, tags = previous.get("arrays", {}), previous.get("revisions", {})
-    for name in [*state.arrays, *(state.revisions.keys() - state.arrays.keys())]:  # held, then let go of
-        tag = state.revisions.get(name)
-        if tag is not None and name in stored and tags.get(name) == tag:  # unchanged: it stays where it is
-            paths[name] = stored[name]
-            continue
-        if name not in state.arrays:
-            raise StoreError(f"expected array {name!r} (revision {tag}) in the store, as the scorer no longer holds it, got none")
-        array = state.arrays[name]
-        paths[name] = f"scorer/g{gen}/{name}"
-        # Uncompressed: float statistics shrink only to about 65 % with zstd, at 5x the time of
-        # the write (430 MB of statistics: 2.2 s against 0.45 s), and a long fit checkpoints them often.
-        store.write(paths[name], array, chunks=_chunks(array), compressed=False)
+    paths = _write_state(store, state, attrs.get("state") or {}, gen)
     attrs["state"] = {"arrays": paths, "revisions": state.revisions, "attrs": state.attrs, "revision": state.revision}
     if normalisation is not _KEEP:
         attrs["normalisation"] = None
@@ -216,6 +202,26 @@ def commit(
         _collect_garbage(store, attrs)
 
 
+def _write_state(store: ArrayStore, state: ScorerState, previous: dict[str, Any], gen: int) -> dict[str, str]:
+    """Write the state's arrays as generation ``gen``, but those the store already holds at the
+    same revision tag; returns where each array now is."""
+    paths: dict[str, str] = {}
+    stored, tags = previous.get("arrays", {}), previous.get("revisions", {})
+    for name in [*state.arrays, *(state.revisions.keys() - state.arrays.keys())]:  # held, then let go of
+        tag = state.revisions.get(name)
+        if tag is not None and name in stored and tags.get(name) == tag:  # unchanged: it stays where it is
+            paths[name] = stored[name]
+            continue
+        if name not in state.arrays:
+            raise StoreError(f"expected array {name!r} (revision {tag}) in the store, as the scorer no longer holds it, got none")
+        array = state.arrays[name]
+        paths[name] = f"scorer/g{gen}/{name}"
+        # Uncompressed: float statistics shrink only to about 65 % with zstd, at 5x the time of
+        # the write (430 MB of statistics: 2.2 s against 0.45 s), and a long fit checkpoints them often.
+        store.write(paths[name], array, chunks=_chunks(array), compressed=False)
+    return paths
+
+
 def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
     """Delete arrays and generations no longer named by the committed attributes."""
     keep = set((attrs.get("state") or {}).get("arrays", {}).values())
@@ -232,9 +238,9 @@ def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
                 store.delete(name)
 
 
-def read_progress(store: ArrayStore) -> Progress:
+def read_progress(store: ArrayStore) -> FitProgress:
     attrs = store.attrs()
-    return Progress(
+    return FitProgress(
         next_index={sid: int(v["next_index"]) for sid, v in (attrs.get("sources") or {}).items()},
         frames_seen=int(attrs.get("frames_seen", 0)),
     )
