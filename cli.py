@@ -1,4 +1,5 @@
-"""The ``streamad`` command line: click options mapped one-to-one onto the pipelines' jobs.
+"""The ``streamad`` command line: click options mapped one-to-one onto the pipelines' jobs (the
+machinery they share is :mod:`streamad.cli_support`'s).
 
 Each command imports its job only when it runs, so ``streamad --help`` loads neither torch nor
 zarr nor PyAV.
@@ -6,213 +7,27 @@ zarr nor PyAV.
 
 from __future__ import annotations
 
-import errno
 import functools
-import logging
-import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
-from streamad.errors import StreamadError
-
-if TYPE_CHECKING:
-    from streamad.config import FrameScoreConfig
-
-F = TypeVar("F", bound=Callable[..., Any])
-BACKBONES = ["lite0", "lite1", "lite2", "resnet18", "wide_resnet50_2"]
-
-
-class ClickProgress:
-    """Progress bars on stderr (a :class:`streamad.engine.progress.Progress`)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()  # bars in a log file are noise
-        self._bar: Any = None
-        self._label = ""
-
-    def start(self, label: str, total: int | None) -> None:
-        self.finish()
-        if self.enabled:
-            self._label = label
-            self._bar = click.progressbar(length=total or None, label=f"{label:<12}", file=sys.stderr, show_pos=True, show_eta=True, width=30)
-            self._bar.__enter__()
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def note(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.label = f"{self._label:<12} {text}"
-
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line for the user: streamad's own message, or what happened to which
-    path (file system), memory, or an unexpected error with the hint to rerun with --debug."""
-    if isinstance(exc, StreamadError):
-        text = str(exc)
-    elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
-        text = "expected the work to fit in memory, got an allocation failure; hint: lower --input-size or --batch-size, or use a machine with more memory"
-    elif isinstance(exc, OSError):
-        where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
-        hint = {errno.ENOSPC: "free space on that disk or write elsewhere", errno.EACCES: "check the permissions", errno.EROFS: "write elsewhere"}
-        reason = exc.strerror or str(exc)
-        text = f"could not use {where}: {reason}; hint: {hint.get(exc.errno or 0, 'check the path')}"
-    else:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        text = f"unexpected {type(exc).__name__}: {first}; hint: rerun with --debug for the traceback and report it"
-    return " ".join(text.split())
-
-
-def friendly_errors(func: F) -> F:
-    """Turn any error into a one-line message and exit status 1, without a traceback (the
-    top-level ``--debug`` shows it)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            context = click.get_current_context(silent=True)
-            if context is not None and (context.find_root().obj or {}).get("debug"):
-                raise
-            raise click.ClickException(one_line(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def parse_hw(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        height, width = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 256x384, got {value!r}") from None
-    return height, width
-
-
-def setup(threads: int | None, verbose: bool) -> None:
-    """Logging, glibc's allocator (see tune_allocator) and threads."""
-    from streamad.engine.runtime import set_threads, tune_allocator
-
-    if threads is not None and threads < 1:
-        raise click.BadParameter(f"expected a thread count >= 1, got {threads}; hint: leave it out for torch's choice", param_hint="--threads")
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tune_allocator()
-    set_threads(threads)
-
-
-def report_drops(lines: list[str]) -> None:
-    for line in lines:
-        click.echo(f"warning: {line}", err=True)
-
-
-def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
-    """Apply option decorators in the order written."""
-
-    def apply(func: F) -> F:
-        for decorator in reversed(decorators):
-            func = decorator(func)
-        return func
-
-    return apply
-
-
-with_common = options(
-    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto."),
-    click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's choice)."),
-    click.option("--workers", type=click.IntRange(min=1), default=None, help="Backbone passes at once (default: 2 on a multi-core CPU, 1 on CUDA)."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per backbone pass."),
-    click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Use every N-th frame."),
-    click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame index of each source."),
-    click.option("--stop", type=click.IntRange(min=1), default=None, help="Stop before this frame index of each source."),
-    click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
-    click.option("--verbose", "-v", is_flag=True, help="Log what happens."),
+from streamad.cli_support import (
+    BACKBONES,
+    ClickProgress,
+    OneLineErrors,
+    cluster_options,
+    frame_score_config,
+    friendly_errors,
+    parse_hw,
+    report_drops,
+    say,
+    score_options,
+    setup,
+    with_common,
+    with_frame_score,
+    with_ray,
 )
-
-with_ray = options(
-    click.option(
-        "--ray",
-        "ray_address",
-        is_flag=False,
-        flag_value="local",
-        default=None,
-        metavar="[ADDRESS]",
-        help="Run on Ray: alone (put it last) or local, a local cluster here; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
-    ),
-    click.option(
-        "--ray-gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."
-    ),
-    click.option("--ray-shard-frames", type=click.IntRange(min=1), default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),
-)
-
-
-def cluster_options(kw: dict[str, Any]) -> Any:
-    """The --ray options, or None when the job runs here."""
-    if kw["ray_address"] is None:
-        return None
-    from streamad.pipelines.distributed import ClusterOptions
-
-    address = None if kw["ray_address"] == "local" else kw["ray_address"]
-    return ClusterOptions(address=address, gpus_per_task=kw["ray_gpus_per_task"], shard_frames=kw["ray_shard_frames"])
-
-
-with_frame_score = options(
-    click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
-    click.option(
-        "--topk", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."
-    ),
-    click.option("--window", type=click.IntRange(min=1), default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
-    click.option("--branch", type=click.Choice(["local", "global", "both"]), default="both", show_default=True, help="gcad: score one branch alone."),
-)
-
-
-def frame_score_config(kw: dict[str, Any]) -> FrameScoreConfig:
-    """The frame-score options as a config (torch is imported only when a command runs)."""
-    from streamad.config import FrameScoreConfig
-
-    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"], branch=kw["branch"])
-
-
-def score_options(kw: dict[str, Any], **extra: Any) -> Any:
-    """The common and frame-score options of score, eval and calibrate as ScoreOptions."""
-    from streamad.engine.scoring import ScoreOptions
-
-    picked = {k: kw[k] for k in ("every", "start", "stop", "batch_size", "device", "workers") if k in kw}
-    return ScoreOptions(frame_score=frame_score_config(kw), **picked, **extra)
-
-
-class OneLineErrors(click.Group):
-    """A usage error (a bad option value, an unknown command) is one line, with where to look,
-    instead of click's usage block."""
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as exc:
-            raise self.short(exc) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            raise self.short(exc) from None
-
-    @staticmethod
-    def short(exc: click.UsageError) -> click.UsageError:
-        if exc.ctx is None:
-            return exc
-        return click.UsageError(f"{exc.format_message()} (see `{exc.ctx.command_path} --help`)")
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -286,13 +101,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     summary = run_fit(list(sources), model_path, config, options=fit_options, resume=kw["resume"], overwrite=kw["overwrite"], progress=progress)
     progress.finish()
     report_drops(summary.drop_report)
-    if summary.interrupted:
-        click.echo(f"interrupted: {summary.frames_seen} frames are in {model_path}; continue with `streamad fit ... -m {model_path} --resume`")
-        return
-    trained = f"; trained {summary.epochs} epochs (loss {summary.loss:.4g})" if summary.loss is not None else ""
-    click.echo(f"fitted {model_path}: {summary.frames_added} new frames, {summary.frames_seen} in all{trained}; normalised on {summary.calibrated_on} frames")
-    rate = summary.frames_read / summary.seconds if summary.seconds else 0.0
-    click.echo(f"  read {summary.frames_read} frames (fitted and held out) in {summary.seconds:.1f} s: {rate:.1f} frames/s")
+    say(summary.lines())
 
 
 @main.command()
@@ -335,17 +144,10 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
     summary = run_score(list(sources), model_path, out_dir, options=options, **outputs, weights=kw["weights"], weights_b=kw["weights_b"], progress=progress)
     progress.finish()
     report_drops(summary.drop_report)
-    frames, dropped = sum(summary.frames.values()), sum(sum(r.values()) for r in summary.dropped.values())
-    if frames == 0 and not summary.interrupted:
+    if not summary.frames and not summary.interrupted:
+        dropped = sum(sum(r.values()) for r in summary.dropped.values())
         raise click.ClickException(f"expected frames to score, got none ({dropped} dropped); hint: check the sources and --start/--stop")
-    click.echo(f"scored {frames} frames from {len(summary.frames)} source(s), {dropped} dropped" + (" (interrupted)" if summary.interrupted else ""))
-    if summary.decisions:
-        click.echo(f"  {sum(summary.anomalous.values())} frame(s) above the threshold {summary.threshold:.4g} (CSV column decision, zarr decision/mask)")
-    click.echo(f"  scores:  {summary.csv}\n  maps:    {summary.store}")
-    for path in summary.overlays:
-        click.echo(f"  overlay: {path}")
-    if summary.plot:
-        click.echo(f"  plot:    {summary.plot}")
+    say(summary.lines())
 
 
 @main.command()
@@ -549,9 +351,7 @@ def merge(inputs: tuple[str, ...], output: str, calibrate_on: tuple[str, ...], o
     setup(None, False)
     from streamad.pipelines.merge import merge as run_merge
 
-    summary = run_merge(list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=device, progress=ClickProgress(not quiet))
-    note = f"normalised on {summary.calibrated_on} frames" if summary.calibrated_on else "not normalised: score it with --raw, or pass --calibrate-on SOURCE"
-    click.echo(f"merged {summary.inputs} stores into {summary.output}: {summary.frames_seen} frames; {note}")
+    say(run_merge(list(inputs), output, overwrite=overwrite, calibrate_on=calibrate_on, device=device, progress=ClickProgress(not quiet)).lines())
 
 
 @main.command()
@@ -562,8 +362,7 @@ def info(store: str, as_json: bool) -> None:
     """Print a model or score store's metadata."""
     from streamad.pipelines.info import describe_store
 
-    for line in describe_store(store, as_json=as_json):
-        click.echo(line)
+    say(describe_store(store, as_json=as_json))
 
 
 @main.command()
@@ -577,14 +376,7 @@ def demo(out_dir: str, video: str | None, device: str, quiet: bool) -> None:
     setup(None, False)
     from streamad.pipelines.demo import demo as run_demo
 
-    summary = run_demo(out_dir, video=video, device=device, progress=ClickProgress(not quiet))
-    click.echo(f"clip:     {summary.clip} (fit on frames 0-{summary.split - 1}, scored from {summary.split})")
-    if summary.anomaly_frames:
-        click.echo(f"anomaly:  a red cart crosses in frames {summary.anomaly_frames[0]}-{summary.anomaly_frames[1] - 1}")
-    click.echo(f"model:    {summary.fit.store}\nscores:   {summary.score.csv}\nmaps:     {summary.score.store}")
-    for path in summary.score.overlays:
-        click.echo(f"overlay:  {path}")
-    click.echo(f"timeline: {summary.score.plot}")
+    say(run_demo(out_dir, video=video, device=device, progress=ClickProgress(not quiet)).lines())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamad.config import ClusterOptions
 from streamad.engine import cluster
 from streamad.engine.assembly import Reading
 from streamad.engine.progress import Progress, graceful_interrupt, no_progress
@@ -26,7 +27,7 @@ from streamad.errors import ClusterError, ConfigError
 from streamad.frames import FrameRef, ScoreMap
 from streamad.io.sources import Source
 from streamad.model import Model
-from streamad.pipelines.distributed import ClusterOptions, add_drops
+from streamad.pipelines.distributed import add_drops
 from streamad.pipelines.score import ScoreJob, begin, check_layers
 from streamad.sinks import Sinks
 from streamad.sinks.csv import CsvSink
@@ -142,9 +143,7 @@ def score_on_cluster(
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
     check_layers(job.model, overlay_layers)
     summary = job.summary
-    # The driver holds the score store (its lock, root attributes and row counts) and writes the
-    # CSV and the timeline; the actors write the sources' arrays and the overlays.
-    root = ScoreStoreSink(create_scores(job.out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=job.decision) if job.out else None
+    root, rows = _driver_sinks(job, options, plot)
     told = _told(job, model, options, on, weights=(weights, weights_b), stored=root is not None, overlay=overlay, layers=overlay_layers, hook=hook)
     scored: dict[str, SourceScored] = {}
 
@@ -154,9 +153,6 @@ def score_on_cluster(
             root.record({source.source_id: len(result.refs)})
         progress.advance(len(result.refs))
 
-    rows = Sinks(
-        [CsvSink(job.out / "scores.csv", threshold=job.decision) if job.out else None, TimelineSink(plot, threshold=summary.threshold) if plot else None]
-    )
     progress.start("scoring", Reading(options.every, (options.start, options.stop)).expected(job.sources))
     with contextlib.ExitStack() as stack:
         if root is not None:
@@ -170,6 +166,15 @@ def score_on_cluster(
     progress.finish()
     summary.plot = str(plot) if plot and summary.frames else None
     return summary
+
+
+def _driver_sinks(job: ScoreJob, options: ScoreOptions, plot: str | Path | None) -> tuple[ScoreStoreSink | None, Sinks]:
+    """The driver holds the score store (its lock, root attributes and row counts) and writes the
+    CSV and the timeline; the actors write the sources' arrays and the overlays."""
+    out, decision = job.out, job.decision
+    root = ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=decision) if out else None
+    rows = Sinks([CsvSink(out / "scores.csv", threshold=decision) if out else None, TimelineSink(plot, threshold=job.summary.threshold) if plot else None])
+    return root, rows
 
 
 def _write_rows(rows: Sinks, sources: Sequence[Source], scored: dict[str, SourceScored], summary: ScoreSummary) -> None:

@@ -82,6 +82,13 @@ class DemoSummary:
     score: ScoreSummary
     anomaly_frames: tuple[int, int] | None
 
+    def lines(self) -> list[str]:
+        said = [f"clip:     {self.clip} (fit on frames 0-{self.split - 1}, scored from {self.split})"]
+        if self.anomaly_frames:
+            said.append(f"anomaly:  a red cart crosses in frames {self.anomaly_frames[0]}-{self.anomaly_frames[1] - 1}")
+        said += [f"model:    {self.fit.store}", f"scores:   {self.score.csv}", f"maps:     {self.score.store}"]
+        return said + [f"overlay:  {path}" for path in self.score.overlays] + [f"timeline: {self.score.plot}"]
+
 
 def demo(out_dir: str | Path, *, video: str | None = None, fit_fraction: float = 0.6, device: str = "cpu", progress: Progress = no_progress) -> DemoSummary:
     """Run the main job end to end on a generated (or given) clip."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from streamad.config import ModelConfig
+from streamad.config import ClusterOptions, ModelConfig
 from streamad.engine import cluster
 from streamad.engine.assembly import Reading
 from streamad.engine.fitting import Calibration, FitOptions, FitSummary, finish, fit_extra, fit_pass, holdout_of, open_fit
@@ -38,30 +38,6 @@ from streamad.stores.array_store import ArrayStore
 from streamad.stores.model_store import FitProgress, commit
 
 logger = logging.getLogger(__name__)
-
-SHARD_FRAMES = 2000  # at most this many frames a shard (a fit's checkpoint interval)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterOptions:
-    """Where and how a job runs on Ray.
-
-    Attributes:
-        address: ``auto`` (the cluster this node joined), ``HOST:PORT``, or None (a new local
-            cluster on this machine's cores, for the job).
-        gpus_per_task: GPUs each shard or actor asks for (0: CPU workers).
-        shard_frames: at most this many frames a shard; shards are as many as the cluster runs
-            at once, or a multiple of that.
-    """
-
-    address: str | None = None
-    gpus_per_task: float = 0.0
-    shard_frames: int = SHARD_FRAMES
-
-    def __post_init__(self) -> None:
-        if self.gpus_per_task < 0 or self.shard_frames < 1:
-            raise ConfigError(f"expected --ray-gpus-per-task >= 0 and --ray-shard-frames >= 1, got {self.gpus_per_task} and {self.shard_frames}")
-
 
 @dataclass(frozen=True, slots=True)
 class Piece:

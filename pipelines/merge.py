@@ -25,6 +25,10 @@ class MergeSummary:
     frames_seen: int
     calibrated_on: int
 
+    def lines(self) -> list[str]:
+        note = f"normalised on {self.calibrated_on} frames" if self.calibrated_on else "not normalised: score it with --raw, or pass --calibrate-on SOURCE"
+        return [f"merged {self.inputs} stores into {self.output}: {self.frames_seen} frames; {note}"]
+
 
 def merge(
     inputs: Sequence[str | Path],

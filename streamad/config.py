@@ -94,3 +94,27 @@ class FrameScoreConfig:
         """As stored with scores and thresholds (a threshold holds only for the same settings)."""
         chosen = {"branch": self.branch} if self.branch != "both" else {}  # stores from before --branch stay valid
         return {"normalised": self.normalised, "topk_fraction": self.topk_fraction, "window": self.window, **chosen}
+
+
+SHARD_FRAMES = 2000  # at most this many frames a shard (a fit's checkpoint interval)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """Where and how a job runs on Ray.
+
+    Attributes:
+        address: ``auto`` (the cluster this node joined), ``HOST:PORT``, or None (a new local
+            cluster on this machine's cores, for the job).
+        gpus_per_task: GPUs each shard or actor asks for (0: CPU workers).
+        shard_frames: at most this many frames a shard; shards are as many as the cluster runs
+            at once, or a multiple of that.
+    """
+
+    address: str | None = None
+    gpus_per_task: float = 0.0
+    shard_frames: int = SHARD_FRAMES
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_task < 0 or self.shard_frames < 1:
+            raise ConfigError(f"expected --ray-gpus-per-task >= 0 and --ray-shard-frames >= 1, got {self.gpus_per_task} and {self.shard_frames}")

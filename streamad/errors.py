@@ -6,6 +6,8 @@ Each error subclasses the builtin it resembles, so callers that catch ``FileNotF
 
 from __future__ import annotations
 
+import errno
+
 
 class StreamadError(Exception):
     """Base class of the errors streamad raises for bad input or state."""
@@ -59,3 +61,21 @@ class StoreLockedError(StreamadError, BlockingIOError):
 
 class ClusterError(StreamadError, RuntimeError):
     """A cluster job could not start, or a shard of it kept failing."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the user: streamad's own message, or what happened to which
+    path (file system), memory, or an unexpected error with the hint to rerun with --debug."""
+    if isinstance(exc, StreamadError):
+        text = str(exc)
+    elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
+        text = "expected the work to fit in memory, got an allocation failure; hint: lower --input-size or --batch-size, or use a machine with more memory"
+    elif isinstance(exc, OSError):
+        where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+        hint = {errno.ENOSPC: "free space on that disk or write elsewhere", errno.EACCES: "check the permissions", errno.EROFS: "write elsewhere"}
+        reason = exc.strerror or str(exc)
+        text = f"could not use {where}: {reason}; hint: {hint.get(exc.errno or 0, 'check the path')}"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        text = f"unexpected {type(exc).__name__}: {first}; hint: rerun with --debug for the traceback and report it"
+    return " ".join(text.split())

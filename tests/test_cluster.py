@@ -19,14 +19,14 @@ import pytest
 from click.testing import CliRunner
 
 from streamad.cli import main
-from streamad.config import ModelConfig
+from streamad.config import ClusterOptions, ModelConfig
 from streamad.engine.assembly import Reading
 from streamad.engine.fitting import FitOptions
 from streamad.errors import ClusterError, ConfigError
 from streamad.io.decode import VideoWriter
 from streamad.io.sources import FrameArrays
 from streamad.pipelines.cluster_score import score_on_cluster
-from streamad.pipelines.distributed import ClusterOptions, Shard, fit_on_cluster, plan_shards, shard_count
+from streamad.pipelines.distributed import Shard, fit_on_cluster, plan_shards, shard_count
 from streamad.pipelines.fit import fit
 from streamad.pipelines.score import score
 from streamad.stores.model_store import open_store, read_state

@@ -92,6 +92,17 @@ class FitSummary:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     drop_report: list[str] = field(default_factory=list)
 
+    def lines(self) -> list[str]:
+        """What the fit did, for a person."""
+        if self.interrupted:
+            return [f"interrupted: {self.frames_seen} frames are in {self.store}; continue with `streamad fit ... -m {self.store} --resume`"]
+        trained = f"; trained {self.epochs} epochs (loss {self.loss:.4g})" if self.loss is not None else ""
+        rate = self.frames_read / self.seconds if self.seconds else 0.0
+        return [
+            f"fitted {self.store}: {self.frames_added} new frames, {self.frames_seen} in all{trained}; normalised on {self.calibrated_on} frames",
+            f"  read {self.frames_read} frames (fitted and held out) in {self.seconds:.1f} s: {rate:.1f} frames/s",
+        ]
+
 
 def _first_frame_hw(sources: Sequence[Source]) -> tuple[int, int]:
     """The first source's frame size with a readable frame (videos: from their metadata)."""

@@ -59,6 +59,15 @@ class ScoreSummary:
     decisions: bool = False
     anomalous: Counter[str] = field(default_factory=Counter)
 
+    def lines(self) -> list[str]:
+        """What the score did and wrote, for a person."""
+        frames, dropped = sum(self.frames.values()), sum(sum(r.values()) for r in self.dropped.values())
+        said = [f"scored {frames} frames from {len(self.frames)} source(s), {dropped} dropped" + (" (interrupted)" if self.interrupted else "")]
+        if self.decisions and self.threshold is not None:
+            said.append(f"  {sum(self.anomalous.values())} frame(s) above the threshold {self.threshold:.4g} (CSV column decision, zarr decision/mask)")
+        said += [f"  scores:  {self.csv}", f"  maps:    {self.store}", *(f"  overlay: {path}" for path in self.overlays)]
+        return said + ([f"  plot:    {self.plot}"] if self.plot else [])
+
 
 def load_model(model: str | Path | Model, *, device: str, weights: str | None, weights_b: str | None = None) -> Model:
     """A model given as a store path (loaded, fitted) or as it is."""

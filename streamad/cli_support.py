@@ -1,0 +1,199 @@
+"""The command line's machinery: progress bars, one-line errors, the options several commands
+share and their translation into configs. With ``cli.py`` (the commands), the only importer of
+click; like it, it imports no heavy library until a command runs."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from streamad.errors import one_line
+
+if TYPE_CHECKING:
+    from streamad.config import FrameScoreConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+BACKBONES = ["lite0", "lite1", "lite2", "resnet18", "wide_resnet50_2"]
+
+
+class ClickProgress:
+    """Progress bars on stderr (a :class:`streamad.engine.progress.Progress`)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()  # bars in a log file are noise
+        self._bar: Any = None
+        self._label = ""
+
+    def start(self, label: str, total: int | None) -> None:
+        self.finish()
+        if self.enabled:
+            self._label = label
+            self._bar = click.progressbar(length=total or None, label=f"{label:<12}", file=sys.stderr, show_pos=True, show_eta=True, width=30)
+            self._bar.__enter__()
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.label = f"{self._label:<12} {text}"
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def friendly_errors(func: F) -> F:
+    """Turn any error into a one-line message and exit status 1, without a traceback (the
+    top-level ``--debug`` shows it)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            context = click.get_current_context(silent=True)
+            if context is not None and (context.find_root().obj or {}).get("debug"):
+                raise
+            raise click.ClickException(one_line(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_hw(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 256x384, got {value!r}") from None
+    return height, width
+
+
+def setup(threads: int | None, verbose: bool) -> None:
+    """Logging, glibc's allocator (see tune_allocator) and threads."""
+    from streamad.engine.runtime import set_threads, tune_allocator
+
+    if threads is not None and threads < 1:
+        raise click.BadParameter(f"expected a thread count >= 1, got {threads}; hint: leave it out for torch's choice", param_hint="--threads")
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_allocator()
+    set_threads(threads)
+
+
+def say(lines: Iterable[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+def report_drops(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply option decorators in the order written."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+with_common = options(
+    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's choice)."),
+    click.option("--workers", type=click.IntRange(min=1), default=None, help="Backbone passes at once (default: 2 on a multi-core CPU, 1 on CUDA)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per backbone pass."),
+    click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Use every N-th frame."),
+    click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First frame index of each source."),
+    click.option("--stop", type=click.IntRange(min=1), default=None, help="Stop before this frame index of each source."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    click.option("--verbose", "-v", is_flag=True, help="Log what happens."),
+)
+
+with_ray = options(
+    click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        help="Run on Ray: alone (put it last) or local, a local cluster here; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
+    ),
+    click.option(
+        "--ray-gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."
+    ),
+    click.option("--ray-shard-frames", type=click.IntRange(min=1), default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),
+)
+
+
+def cluster_options(kw: dict[str, Any]) -> Any:
+    """The --ray options, or None when the job runs here."""
+    if kw["ray_address"] is None:
+        return None
+    from streamad.config import ClusterOptions
+
+    address = None if kw["ray_address"] == "local" else kw["ray_address"]
+    return ClusterOptions(address=address, gpus_per_task=kw["ray_gpus_per_task"], shard_frames=kw["ray_shard_frames"])
+
+
+with_frame_score = options(
+    click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
+    click.option(
+        "--topk", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."
+    ),
+    click.option("--window", type=click.IntRange(min=1), default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
+    click.option("--branch", type=click.Choice(["local", "global", "both"]), default="both", show_default=True, help="gcad: score one branch alone."),
+)
+
+
+def frame_score_config(kw: dict[str, Any]) -> FrameScoreConfig:
+    """The frame-score options as a config (torch is imported only when a command runs)."""
+    from streamad.config import FrameScoreConfig
+
+    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"], branch=kw["branch"])
+
+
+def score_options(kw: dict[str, Any], **extra: Any) -> Any:
+    """The common and frame-score options of score, eval and calibrate as ScoreOptions."""
+    from streamad.engine.scoring import ScoreOptions
+
+    picked = {k: kw[k] for k in ("every", "start", "stop", "batch_size", "device", "workers") if k in kw}
+    return ScoreOptions(frame_score=frame_score_config(kw), **picked, **extra)
+
+
+class OneLineErrors(click.Group):
+    """A usage error (a bad option value, an unknown command) is one line, with where to look,
+    instead of click's usage block."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise self.short(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise self.short(exc) from None
+
+    @staticmethod
+    def short(exc: click.UsageError) -> click.UsageError:
+        if exc.ctx is None:
+            return exc
+        return click.UsageError(f"{exc.format_message()} (see `{exc.ctx.command_path} --help`)")
