@@ -177,3 +177,45 @@ class TestModelStore:
             plain.set_attrs({"x": 1})
         with pytest.raises(StoreError, match="without streamad metadata"):
             open_store(tmp_path / "plain.zarr")
+
+
+class TestReadersLock:
+    """The readers lock file goes with its last holder: reading a store leaves nothing beside it,
+    and no holder ever loses the lock to another's clean-up."""
+
+    def test_a_lone_reader_leaves_no_file(self, tmp_path: Path) -> None:
+        from streamad.stores.locking import lock_path, readers
+
+        with readers(tmp_path / "m.zarr"):
+            assert lock_path(tmp_path / "m.zarr", "readers").exists()
+        assert not lock_path(tmp_path / "m.zarr", "readers").exists()
+
+    def test_the_last_of_two_readers_removes_it_and_a_writer_waits_for_both(self, tmp_path: Path) -> None:
+        import fcntl
+        import os
+
+        from streamad.stores.locking import lock_path, readers
+
+        path, file = tmp_path / "m.zarr", lock_path(tmp_path / "m.zarr", "readers")
+        with readers(path):
+            with readers(path):
+                pass
+            assert file.exists()  # the first reader still holds it
+            fd = os.open(file, os.O_RDWR)
+            with pytest.raises(BlockingIOError):  # a writer could not take it now
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(fd)
+        assert not file.exists()
+
+    def test_a_reader_whose_file_was_removed_locks_the_new_one(self, tmp_path: Path) -> None:
+        import os
+
+        from streamad.stores.locking import _same_file, lock_path, readers
+
+        path, file = tmp_path / "m.zarr", lock_path(tmp_path / "m.zarr", "readers")
+        stale = os.open(file, os.O_RDWR | os.O_CREAT)
+        file.unlink()  # as the last holder out does
+        assert not _same_file(stale, file)
+        with readers(path):
+            assert file.exists()
+        os.close(stale)

@@ -390,5 +390,7 @@ class Runner:
             self.stopping.set()  # sources that poll it (live cameras) stop connecting and reading
             self.abort.set()
             deadline = time.monotonic() + 5.0  # for all threads together, not 5 s each
-            for thread in self._threads:
+            # A consumer dropped without closing (an error unwinding past it) is finalised by the
+            # garbage collector in whatever thread runs it, possibly one of ours: never join that one.
+            for thread in [t for t in self._threads if t is not threading.current_thread()]:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))

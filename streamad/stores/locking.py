@@ -105,14 +105,38 @@ def _holder(fd: int, *, tries: int = 50) -> str:
 def readers(path: str | Path, *, exclusive: bool = False) -> Iterator[None]:
     """Hold the readers lock of the store at ``path``: shared to read a generation, exclusive
     (a writer) to delete or replace files readers may be reading. Where the lock file cannot be
-    created (a read-only folder) there can be no writer either, and reading goes on unlocked."""
-    try:
-        fd = os.open(lock_path(Path(path), "readers"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
+    created (a read-only folder) there can be no writer either, and reading goes on unlocked.
+
+    The last holder out removes the file (taking it exclusively first, so no holder loses it);
+    one who locked a file that was removed meanwhile takes the new one, as :class:`WriterLock`
+    does, so no ``.NAME.readers`` is left beside a store that was only read.
+    """
+    lock = lock_path(Path(path), "readers")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield
+            return
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if _same_file(fd, lock):
+            break
+        os.close(fd)
+    try:
         yield
     finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no one else holds it: the last one out
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+        except OSError:
+            pass  # held by another reader, who removes it
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is still the file at ``path`` (not one removed meanwhile)."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
