@@ -177,3 +177,31 @@ def test_gather_reraises_a_source_failure() -> None:
     channels = runner.sources([bad], maxsize=2, policy="drop-oldest")
     with pytest.raises(Boom, match="camera reader failed"):
         list(runner.consume(runner.stage(lambda _: runner.gather(channels, max_batch=2, max_wait_s=0.01), iter(()))))
+
+
+def test_gather_closes_a_partial_batch_after_max_wait_on_its_clock() -> None:
+    """A batch that does not fill is closed ``max_wait_s`` after its first item, by the injected
+    clock: the same batches however fast or loaded the machine is."""
+    import threading
+
+    looks = [0.0]
+    delivered, release = threading.Event(), threading.Event()
+
+    def clock() -> float:  # a second passes with every look, once both first items are queued
+        looks[0] += 1.0 if delivered.is_set() else 0.0
+        return looks[0]
+
+    def camera() -> Iterator[int]:
+        yield from (1, 2)
+        delivered.set()  # asked for a third item: the second is in the queue
+        release.wait(30)  # then silence, until the test lets it end
+        yield 3
+
+    runner = Runner(clock=clock)
+    channels = runner.sources([camera], maxsize=4, policy="block")
+    batches = runner.gather(channels, max_batch=10, max_wait_s=5.0)
+    first = next(batches)
+    release.set()
+    rest = list(batches)
+    assert first == [1, 2] and rest == [[3]]
+    runner.abort.set()

@@ -177,10 +177,11 @@ class Runner:
         [0, 1, 4, 9]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.stopping = threading.Event()
         self.abort = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._clock = clock  # seconds; :meth:`gather`'s waits read it (tests inject a fake one)
 
     def stop(self) -> None:
         """Ask sources to stop reading; what was read still flows to the end."""
@@ -339,13 +340,13 @@ class Runner:
                 if isinstance(item, _Failure):
                     raise item.exc
                 if not batch:
-                    first = time.monotonic()
+                    first = self._clock()
                 batch.append(item)  # type: ignore[arg-type]
                 took = True
                 if len(batch) == max_batch:
                     yield batch
                     batch = []
-            if batch and time.monotonic() - first >= max_wait_s:
+            if batch and self._clock() - first >= max_wait_s:
                 yield batch
                 batch = []
             if self.abort.is_set():
