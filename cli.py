@@ -42,13 +42,14 @@ def main(context: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
-@click.option("--method", default=None, help="Scorer: padim, soe, pfm, pefm, ae-l2, ae-ssim, or any registered method (default padim).")
+@click.option("--method", default=None, help="Scorer: padim, soe, knn, pfm, pefm, ae-l2, ae-ssim, gcad, or any registered method (default padim).")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
+@click.option("--bank-size", type=click.IntRange(min=1), default=None, help="knn: patches the memory bank keeps, however long the stream (default 10000).")
 @click.option("--motion", type=click.Choice(["off", "feat", "flow", "both"]), default=None, help="Motion cues for video (see README); default off.")
 @click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file for a torchvision --backbone-b.")
@@ -85,7 +86,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     from streamad.pipelines.fit import fit as run_fit
 
     given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"], "seed": kw["seed"]}
-    given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"], backbone_b=kw["backbone_b"], weights_b=kw["weights_b"])
+    given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"], backbone_b=kw["backbone_b"], weights_b=kw["weights_b"], bank_size=kw["bank_size"])
     config = None
     if not kw["resume"] or any(v is not None for v in given.values()):
         defaults = ModelConfig()

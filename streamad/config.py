@@ -33,6 +33,7 @@ class ModelConfig:
         backbone_b: the second backbone of a feature-mapping method (``pfm``, ``pefm``); None:
             none, or for those methods the default pair (:func:`streamad.scorers.registry.resolve`).
         weights_b: the second backbone's weights file (torchvision backbones).
+        bank_size: patches a memory bank keeps (``knn``), however long the stream.
     """
 
     method: str = "padim"
@@ -47,6 +48,7 @@ class ModelConfig:
     motion_lag_s: float | None = None
     backbone_b: str | None = None
     weights_b: str | None = None
+    bank_size: int = 10000
 
     def __post_init__(self) -> None:
         if self.motion not in MOTIONS:
@@ -59,6 +61,8 @@ class ModelConfig:
             raise ConfigError(f"expected an input size of at most {MAX_INPUT_SIDE} per side, got {self.input_hw}; hint: a side near 256 is usual")
         if self.k < 1:
             raise ConfigError(f"expected k >= 1, got {self.k}")
+        if self.bank_size < 1:
+            raise ConfigError(f"expected --bank-size >= 1, got {self.bank_size}")
         if self.eps <= 0:
             raise ConfigError(f"expected eps > 0, got {self.eps}")
         if self.sigma < 0:

@@ -237,8 +237,9 @@ class Model:
         """Distances to anomaly maps and pooled (not yet smoothed) frame scores.
 
         Normalised (the default), a frame's score pools its distances relative to each
-        position's normal mean, and its map shows them relative to each cue's normal mean over
-        all positions (the same pixel ranking as raw distances); ``--raw``, both are the raw
+        position's normal mean (a position-free method's: to each cue's mean over all
+        positions, :attr:`~streamad.scorers.registry.ScorerSpec.position_free`), and its map
+        shows them relative to each cue's normal mean over all positions (the same pixel ranking as raw distances); ``--raw``, both are the raw
         distances (averaged over cues).
 
         Args:
@@ -255,7 +256,7 @@ class Model:
                     "expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw"
                 )
             maps = self.maps(self.combine(distances, per_position=False, normalisation=normalisation))
-            scored = self.maps(self.combine(distances, per_position=True, normalisation=normalisation))
+            scored = self.maps(self.combine(distances, per_position=not self.spec.position_free, normalisation=normalisation))
         else:
             maps = scored = self.maps(distances.nanmean(1))
         pooled = topk_mean(scored, fraction=frame_score.topk_fraction).cpu().numpy()

@@ -108,6 +108,7 @@ def scores_of(csv: str | Path) -> np.ndarray:
         CONFIG,
         ModelConfig(input_hw=(64, 96), k=16),
         ModelConfig(method="soe", input_hw=(64, 96), k=16),
+        ModelConfig(method="knn", input_hw=(64, 96), bank_size=50),
         resolve(ModelConfig(method="pfm", input_hw=(64, 96))),
         resolve(ModelConfig(method="pefm", input_hw=(64, 96))),
         resolve(ModelConfig(method="ae-l2", input_hw=(64, 96))),
@@ -120,8 +121,8 @@ def test_protocol_conformance(config: ModelConfig) -> None:
     have the patch grid's shape and survive a reload."""
     model = Model(config)
     assert isinstance(model.scorer, Scorer)
-    assert model.mergeable == isinstance(model.scorer, Mergeable) == (config.method in ("padim", "soe"))
-    assert model.trainable == isinstance(model.scorer, Trainable) == (config.method not in ("padim", "soe", TOY))
+    assert model.mergeable == isinstance(model.scorer, Mergeable) == (config.method in ("padim", "soe", "knn"))
+    assert model.trainable == isinstance(model.scorer, Trainable) == (config.method not in ("padim", "soe", "knn", TOY))
     frames = [scene(t) for t in range(6)]
     prepared = embed(model, frames)
     model.update(prepared)

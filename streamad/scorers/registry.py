@@ -40,6 +40,9 @@ class ScorerSpec:
         input_hw: its default input size (None: from the sources).
         steps: default optimiser steps of a trained method (its epochs follow from them).
         motion: accepts ``--motion`` cues.
+        position_free: its distances mean the same wherever a patch is: frame scores normalise
+            them by the cue's mean over all positions, not per position (which would bring the
+            place back in).
 
     Example:
         >>> spec = scorer_spec("pfm")
@@ -55,6 +58,7 @@ class ScorerSpec:
     input_hw: tuple[int, int] | None = None
     steps: int | None = None
     motion: bool = False
+    position_free: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -71,6 +75,7 @@ _BUILTIN = {
     "ae-l2": "streamad.scorers.autoencoder:AE_L2",
     "ae-ssim": "streamad.scorers.autoencoder:AE_SSIM",
     "gcad": "streamad.scorers.gcad:GCAD",
+    "knn": "streamad.scorers.knn:KNN",
 }
 _REGISTERED: dict[str, ScorerSpec] = {}
 

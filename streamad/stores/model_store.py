@@ -158,6 +158,8 @@ def create(store: ArrayStore, model: Model, **extra: Any) -> None:
 def _chunks(array: np.ndarray) -> tuple[int, ...] | None:
     if array.ndim < 2:
         return None
+    if not array.shape[0]:  # an empty array (a memory bank's empty buffer) still needs chunks of one row
+        return (1, *(max(1, s) for s in array.shape[1:]))
     row = max(1, array[0].nbytes)
     return (max(1, min(array.shape[0], CHUNK_BYTES // row)), *array.shape[1:])
 
