@@ -208,7 +208,7 @@ def fit_on_cluster(
         job = _FitJob(model.config, options, calibration.read if calibration.kept is not None else None, device, hook)
         shards_before = int((target.attrs().get("cluster") or {}).get("shards", 0))
         extra = {**fit_extra(options), "cluster": {"shards": shards_before, "address": on.address or "local"}}  # shards merged, over all runs
-        kept = _on_cluster(job, sources, reading, target, model, state, summary, progress, extra=extra, on=on)
+        kept = _on_cluster(job, sources, reading, _Driver(target, model, state, summary, progress, extra), on)
         if summary.interrupted:  # Ctrl-C: the finished rounds are committed
             summary.frames_seen = state.frames_seen
             logger.warning("fit interrupted after %d frames; continue with --resume", state.frames_seen)
@@ -223,28 +223,30 @@ def fit_on_cluster(
         target.close()
 
 
-def _on_cluster(
-    job: _FitJob,
-    sources: Sequence[Source],
-    reading: Reading,
-    target: ArrayStore,
-    model: Model,
-    state: FitProgress,
-    summary: FitSummary,
-    progress: Progress,
-    *,
-    extra: dict[str, Any],
-    on: ClusterOptions,
-) -> list[Frame]:
+@dataclass(frozen=True, slots=True)
+class _Driver:
+    """The driver's side of a cluster fit: the model the rounds are added to, the store they are
+    committed to, with what, and whom to tell."""
+
+    target: ArrayStore
+    model: Model
+    state: FitProgress
+    summary: FitSummary
+    progress: Progress
+    extra: dict[str, Any]
+
+
+def _on_cluster(job: _FitJob, sources: Sequence[Source], reading: Reading, driver: _Driver, on: ClusterOptions) -> list[Frame]:
     """Connect, cut the shards for the cluster's task slots and run them (:func:`_run_shards`);
     a failure after some rounds were committed says so."""
+    state = driver.state
     with cluster.connect(on.address):
         slots = cluster.slots(gpus=on.gpus_per_task)
-        shards = plan_shards(sources, reading, shard_count(summary.frames_read, slots, on.shard_frames))
+        shards = plan_shards(sources, reading, shard_count(driver.summary.frames_read, slots, on.shard_frames))
         logger.info("%d shards on %d workers", len(shards), slots)
         committed = state.frames_seen
         try:
-            return _run_shards(job, shards, target, model, state, summary, progress, extra=extra, slots=slots, gpus=on.gpus_per_task)
+            return _run_shards(job, shards, driver, slots=slots, gpus=on.gpus_per_task)
         except ClusterError as exc:
             if state.frames_seen == committed:
                 raise
@@ -259,48 +261,28 @@ def _in_order(frames: list[Frame], sources: Sequence[Source]) -> list[Frame]:
     return [unique[key] for key in sorted(unique, key=lambda k: (order[k[0]], k[1]))]
 
 
-def _run_shards(
-    job: _FitJob,
-    shards: list[Shard],
-    target: ArrayStore,
-    model: Model,
-    state: FitProgress,
-    summary: FitSummary,
-    progress: Progress,
-    *,
-    extra: dict[str, Any],
-    slots: int,
-    gpus: float,
-) -> list[Frame]:
+def _run_shards(job: _FitJob, shards: list[Shard], driver: _Driver, *, slots: int, gpus: float) -> list[Frame]:
     """The shards on the cluster, a round (as many as run at once) at a time added to ``model``
     and committed, so an interrupted cluster fit keeps the rounds it finished; returns the
     frames the shards set aside."""
     kept: list[Frame] = []
     if not shards:
         return kept
+    progress = driver.progress
     progress.start("shards", len(shards))
     work, merge = functools.partial(_fit_shard, job), functools.partial(_merge, job)
     with graceful_interrupt(Runner()) as interrupted:  # Ctrl-C: stop after the round being added
         rounds = cluster.map_reduce(work, shards, merge, group=slots, on_done=lambda _: progress.advance(1), gpus=gpus, stopped=lambda: interrupted[0])
-        done_shards = _add_rounds(rounds, target, model, state, summary, extra, kept, last=shards[-1])
-    summary.interrupted = interrupted[0] and done_shards < len(shards)
+        done_shards = _add_rounds(rounds, driver, kept, last=shards[-1])
+    driver.summary.interrupted = interrupted[0] and done_shards < len(shards)
     progress.finish()
     return kept
 
 
-def _add_rounds(
-    rounds: Iterator[tuple[list[tuple[Shard, ShardFit]], ScorerState]],
-    target: ArrayStore,
-    model: Model,
-    state: FitProgress,
-    summary: FitSummary,
-    extra: dict[str, Any],
-    kept: list[Frame],
-    *,
-    last: Shard,
-) -> int:
-    """Add each round's merged state to ``model`` and commit it (but the last round, committed
-    with its factors next); returns how many shards were added."""
+def _add_rounds(rounds: Iterator[tuple[list[tuple[Shard, ShardFit]], ScorerState]], driver: _Driver, kept: list[Frame], *, last: Shard) -> int:
+    """Add each round's merged state to the driver's model and commit it (but the last round,
+    committed with its factors next); returns how many shards were added."""
+    model, state, summary, extra = driver.model, driver.state, driver.summary, driver.extra
     added = 0
     for fitted, merged in rounds:
         if model.frames_seen:  # a resumed store, or the rounds before: add to it
@@ -321,5 +303,5 @@ def _add_rounds(
             extra["cluster"]["shards"] += 1
             added += 1
         if fitted[-1][0] is not last:  # the last round is committed with its factors, next
-            commit(target, model, state, extra=extra)
+            commit(driver.target, model, state, extra=extra)
     return added

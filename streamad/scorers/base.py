@@ -96,6 +96,21 @@ class Scorer(Protocol):
     def load_state(self, state: ScorerState) -> None: ...
 
 
+class FitCounts:
+    """The protocol's two counters, for scorers that keep them as ``_frames`` and ``_finalised``."""
+
+    _frames: int
+    _finalised: bool
+
+    @property
+    def frames_seen(self) -> int:
+        return self._frames
+
+    @property
+    def finalised(self) -> bool:
+        return self._finalised
+
+
 @runtime_checkable
 class Mergeable(Protocol):
     """Partial fits combine exactly (``streamad merge``, Ray): fitting A then B equals fitting

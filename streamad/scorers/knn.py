@@ -30,7 +30,7 @@ from torch import Tensor
 from streamad.config import ModelConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import FeatureExtractor, Features
-from streamad.scorers.base import Scorer, ScorerState
+from streamad.scorers.base import FitCounts, Scorer, ScorerState
 from streamad.scorers.registry import ScorerSpec
 
 PATCHES = "patches"
@@ -72,7 +72,7 @@ def nearest_distances(queries: Tensor, bank: Tensor, bank_norms: Tensor) -> Tens
     return out
 
 
-class KnnScorer:
+class KnnScorer(FitCounts):
     """The memory bank on ``layers`` (the taps at strides 8 and 16) of an extractor.
 
     Args:
@@ -107,14 +107,6 @@ class KnnScorer:
         self._frames = 0
         self._finalised = False
         self._bank_norms: Tensor | None = None
-
-    @property
-    def frames_seen(self) -> int:
-        return self._frames
-
-    @property
-    def finalised(self) -> bool:
-        return self._finalised
 
     def attrs(self) -> dict[str, Any]:
         return {"bank_size": self.bank_size, "seed": self.seed, "layers_used": list(self.layers)}

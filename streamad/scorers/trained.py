@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import Features
-from streamad.scorers.base import ScorerState, TrainingRows, TrainRun, TrainStep
+from streamad.scorers.base import FitCounts, ScorerState, TrainingRows, TrainRun, TrainStep
 
 PAPER_STEPS = 3000  # PFM/PEFM: 200 epochs of batch 16 over an MVTec AD category (~240 images)
 MIN_EPOCHS, MAX_EPOCHS = 5, 200
@@ -55,7 +55,7 @@ def seeded(seed: int, build: Callable[[], ModuleT]) -> ModuleT:
         return build()
 
 
-class NetworkScorer:
+class NetworkScorer(FitCounts):
     """Base of the trained scorers (not mergeable: partial trainings do not combine).
 
     Args:
@@ -96,14 +96,6 @@ class NetworkScorer:
         return {}
 
     # -- protocol ----------------------------------------------------------------------------
-
-    @property
-    def frames_seen(self) -> int:
-        return self._frames
-
-    @property
-    def finalised(self) -> bool:
-        return self._finalised
 
     @property
     def steps(self) -> int:
