@@ -8,8 +8,8 @@ one was seen: a pedestrian is normal anywhere pedestrians were seen, a rotated p
 its texture was.
 
 The bank stays within ``bank_size`` patches however long the stream (streaming k-center, after
-Charikar et al.): it keeps a covering radius ``r``; a new patch within ``r`` of the bank is
-already covered and dropped; the others wait in a buffer, and when bank and buffer hold twice
+Charikar et al.): a frame offers every ``SAMPLE_EVERY``-th patch; the bank keeps a covering
+radius ``r``; an offered patch within ``r`` of the bank is already covered and dropped; the others wait in a buffer, and when bank and buffer hold twice
 the budget their union is reduced to ``bank_size`` by greedy k-center selection (PatchCore's
 coreset, chosen on a seeded random projection to ``SELECTION_DIMS`` dimensions), the radius
 becoming the distance of the first patch left out. Every patch ever offered is then within
@@ -36,6 +36,7 @@ from streamad.scorers.registry import ScorerSpec
 PATCHES = "patches"
 SELECTION_DIMS = 128  # PatchCore selects its coreset on a random projection of about this size
 BLOCK = 4096  # query patches per nearest-neighbour block
+SAMPLE_EVERY = 4  # a frame offers every 4th patch to the bank (see KnnScorer.update)
 
 
 def greedy_coreset(x: Tensor, k: int) -> tuple[Tensor, float]:
@@ -126,9 +127,13 @@ class KnnScorer(FitCounts):
     def update(self, prepared: Features) -> None:
         """Offer a batch's patches: the uncovered ones join the buffer; a full buffer is reduced."""
         patches = prepared[PATCHES].to(self.device)
-        self._frames += patches.shape[0]
+        first, self._frames = self._frames, self._frames + patches.shape[0]
         self._finalised = False
-        rows = patches.reshape(-1, self.channels)
+        # Every SAMPLE_EVERY-th patch of each frame, the offset turning with the frame number:
+        # neighbouring patches share most of their 3x3 neighbourhood, and consecutive frames of
+        # a video most of their content, so the other patches are offered by the next frames.
+        frame, patch = torch.arange(first, self._frames, device=self.device), torch.arange(patches.shape[1], device=self.device)
+        rows = patches[(frame[:, None] + patch[None]) % SAMPLE_EVERY == 0]
         if len(self.bank) and self.radius > 0:
             projected = self.bank @ self.selection
             gap = nearest_distances(rows @ self.selection, projected, projected.square().sum(1))
