@@ -5,7 +5,10 @@ lets go of it for the float32 whitening factors, half its size, before the norma
 and the rest (the pipeline: frames in flight, backbone activations, buffers, heap slack).
 Fitting keeps running statistics, not embeddings, so memory must be flat in the frames.
 
-    python benchmarks/fit_memory.py [--frames 100 2000] [--size 256x256 --size 256x336]
+    python benchmarks/fit_memory.py [--frames 100 2000] [--size 256x256 --size 256x336] [--method knn]
+
+With ``--method knn`` the "statistics" term is the memory bank's budget instead (``--bank-size``
+patches of 152 float32 channels, bank and buffer: twice that at most).
 
 Targets (issue "Fit at the speed of the backbone"): ratio 2000/100 <= 1.10; peak <= 1.2 GB at
 256x256 and <= 1.5 GB at 256x336.
@@ -54,6 +57,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs=2, default=[100, 2000])
     parser.add_argument("--size", action="append", default=None, help="HxW input size (default 256x256 and 256x336)")
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--method", default="padim")
+    parser.add_argument("--bank-size", type=int, default=10000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-mem"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -64,12 +69,14 @@ def main() -> None:
     for size in args.size or ["256x256", "256x336"]:
         h, w = (int(v) for v in size.split("x"))
         positions = ((h + 3) // 4) * ((w + 3) // 4)  # Lite0's stride-4 grid
-        statistics = positions * args.k * args.k * 8  # m2, float64
+        statistics = positions * args.k * args.k * 8 if args.method != "knn" else 2 * args.bank_size * 152 * 4  # m2 float64, or bank + buffer
         runtime, _ = peak_rss([sys.executable, "-c", RUNTIME.format(h=h, w=w)])
         peaks = []
         for n in args.frames:
             model = str(args.work / f"m{n}.zarr")
             command = [exe, "fit", str(clip), "--stop", str(n), "-m", model, "--overwrite", "-q", "--input-size", size, "-k", str(args.k)]
+            command += ["--method", args.method]
+            command += ["--bank-size", str(args.bank_size)] if args.method == "knn" else []
             rss, wall = peak_rss(command)
             peaks.append(rss)
             rest = rss - runtime - statistics
