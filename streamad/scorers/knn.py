@@ -35,7 +35,7 @@ from streamad.scorers.registry import ScorerSpec
 
 PATCHES = "patches"
 SELECTION_DIMS = 128  # PatchCore selects its coreset on a random projection of about this size
-BLOCK = 4096  # query patches per nearest-neighbour block
+BLOCK = 1024  # query patches per nearest-neighbour block (a 40 MB distance matrix against 10000 patches)
 SAMPLE_EVERY = 4  # a frame offers every 4th patch to the bank (see KnnScorer.update)
 
 
@@ -70,8 +70,8 @@ def nearest_distances(queries: Tensor, bank: Tensor, bank_norms: Tensor) -> Tens
     out = torch.empty(queries.shape[0], device=queries.device)
     for at in range(0, queries.shape[0], BLOCK):
         q = queries[at : at + BLOCK]
-        squared = q.square().sum(1, keepdim=True) - 2 * q @ bank.T + bank_norms
-        out[at : at + BLOCK] = squared.amin(1).clamp_min_(0).sqrt()
+        squared = torch.addmm(bank_norms, q, bank.T, alpha=-2)  # one (BLOCK, M) matrix a block, nothing more
+        out[at : at + BLOCK] = squared.amin(1).add_(q.square().sum(1)).clamp_min_(0).sqrt_()
     return out
 
 
