@@ -1,5 +1,5 @@
 """Which frames a fit keeps out of the fit to normalise on: one rule, one default, for every job
-that fits (fit, Ray shards, watch's learning). Plain Python: configuration imports it."""
+that fits (fit, Ray shards, watch's learning). Plain Python, no torch."""
 
 from __future__ import annotations
 
