@@ -61,11 +61,7 @@ class WriterLock:
                 ) from None
             # A releasing writer unlinks the file: if ours was unlinked before we locked it,
             # someone may hold a newer file under the same name, so start again.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
+            if not _same_file(fd, self.path):
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
