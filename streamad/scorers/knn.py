@@ -110,6 +110,7 @@ class KnnScorer(FitCounts):
         self._frames = 0
         self._finalised = False
         self._bank_norms: Tensor | None = None
+        self._projected: tuple[Tensor, Tensor, Tensor] | None = None  # (bank it was made of, bank @ selection, its squared norms)
 
     def attrs(self) -> dict[str, Any]:
         return {"bank_size": self.bank_size, "seed": self.seed, "layers_used": list(self.layers)}
@@ -135,12 +136,19 @@ class KnnScorer(FitCounts):
         frame, patch = torch.arange(first, self._frames, device=self.device), torch.arange(patches.shape[1], device=self.device)
         rows = patches[(frame[:, None] + patch[None]) % SAMPLE_EVERY == 0]
         if len(self.bank) and self.radius > 0:
-            projected = self.bank @ self.selection
-            gap = nearest_distances(rows @ self.selection, projected, projected.square().sum(1))
+            gap = nearest_distances(rows @ self.selection, *self._projected_bank())
             rows = rows[gap > self.radius]
         self.buffer = torch.cat([self.buffer, rows])
         if len(self.bank) + len(self.buffer) > 2 * self.bank_size:
             self._reduce()
+
+    def _projected_bank(self) -> tuple[Tensor, Tensor]:
+        """The bank in the selection space and its squared norms, made again only when the bank
+        changed (a reduction, a merge, a load), not for every batch offered."""
+        if self._projected is None or self._projected[0] is not self.bank:
+            projected = self.bank @ self.selection
+            self._projected = (self.bank, projected, projected.square().sum(1))
+        return self._projected[1], self._projected[2]
 
     def _reduce(self) -> None:
         """Bank and buffer, reduced to the budget by greedy k-center on the projected rows."""
