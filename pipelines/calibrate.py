@@ -51,6 +51,7 @@ def calibrate(
         raise ConfigError(f"expected a quantile in (0, 1], got {quantile}")
     # The store stays locked, so no fit changes the model meanwhile; the scratch folder goes at the end.
     with open_store(model_path, mode="a") as store, tempfile.TemporaryDirectory(prefix="streamad-calibrate-") as scratch:
+        options = replace(options, frame_score=load(store, where=str(model_path)).settled(options.frame_score))
         threshold = _threshold(model_path, quantile, normal, labelled, predictions, fixed, options, Path(work_dir or scratch), progress)
         write_threshold(store, threshold)
     return threshold
@@ -77,7 +78,7 @@ def _threshold(
             evaluation = evaluate_predictions(predictions, labelled, pixels=False, progress=progress)
             stored = evaluation.metrics.get("frame_score")
             if stored != frame_score:
-                raise ConfigError(f"expected predictions scored with frame scores {frame_score}, got {stored}; hint: pass the same --raw/--topk/--window")
+                raise ConfigError(f"expected predictions scored with frame scores {frame_score}, got {stored}; hint: pass the same frame-score options")
         scores, labels = evaluation.scores
         value, f1 = f1_threshold(scores, labels)
         threshold = Threshold(value, "f1", {"f1": round(f1, 6), "frames": int(labels.size), "anomalous": int(labels.sum())}, frame_score)
@@ -90,7 +91,7 @@ def _threshold(
 
 def _normal_scores(model_path: str | Path, normal: Sequence[str], options: ScoreOptions, work: Path, progress: Progress) -> np.ndarray:
     if not normal:
-        with open_store(model_path, mode="r") as store:
+        with open_store(model_path, mode="r") as store:  # noqa: SIM117  # read-only beside the lock calibrate holds
             normalisation = load(store, where=str(model_path)).normalisation
         if normalisation is None or not len(normalisation.normal_scores):
             raise ConfigError(f"expected held-out normal frames in {model_path}, got none; hint: pass normal frames with --on SOURCE")

@@ -20,7 +20,7 @@ from streamad.engine.progress import Progress, no_progress
 from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError
 from streamad.evaluation.ground_truth import GroundTruth, GroundTruthError, LabelledSource, image_hw, load_ground_truth, union
-from streamad.evaluation.metrics import PixelMetrics, SproMetrics, auroc, roc_curve
+from streamad.evaluation.metrics import PixelMetrics, SproMetrics, auroc, papers_protocol, roc_curve
 from streamad.evaluation.report import Case, Evaluation, markdown, rounded, summarise, write_report
 from streamad.pipelines.score import score
 from streamad.stores.score_store import open_scores, read_source
@@ -38,6 +38,7 @@ class _Group:
 
     scores: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per source: scores before the temporal filters, labels
     pixels: PixelMetrics | None = None
     spro: SproMetrics | None = None
 
@@ -129,6 +130,7 @@ def _metrics(truth: GroundTruth, store_path: str | Path, attrs: dict[str, Any], 
         "normal_images": truth.normal_from,
         "overall": _row(overall, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels),
         "groups": {name: _row(g, max_fpr=max_fpr, normal_pool=normal_pool, normal_pixels=normal_pixels) for name, g in groups.items()},
+        **({"papers_protocol": papers_protocol(overall.pooled)} if truth.layout in VIDEO_LAYOUTS else {}),
     }
 
 
@@ -183,6 +185,7 @@ def _add_source(
     for target in (group, overall):
         target.scores.append(pred.score.astype(np.float64))
         target.labels.append(labels)
+    overall.pooled[sid] = (pred.pooled.astype(np.float64), labels)
     if pixel_level:
         _add_pixels(labelled, pred.index, pred.maps, (group, overall), progress)
     else:
@@ -292,5 +295,3 @@ def model_for(template: str, category: str) -> str:
     if "{category}" in template:
         return template.replace("{category}", category)
     return str(Path(template) / f"{category}.zarr")
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ def begin(
     check_outputs(written, input_paths([*specs, model]))
     sources = resolve_sources(specs)
     loaded = load_model(model, device=options.device, weights=weights, weights_b=weights_b)
+    options = replace(options, frame_score=loaded.settled(options.frame_score))
     frame_score = options.frame_score
     summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
     if out is not None:

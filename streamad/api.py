@@ -105,7 +105,7 @@ class Detector:
         collect = _Collect()
         options = ScoreOptions(frame_score=frame_score, device=self.device)
         score_frames(self.model, [FrameArrays("frames", images, fps)], options, Sinks([collect]), ScoreSummary("", "", ""), decision=None)
-        threshold = decision_threshold(self.model.threshold, None, frame_score.attrs())  # the stored one, for these frame-score settings only
+        threshold = decision_threshold(self.model.threshold, None, self.model.settled(frame_score).attrs())  # the stored one, for these settings only
         return [Result(r.ref.index, r.score, None if threshold is None else r.score > threshold, r.anomaly_map, r.map_max) for r in collect.results]
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:

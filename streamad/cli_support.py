@@ -157,7 +157,13 @@ with_frame_score = options(
         "--topk", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."
     ),
     click.option("--window", type=click.IntRange(min=1), default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
-    click.option("--branch", type=click.Choice(["local", "global", "both"]), default="both", show_default=True, help="gcad: score one branch alone."),
+    click.option(
+        "--smooth",
+        type=click.FloatRange(min=0, max=3600),
+        default=None,
+        help="Causal exponential filter of frame scores, time constant in seconds (0: off; default: the model's, 0.2 for video).",
+    ),
+    click.option("--branch", default="both", show_default=True, help="Score one cue alone (gcad: local, global; video: appearance, motion, flow, speed)."),
 )
 
 
@@ -165,7 +171,7 @@ def frame_score_config(kw: dict[str, Any]) -> FrameScoreConfig:
     """The frame-score options as a config (torch is imported only when a command runs)."""
     from streamad.config import FrameScoreConfig
 
-    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"], branch=kw["branch"])
+    return FrameScoreConfig(normalised=not kw["raw"], topk_fraction=kw["topk"], window=kw["window"], branch=kw["branch"], smooth_s=kw["smooth"])
 
 
 def score_options(kw: dict[str, Any], **extra: Any) -> Any:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streamad.errors import ConfigError
 
 MAX_INPUT_SIDE = 4096
-MOTIONS = ("off", "feat", "flow", "both")
+VIDEO_SMOOTH_S = 0.2  # the frame-score filter of video models (see docs/results.md, the ablation)
+MOTION_CUES = ("feat", "flow", "speed")
+
+
+def motion_kinds(motion: str) -> tuple[str, ...]:
+    """The cues a ``--motion`` value names: ``off``, one of :data:`MOTION_CUES`, several
+    comma-separated, or ``both`` (``feat,flow``); in the order of :data:`MOTION_CUES`.
+
+    Example:
+        >>> motion_kinds("speed,feat"), motion_kinds("both"), motion_kinds("off")
+        (('feat', 'speed'), ('feat', 'flow'), ())
+    """
+    named = {"off": [], "both": ["feat", "flow"]}.get(motion, [part.strip() for part in motion.split(",")])
+    unknown = [part for part in named if part not in MOTION_CUES]
+    if unknown or (motion != "off" and not named):
+        raise ConfigError(f"expected --motion off, both, or cues among {MOTION_CUES} comma-separated, got {motion!r}")
+    return tuple(cue for cue in MOTION_CUES if cue in named)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +42,10 @@ class ModelConfig:
         sigma: Gaussian blur of the anomaly map, in input pixels.
         weights: weights file (required for torchvision backbones).
         motion: cues besides appearance, for video (:mod:`streamad.features.temporal`): ``"feat"`` (how
-            the embeddings change over a lag), ``"flow"`` (optical flow per cell), ``"both"``;
-            ``"off"``: appearance only. Image sets get appearance only whatever this says.
+            the embeddings change over a lag), ``"flow"`` (optical flow per cell), ``"speed"``
+            (moving things' speed, :mod:`streamad.scorers.speed`), several comma-separated,
+            ``"both"`` (``feat,flow``); ``"off"``: appearance only. Image sets get appearance
+            only whatever this says; which cues a method takes, its spec says.
         motion_lag_s: the motion lag in seconds; None picks one frame step (``--every`` over
             the first source's frame rate) when the fit starts.
         backbone_b: the second backbone of a feature-mapping method (``pfm``, ``pefm``); None:
@@ -51,8 +69,7 @@ class ModelConfig:
     bank_size: int = 10000
 
     def __post_init__(self) -> None:
-        if self.motion not in MOTIONS:
-            raise ConfigError(f"expected --motion in {MOTIONS}, got {self.motion!r}")
+        motion_kinds(self.motion)
         if self.motion_lag_s is not None and not self.motion_lag_s > 0:
             raise ConfigError(f"expected a positive motion lag, got {self.motion_lag_s} s")
         if self.input_hw is not None and any(v < 32 or v % 16 for v in self.input_hw):
@@ -79,6 +96,9 @@ class FrameScoreConfig:
             normalisation stored by ``fit``. ``--raw`` turns it off.
         topk_fraction: frame score = mean of the top fraction of map pixels (0 = the maximum).
         window: causal moving average over the last ``window`` frames of the same source.
+        smooth_s: time constant, in seconds of presentation time, of a causal exponential
+            filter of each source's frame scores (0: none); None: the model's own, which a fit
+            on video sets to :data:`VIDEO_SMOOTH_S` and on image sets to 0 (:meth:`settled`).
         branch: one cue of a model with several (gcad: ``local`` or ``global``) scored alone,
             the others counted at their normal level; ``both``: all cues (the default).
     """
@@ -87,16 +107,25 @@ class FrameScoreConfig:
     topk_fraction: float = 0.01
     window: int = 1
     branch: str = "both"
+    smooth_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.topk_fraction <= 1:
             raise ConfigError(f"expected a top-k fraction in [0, 1], got {self.topk_fraction}")
         if self.window < 1:
             raise ConfigError(f"expected a temporal window >= 1, got {self.window}")
+        if self.smooth_s is not None and not 0 <= self.smooth_s < float("inf"):
+            raise ConfigError(f"expected --smooth in seconds >= 0, got {self.smooth_s}")
+
+    def settled(self, model_s: float) -> FrameScoreConfig:
+        """With the filter's time constant the model's (``model_s``) unless one was given."""
+        return self if self.smooth_s is not None else replace(self, smooth_s=model_s)
 
     def attrs(self) -> dict[str, object]:
         """As stored with scores and thresholds (a threshold holds only for the same settings)."""
-        chosen = {"branch": self.branch} if self.branch != "both" else {}  # stores from before --branch stay valid
+        chosen: dict[str, object] = {"branch": self.branch} if self.branch != "both" else {}  # stores from before --branch stay valid
+        if self.smooth_s:  # and from before the filter
+            chosen["smooth_s"] = self.smooth_s
         return {"normalised": self.normalised, "topk_fraction": self.topk_fraction, "window": self.window, **chosen}
 
 

@@ -71,6 +71,10 @@ class ScoreMap:
         original: the RGB frame, kept only when a sink asked for it (overlays).
         layers: each cue's own map (``appearance``, ``motion``), in the map's units, only when a
             sink asked for them (``--overlay-layers``).
+        pooled: the frame score before the temporal filters (``--window``, ``--smooth``);
+            None: the same as ``score``.
+        regions: with the speed cue, the frame's moving regions as rows (x0, y0, x1, y1,
+            speed): the box as fractions of the frame, the speed in the frame's pixels per second.
     """
 
     ref: FrameRef
@@ -79,3 +83,5 @@ class ScoreMap:
     anomaly_map: np.ndarray
     original: np.ndarray | None = None
     layers: dict[str, np.ndarray] | None = None
+    pooled: float | None = None
+    regions: np.ndarray | None = None

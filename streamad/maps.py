@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -110,3 +111,29 @@ class TemporalMean:
         history = self._history.setdefault(source_id, deque(maxlen=self.window))
         history.append(score)
         return float(np.mean(history))
+
+
+class CausalSmoother:
+    """Causal exponential filter of frame scores per source, by presentation time: a frame
+    ``dt`` seconds after the last one weighs ``1 - exp(-dt / time_s)``, so gaps (dropped live
+    frames, ``--every``) count as the time they are, not as one frame.
+
+    Example:
+        >>> smooth = CausalSmoother(time_s=1.0)
+        >>> [round(smooth("a", pts, s), 3) for pts, s in ((0.0, 1.0), (1.0, 3.0), (1.0, 3.0))]
+        [1.0, 2.264, 2.264]
+    """
+
+    def __init__(self, time_s: float) -> None:
+        if not time_s > 0:
+            raise ConfigError(f"expected a positive filter time constant, got {time_s} s")
+        self.time_s = time_s
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def __call__(self, source_id: str, pts_s: float, score: float) -> float:
+        last = self._last.get(source_id)
+        if last is not None:
+            weight = 1.0 - math.exp(-max(pts_s - last[0], 0.0) / self.time_s)
+            score = last[1] + weight * (score - last[1])
+        self._last[source_id] = (pts_s, score)
+        return score

@@ -147,10 +147,16 @@ class Model:
         """The scorer's distance cues: ``appearance``, and for video ``motion`` and/or ``flow``."""
         return tuple(self.scorer.cues) if isinstance(self.scorer, MultiCue) else ("appearance",)
 
+    def settled(self, frame_score: FrameScoreConfig) -> FrameScoreConfig:
+        """``frame_score`` with the model's own filter when none was given: the one its normal
+        scores were measured with (a fit on video: :data:`~streamad.config.VIDEO_SMOOTH_S`)."""
+        measured = self.normalisation.frame_score.get("smooth_s", 0.0) if self.normalisation is not None else 0.0
+        return frame_score.settled(float(measured))
+
     @property
     def has_motion(self) -> bool:
         """Whether a cue measures change over time (each frame then needs its predecessor)."""
-        return any(cue in ("motion", "flow") for cue in self.cues)
+        return any(cue in ("motion", "flow", "speed") for cue in self.cues)
 
     @property
     def needs_images(self) -> bool:

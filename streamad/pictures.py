@@ -58,6 +58,20 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+def boxes(image: np.ndarray, regions: np.ndarray, *, colour: tuple[int, int, int] = (0, 255, 255)) -> np.ndarray:
+    """The image with each region's box and its speed: rows (x0, y0, x1, y1, pixels/s), the box
+    as fractions of the image's width and height."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    for x0, y0, x1, y1, speed in regions:
+        top_left, bottom_right = (int(x0 * w), int(y0 * h)), (int(np.ceil(x1 * w)) - 1, int(np.ceil(y1 * h)) - 1)
+        cv2.rectangle(out, top_left, bottom_right, colour, 1, cv2.LINE_AA)
+        at = (top_left[0], max(top_left[1] - 3, 10))
+        cv2.putText(out, f"{speed:.0f} px/s", at, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, f"{speed:.0f} px/s", at, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    return out
+
+
 def save_rgb(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB uint8 image (PNG or JPEG by the suffix)."""
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

@@ -14,7 +14,8 @@ from scipy.spatial.distance import cdist
 from streamad.config import ModelConfig
 from streamad.model import Model
 from streamad.scorers.base import Mergeable
-from streamad.scorers.knn import SAMPLE_EVERY, KnnScorer, greedy_coreset, nearest_distances
+from streamad.scorers.bank import greedy_coreset, nearest_distances
+from streamad.scorers.knn import SAMPLE_EVERY, KnnScorer
 from tests.conftest import embed, scene
 
 RNG = np.random.default_rng(0)
@@ -66,15 +67,15 @@ class TestBank:
         offered = batches(40)
         for batch in offered:
             knn.update(batch)
-            assert len(knn.bank) + len(knn.buffer) <= 2 * 60 + 40
+            assert len(knn.appearance.rows) + len(knn.appearance.buffer) <= 2 * 60 + 40
         knn.finalise()
-        assert len(knn.bank) <= 60 and knn.radius > 0
+        assert len(knn.appearance.rows) <= 60 and knn.appearance.radius > 0
         patches = torch.cat([b["patches"] for b in offered])  # (frames, P, C)
         frame, patch = torch.meshgrid(torch.arange(patches.shape[0]), torch.arange(patches.shape[1]), indexing="ij")
-        rows = patches[(frame + patch) % SAMPLE_EVERY == 0] @ knn.selection  # the patches each frame offers
-        bank = knn.bank @ knn.selection
+        rows = patches[(frame + patch) % SAMPLE_EVERY == 0] @ knn.appearance.selection  # the patches each frame offers
+        bank = knn.appearance.rows @ knn.appearance.selection
         worst = cdist(rows.numpy(), bank.numpy()).min(1).max()
-        assert worst <= 2 * knn.radius + 1e-4
+        assert worst <= 2 * knn.appearance.radius + 1e-4
 
     def test_coreset_distances_stay_close_to_the_full_banks(self) -> None:
         """Held-out normal patches: their nearest distance to the bounded bank is within 1.5x
@@ -86,7 +87,7 @@ class TestBank:
             full.update(batch)
         small.finalise()
         full.finalise()
-        assert len(small.bank) <= 100 < len(full.bank)
+        assert len(small.appearance.rows) <= 100 < len(full.appearance.rows)
         ratio = [float(small.distances(b).mean() / full.distances(b).mean()) for b in held]
         assert 1.0 <= np.mean(ratio) <= 1.5, ratio
 
@@ -102,7 +103,11 @@ class TestBank:
         resumed.load_state(cut.state())
         for batch in parts[13:]:
             resumed.update(batch)
-        assert torch.equal(resumed.bank, whole.bank) and torch.equal(resumed.buffer, whole.buffer) and resumed.radius == whole.radius
+        assert (
+            torch.equal(resumed.appearance.rows, whole.appearance.rows)
+            and torch.equal(resumed.appearance.buffer, whole.appearance.buffer)
+            and resumed.appearance.radius == whole.appearance.radius
+        )
 
         def merged() -> KnnScorer:
             a, b = scorer(bank_size=50), scorer(bank_size=50)
@@ -115,8 +120,8 @@ class TestBank:
 
         first, second = merged(), merged()
         assert isinstance(first, Mergeable)
-        assert torch.equal(first.bank, second.bank) and first.radius == second.radius and first.frames_seen == 60
-        assert len(first.bank) <= 50
+        assert torch.equal(first.appearance.rows, second.appearance.rows) and first.appearance.radius == second.appearance.radius and first.frames_seen == 60
+        assert len(first.appearance.rows) <= 50
 
 
 def square_at(t: int, x: int) -> np.ndarray:

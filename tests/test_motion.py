@@ -172,7 +172,7 @@ def test_overlay_shows_the_motion_map_beside_the_appearance_map(tmp_path: Path) 
 
 
 def test_flow_features_measure_speed_and_direction_where_the_square_moves() -> None:
-    from streamad.features.temporal import flow_features
+    from streamad.features.temporal import dense_flow, flow_features
 
     rng = np.random.default_rng(0)
     background = cv2.resize(rng.uniform(0, 255, (16, 24)).astype(np.float32), (192, 128), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
@@ -183,7 +183,7 @@ def test_flow_features_measure_speed_and_direction_where_the_square_moves() -> N
         before, after = background.copy(), background.copy()
         before[44:84, 60:100] = square
         after[44:84, 60 + shift : 100 + shift] = square
-        cells = flow_features(before, after, (32, 48), dis=dis).view(32, 48, 9)
+        cells = flow_features(dense_flow(before, after, dis=dis), (32, 48)).view(32, 48, 9)
         moving, still = cells[14:18, 18:22], cells[:5, :8]
         assert float(still[..., 0].mean()) < 0.05 * shift  # the background stays
         assert int(moving[..., 1:].sum((0, 1)).argmax()) == 4  # the bin of direction 0 (rightwards)
@@ -191,19 +191,35 @@ def test_flow_features_measure_speed_and_direction_where_the_square_moves() -> N
     assert 0.5 * 2 < speeds[0] < speeds[1] < speeds[2] < 1.2 * 8  # grows with the speed, in pixels
 
 
-def test_watch_realtime_gives_the_scores_of_score(tmp_path: Path) -> None:
-    """A file played at its native rate, as a camera: every frame scored with its predecessor
-    also scored (live, a frame may be dropped when the machine is busy, and the next then has
-    no motion) gets the offline score."""
+@pytest.mark.parametrize(
+    "config",
+    [replace(MOTION_CONFIG, motion="both"), ModelConfig(method="knn", input_hw=(64, 96), motion="feat,speed", bank_size=300)],
+    ids=["padim-feat-flow", "knn-feat-speed"],
+)
+def test_watch_realtime_gives_the_scores_of_score(config: ModelConfig, tmp_path: Path) -> None:
+    """A file played at its native rate, as a camera, gets the offline scores, the causal
+    filter of video models included. Live, a frame may be dropped when the machine is busy: the
+    next then has no motion, and the filter's memory differs from then on; so unfiltered
+    scores (``--smooth 0``) are compared on every frame whose predecessor was scored, filtered
+    ones up to the first drop (all frames, when none was)."""
+    from streamad.config import FrameScoreConfig
     from streamad.io.live import LiveOptions
 
     train, test = clip(tmp_path / "train.mp4", 60, fps=20), clip(tmp_path / "test.mp4", 30, fps=20, anomaly_from=20)
-    fit([str(train)], tmp_path / "m.zarr", replace(MOTION_CONFIG, motion="both"))
-    offline = score([str(test)], tmp_path / "m.zarr", tmp_path / "s", options=ScoreOptions(write_maps=False)).csv
-    options = WatchOptions(live=LiveOptions(realtime=True), queue_size=30, stats_every_s=1e9)
-    watch([Camera("test", str(test), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
-    read = {name: np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 3)) for name, path in (("offline", offline), ("live", tmp_path / "w" / "scores.csv"))}
-    live = {int(i): s for i, s in read["live"]}
-    compared = [(s, live[int(i)]) for i, s in read["offline"] if int(i) in live and int(i) - 1 in live]
-    assert len(compared) >= 20
-    np.testing.assert_allclose([b for _, b in compared], [a for a, _ in compared], rtol=1e-5)
+    fit([str(train)], tmp_path / "m.zarr", config)
+    for smooth_s in (0.0, None):
+        frame_score = FrameScoreConfig(smooth_s=smooth_s)
+        offline = score([str(test)], tmp_path / "m.zarr", tmp_path / f"s{smooth_s}", options=ScoreOptions(write_maps=False, frame_score=frame_score)).csv
+        options = WatchOptions(live=LiveOptions(realtime=True), queue_size=30, stats_every_s=1e9, frame_score=frame_score)
+        watch([Camera("test", str(test), str(tmp_path / "m.zarr"))], tmp_path / f"w{smooth_s}", options=options, print_stats=lambda line: None)
+        paths = (("offline", offline), ("live", tmp_path / f"w{smooth_s}" / "scores.csv"))
+        read = {name: np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 3)) for name, path in paths}
+        live = {int(i): s for i, s in read["live"]}
+        if smooth_s == 0.0:
+            compared = [(s, live[int(i)]) for i, s in read["offline"] if int(i) in live and int(i) - 1 in live]
+            assert len(compared) >= 20
+        else:
+            first_drop = next((i for i in range(30) if i not in live), 30)
+            compared = [(s, live[int(i)]) for i, s in read["offline"] if int(i) < first_drop]
+            assert len(compared) >= 10
+        np.testing.assert_allclose([b for _, b in compared], [a for a, _ in compared], rtol=1e-5)

@@ -10,10 +10,12 @@ across cameras in front of the same preprocess, backbone and scorer stages.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from streamad.config import FrameScoreConfig
@@ -21,9 +23,10 @@ from streamad.engine import stages
 from streamad.engine.runner import DropLog, Runner
 from streamad.engine.runtime import thread_plan
 from streamad.features.extractor import FeatureExtractor
+from streamad.features.temporal import REGIONS
 from streamad.frames import FeatureBatch, Frame, ScoreMap, TensorBatch
 from streamad.io.sources import Source
-from streamad.maps import TemporalMean
+from streamad.maps import CausalSmoother, TemporalMean
 from streamad.model import Model
 
 
@@ -73,8 +76,9 @@ class Scoring:
     extractors, as in watch)."""
 
     def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool, layers: bool = False) -> None:
-        self.model, self.frame_score, self.prepared, self.layers = model, frame_score, prepared, layers
-        self.smoother = TemporalMean(frame_score.window) if frame_score.window > 1 else None
+        self.model, self.frame_score, self.prepared, self.layers = model, model.settled(frame_score), prepared, layers
+        self.mean = TemporalMean(frame_score.window) if frame_score.window > 1 else None
+        self.smoother = CausalSmoother(self.frame_score.smooth_s) if self.frame_score.smooth_s else None
         self.tracker = model.tracker()
         self.last: FeatureBatch | None = None  # the last batch as scored (prepared, with motion)
 
@@ -86,9 +90,27 @@ class Scoring:
         self.last = batch
         distances = self.model.distances(batch.features)
         results = self.model.results(batch.refs, distances, frame_score=self.frame_score, originals=batch.originals, layers=self.layers)
-        if self.smoother is None:
-            return results
-        return [ScoreMap(r.ref, self.smoother(r.ref.source_id, r.score), r.map_max, r.anomaly_map, r.original, r.layers) for r in results]
+        if REGIONS in batch.features and batch.originals:
+            results = self._with_regions(results, batch.features[REGIONS])
+        return [self._smoothed(r) for r in results] if self.mean is not None or self.smoother is not None else results
+
+    def _with_regions(self, results: list[ScoreMap], regions: torch.Tensor) -> list[ScoreMap]:
+        """Each result with its moving regions, speeds in the frame's pixels per second (the
+        tracker measures them in pixels of its flow image, half the input, per lag)."""
+        lag_s, flow_w = self.model.config.motion_lag_s or 1.0, self.model.extractor.input_hw[1] // 2
+        out = []
+        for result, rows in zip(results, regions.cpu().numpy(), strict=True):
+            found = rows[~np.isnan(rows[:, 0])]
+            scale = (result.original.shape[1] if result.original is not None else flow_w) / flow_w / lag_s
+            out.append(dataclasses.replace(result, regions=np.column_stack([found[:, 1:5], found[:, 0] * scale]).astype(np.float32)))
+        return out
+
+    def _smoothed(self, result: ScoreMap) -> ScoreMap:
+        """The frame score through the moving average (``--window``), then the filter."""
+        score, ref = result.score, result.ref
+        score = self.mean(ref.source_id, score) if self.mean is not None else score
+        score = self.smoother(ref.source_id, ref.pts_s, score) if self.smoother is not None else score
+        return dataclasses.replace(result, score=score, pooled=result.score)
 
 
 class Engine:

@@ -9,13 +9,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from streamad.calibration import Normalisation, measure_normalisation
-from streamad.config import FrameScoreConfig
+from streamad.config import VIDEO_SMOOTH_S, FrameScoreConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Engine, Reading
 from streamad.engine.progress import Progress, no_progress
 from streamad.engine.runner import Runner
 from streamad.frames import Frame, FrameRef
 from streamad.io.sources import Source
+from streamad.maps import CausalSmoother
 from streamad.model import Model
 
 
@@ -51,9 +52,18 @@ def normalise_on(
             batch = stages.select(batch, rows)
             kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, C, P) float32: 25 KB a frame and cue at 64x96
     progress.finish()
-    config = FrameScoreConfig()
+    # Video models filter their frame scores by default, image models do not (no time axis).
+    config = FrameScoreConfig(smooth_s=VIDEO_SMOOTH_S if all(getattr(s, "timed", True) for s in sources) else 0.0)
+    return measure_normalisation(kept, normal_scorer(model, config), config.attrs())
+
+
+def normal_scorer(model: Model, config: FrameScoreConfig) -> Callable[[Sequence[FrameRef], torch.Tensor, Normalisation], list[float]]:
+    """The frame scores of normal frames' distances with the settings ``config`` (settled),
+    filtered in the order they come, for :func:`~streamad.calibration.measure_normalisation`."""
+    smoother = CausalSmoother(config.smooth_s) if config.smooth_s else None
 
     def frame_scores(refs: Sequence[FrameRef], distances: torch.Tensor, normalisation: Normalisation) -> list[float]:
-        return [r.score for r in model.results(refs, distances.to(model.device), frame_score=config, normalisation=normalisation)]
+        results = model.results(refs, distances.to(model.device), frame_score=config, normalisation=normalisation)
+        return [smoother(r.ref.source_id, r.ref.pts_s, r.score) if smoother else r.score for r in results]
 
-    return measure_normalisation(kept, frame_scores, config.attrs())
+    return frame_scores

@@ -10,13 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-import torch
-
-from streamad.calibration import Normalisation, decision_threshold, measure_normalisation, normal_threshold
-from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.calibration import decision_threshold, measure_normalisation, normal_threshold
+from streamad.config import VIDEO_SMOOTH_S, FrameScoreConfig, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Scoring
 from streamad.engine.fitter import Fitter
+from streamad.engine.normalising import normal_scorer
 from streamad.errors import ConfigError
 from streamad.features.extractor import Extractors, FeatureExtractor
 from streamad.features.preprocess import default_input_hw
@@ -92,7 +91,7 @@ class CameraModel:
         frame-score settings), else the 0.99 quantile of the normal frames' scores."""
         self.model = model
         self.fitter = Fitter(model, self.progress, holdout=HoldOut())  # adapting: every frame judged normal
-        frame_score = self.options.frame_score
+        frame_score = model.settled(self.options.frame_score)
         self.scoring = Scoring(model, frame_score if model.normalisation is not None else replace(frame_score, normalised=False), prepared=False)
         self.threshold = decision_threshold(model.threshold, self.options.threshold, frame_score.attrs())
         if self.threshold is None:
@@ -167,21 +166,18 @@ class CameraModel:
         self.model.finalise()
         self.learning_left_s = None
         normalisation = None
+        frame_score = self.options.frame_score.settled(VIDEO_SMOOTH_S)  # a camera is video
         if len(held_out) >= 2:
             batches = [((ref,), self.model.distances(f)) for ref, f in held_out]
-            normalisation = measure_normalisation(batches, self._normal_scores, self.options.frame_score.attrs())
+            normalisation = measure_normalisation(batches, normal_scorer(self.model, frame_score), frame_score.attrs())
         self.model.normalisation = normalisation
         threshold = None
         if self.options.threshold is None:
-            threshold = normal_threshold(normalisation, self.options.frame_score.attrs(), on="learned stream")
+            threshold = normal_threshold(normalisation, frame_score.attrs(), on="learned stream")
         self.model.threshold = threshold
         commit(self.store, self.model, self.progress, normalisation=normalisation, threshold=threshold)
         self._ready(self.model)
         logger.warning("%s: learned from %d frames; threshold %s", self.camera.name, self.model.frames_seen, self.threshold)
-
-    def _normal_scores(self, refs: Sequence[FrameRef], distances: torch.Tensor, normalisation: Normalisation) -> list[float]:
-        assert self.model is not None
-        return [r.score for r in self.model.results(refs, distances, frame_score=self.options.frame_score, normalisation=normalisation)]
 
     def _adapt(self, batch: FeatureBatch) -> None:
         """Fold frames judged normal (prepared, as scored) into the state; refinalise every

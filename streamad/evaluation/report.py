@@ -101,7 +101,20 @@ def markdown(metrics: dict[str, Any]) -> str:
     else:
         limit = metrics["max_fpr"]
         notes.append(f". Pixel metrics compare maps resized to each image's size with its mask; AUPRO is integrated to FPR {limit:g} and normalised.\n")
-    return "\n".join(lines) + "".join(notes)
+    return "\n".join(lines) + "".join(notes) + papers_markdown(metrics)
+
+
+def papers_markdown(metrics: dict[str, Any]) -> str:
+    """The papers' protocol, clearly apart (video only): not what a live camera gets."""
+    papers = metrics.get("papers_protocol")
+    if not papers:
+        return ""
+    clips = ", ".join(f"{name} {value:.4f}" if value is not None else f"{name} -" for name, value in papers["groups"].items())
+    overall = "-" if papers["auroc"] is None else f"{papers['auroc']:.4f}"
+    return (
+        f"\nPapers' protocol (for comparison with published tables only; not causal): per-clip min-max normalisation and a non-causal "
+        f"Gaussian of sigma {papers['sigma']:g} frames over the unfiltered frame scores: frame AUROC **{overall}** (per clip: {clips}).\n"
+    )
 
 
 def write_report(evaluation: Evaluation, report_dir: str | Path) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from streamad.config import ModelConfig
+from streamad.config import ModelConfig, motion_kinds
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import FeatureExtractor, Features
 from streamad.features.temporal import DIRECTIONS, FLOW, HAS_MOTION, MOTION, MotionTracker
@@ -164,7 +164,7 @@ class GaussianScorer(nn.Module):
             raise ConfigError(f"expected k <= {channels} (the backbone's channels), got k={k}")
         self.method, self.layers, self.k, self.seed, self.eps = method, layers, k, seed, eps
         self.motion_lag_s = motion_lag_s
-        self.kinds: tuple[str, ...] = () if not motion_lag_s else ("feat", "flow") if motion == "both" else (motion,)
+        self.kinds: tuple[str, ...] = motion_kinds(motion) if motion_lag_s else ()
         self.feature_hw, self.input_hw = feature_hw, input_hw
         self.register_buffer("projection", make_projection(method, channels, k, seed=seed).to(device))
         self.appearance = PositionGaussians(positions, k, eps=eps, device=device)
@@ -306,5 +306,5 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
     )
 
 
-PADIM = ScorerSpec("padim", build, motion=True)
-SOE = ScorerSpec("soe", build, motion=True)
+PADIM = ScorerSpec("padim", build, motions=("feat", "flow"))
+SOE = ScorerSpec("soe", build, motions=("feat", "flow"))

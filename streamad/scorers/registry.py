@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from streamad.config import motion_kinds
 from streamad.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class ScorerSpec:
         fixed_input: what it reads instead of a backbone (``pixels``), or None.
         input_hw: its default input size (None: from the sources).
         steps: default optimiser steps of a trained method (its epochs follow from them).
-        motion: accepts ``--motion`` cues.
+        motions: the ``--motion`` cues it takes (:data:`~streamad.config.MOTION_CUES`).
         position_free: its distances mean the same wherever a patch is: frame scores normalise
             them by the cue's mean over all positions, not per position (which would bring the
             place back in).
@@ -57,7 +58,7 @@ class ScorerSpec:
     fixed_input: str | None = None
     input_hw: tuple[int, int] | None = None
     steps: int | None = None
-    motion: bool = False
+    motions: tuple[str, ...] = ()
     position_free: bool = False
 
     def __post_init__(self) -> None:
@@ -117,8 +118,10 @@ def resolve(config: ModelConfig) -> ModelConfig:
     backbone of a method that reads two, none for the others; the input of a method that reads
     no backbone (``fixed_input``) and its input size."""
     spec = scorer_spec(config.method)
-    if config.motion != "off" and not spec.motion:
-        raise ConfigError(f"expected --motion off for --method {config.method}, got {config.motion!r}; hint: motion cues are for padim and soe")
+    refused = [cue for cue in motion_kinds(config.motion) if cue not in spec.motions]
+    if refused:
+        takes = f"cues among {spec.motions}" if spec.motions else "off"
+        raise ConfigError(f"expected --motion {takes} for --method {config.method}, got {config.motion!r}")
     if spec.fixed_input is not None:
         from streamad.config import ModelConfig
 

@@ -29,7 +29,8 @@ class OverlaySink:
         fps: each source's frame rate.
         threshold: frames above it get a red border; it also centres the colour range.
         layers: the panels side by side, each a heat map of ``combined`` (the anomaly map) or of
-            one cue (``appearance``, ``motion``), labelled.
+            one cue (``appearance``, ``motion``, ``speed``), labelled; the moving regions of a
+            model with the speed cue are boxed, with their speed, on ``combined`` and ``speed``.
     """
 
     def __init__(self, path: str | Path, *, fps: Mapping[str, float], threshold: float | None, layers: Sequence[str] = ("combined",)) -> None:
@@ -54,6 +55,8 @@ class OverlaySink:
         for layer in self.layers:
             shown = result.anomaly_map if layer == "combined" else (result.layers or {})[layer]
             panel = pictures.overlay(result.original, shown, vmin=self.vmin, vmax=self.vmax, score=result.score if not panels else None, alert=alert)
+            if result.regions is not None and layer in ("combined", "speed"):
+                panel = pictures.boxes(panel, result.regions)
             panels.append(pictures.label(panel, layer) if len(self.layers) > 1 else panel)
         self.writers[sid].write(np.hstack(panels))
 

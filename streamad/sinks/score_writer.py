@@ -19,6 +19,7 @@ class _Pending:
     score: list[float]
     map_max: list[float]
     maps: list[np.ndarray]
+    pooled: list[float] = field(default_factory=list)
     decision: list[bool] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ class ScoreStoreSink:
         pending.pts_s.append(ref.pts_s)
         pending.score.append(result.score)
         pending.map_max.append(result.map_max)
+        pending.pooled.append(result.score if result.pooled is None else result.pooled)
         if self._write_maps:
             pending.maps.append(result.anomaly_map.astype(np.float16))
         if len(pending.index) >= self._flush_every:
@@ -87,6 +89,7 @@ class ScoreStoreSink:
         self._store.append(f"{prefix}/pts_s", np.asarray(pending.pts_s, np.float64))
         self._store.append(f"{prefix}/score", np.asarray(pending.score, np.float32))
         self._store.append(f"{prefix}/map_max", np.asarray(pending.map_max, np.float32))
+        self._store.append(f"{prefix}/pooled", np.asarray(pending.pooled, np.float32))
         if pending.decision:
             self._store.append(f"{prefix}/decision", np.asarray(pending.decision, bool))
         if pending.maps:

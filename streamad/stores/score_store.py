@@ -8,6 +8,7 @@
     <source>/pts_s        (T,) float64  presentation time in seconds
     <source>/score        (T,) float32  the frame score used for decisions
     <source>/map_max      (T,) float32  maximum of the anomaly map
+    <source>/pooled       (T,) float32  the frame score before the temporal filters (optional)
     <source>/map          (T, H, W) float16 at the model's input size, chunks of 16 frames
     <source>/decision     (T,) bool     score > threshold (only when a threshold applied)
     <source>/mask         (T, H, W) bool  map > threshold (only with a threshold and maps)
@@ -39,6 +40,7 @@ class SourceScores:
     pts_s: np.ndarray
     score: np.ndarray
     map_max: np.ndarray
+    pooled: np.ndarray  # before the temporal filters (the score itself when a store lacks it)
     maps: MapRows | None  # None when maps were not written
 
 
@@ -102,4 +104,5 @@ def read_source(store: ArrayStore, source_id: str, *, with_maps: bool = False) -
     def optional(name: str) -> np.ndarray:
         return store.read(f"{source_id}/{name}")[rows] if store.exists(f"{source_id}/{name}") else np.full(index.shape, np.nan)
 
-    return SourceScores(index=index, pts_s=optional("pts_s"), score=scores, map_max=optional("map_max"), maps=maps)
+    pooled = store.read(f"{source_id}/pooled")[rows] if store.exists(f"{source_id}/pooled") else scores
+    return SourceScores(index=index, pts_s=optional("pts_s"), score=scores, map_max=optional("map_max"), pooled=pooled, maps=maps)
