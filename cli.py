@@ -42,7 +42,7 @@ def main(context: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to write.")
-@click.option("--method", default=None, help="Scorer: padim, soe, knn, pfm, pefm, ae-l2, ae-ssim, gcad, or any registered method (default padim).")
+@click.option("--method", default=None, help="Scorer: padim, soe, knn, pfm, pefm, ae-l2, ae-ssim, gcad, a registered one (default: knn for video, else padim)")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="Backbone (default lite0).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
@@ -81,7 +81,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     Example: streamad fit data/ucsd_ped2/training/frames -m ped2.zarr
     """
     setup(kw["threads"], kw["verbose"])
-    from streamad.config import ModelConfig
+    from streamad.config import AUTO, ModelConfig
     from streamad.engine.fitting import FitOptions
     from streamad.pipelines.fit import fit as run_fit
 
@@ -89,7 +89,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"], backbone_b=kw["backbone_b"], weights_b=kw["weights_b"], bank_size=kw["bank_size"])
     config = None
     if not kw["resume"] or any(v is not None for v in given.values()):
-        defaults = ModelConfig()
+        defaults = ModelConfig(method=AUTO, motion=AUTO)  # settled by the sources when the fit starts
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
     names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers", "epochs", "cache_frames")
     progress = ClickProgress(not kw["quiet"])

@@ -94,7 +94,7 @@ def main() -> None:
 
     labels = json.loads((args.data / "testing" / "frame_labels.json").read_text())
     for path in args.model:
-        model = load_model(path)
+        model = load_model(path, device="cpu", weights=None)
         measured = distances_of(model, args.data / "testing" / "frames", sorted(labels))
         cues = model.cues
         for size in range(1, len(cues) + 1):

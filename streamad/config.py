@@ -7,7 +7,11 @@ from dataclasses import dataclass, replace
 from streamad.errors import ConfigError
 
 MAX_INPUT_SIDE = 4096
-VIDEO_SMOOTH_S = 0.2  # the frame-score filter of video models (see docs/results.md, the ablation)
+VIDEO_SMOOTH_S = 0.1  # the frame-score filter of video models: 2-3 frames (docs/results.md, the ablation)
+AUTO = "auto"  # --method and --motion left to the sources: video gets VIDEO_METHOD and VIDEO_MOTION
+VIDEO_METHOD = "knn"  # position-free: judges things, not places (docs/results.md, the ablation)
+VIDEO_MOTION = "feat,speed"
+IMAGE_METHOD = "padim"
 MOTION_CUES = ("feat", "flow", "speed")
 
 
@@ -31,8 +35,9 @@ class ModelConfig:
     """Everything that defines a model before it has seen data.
 
     Attributes:
-        method: a registered scorer (:func:`streamad.scorers.registry.scorer_names`): ``padim`` (random
-            channel subset) or ``soe`` (semi-orthogonal projection) built in.
+        method: a registered scorer (:func:`streamad.scorers.registry.scorer_names`), or
+            ``auto``: :data:`VIDEO_METHOD` for video, :data:`IMAGE_METHOD` for image sets
+            (:meth:`for_sources`, when a fit starts).
         backbone: a name from :data:`streamad.features.backbones.SPECS`.
         input_hw: network input (height, width), multiples of 16; None picks it from the first
             frame (aspect ratio kept, short side near 256).
@@ -44,8 +49,9 @@ class ModelConfig:
         motion: cues besides appearance, for video (:mod:`streamad.features.temporal`): ``"feat"`` (how
             the embeddings change over a lag), ``"flow"`` (optical flow per cell), ``"speed"``
             (moving things' speed, :mod:`streamad.scorers.speed`), several comma-separated,
-            ``"both"`` (``feat,flow``); ``"off"``: appearance only. Image sets get appearance
-            only whatever this says; which cues a method takes, its spec says.
+            ``"both"`` (``feat,flow``); ``"off"``: appearance only; ``"auto"``: the method's
+            video cues (:data:`VIDEO_MOTION` for :data:`VIDEO_METHOD`, else off). Image sets get
+            appearance only whatever this says; which cues a method takes, its spec says.
         motion_lag_s: the motion lag in seconds; None picks one frame step (``--every`` over
             the first source's frame rate) when the fit starts.
         backbone_b: the second backbone of a feature-mapping method (``pfm``, ``pefm``); None:
@@ -69,7 +75,8 @@ class ModelConfig:
     bank_size: int = 10000
 
     def __post_init__(self) -> None:
-        motion_kinds(self.motion)
+        if self.motion != AUTO:
+            motion_kinds(self.motion)
         if self.motion_lag_s is not None and not self.motion_lag_s > 0:
             raise ConfigError(f"expected a positive motion lag, got {self.motion_lag_s} s")
         if self.input_hw is not None and any(v < 32 or v % 16 for v in self.input_hw):
@@ -84,6 +91,19 @@ class ModelConfig:
             raise ConfigError(f"expected eps > 0, got {self.eps}")
         if self.sigma < 0:
             raise ConfigError(f"expected sigma >= 0, got {self.sigma}")
+
+
+    def for_sources(self, video: bool) -> ModelConfig:
+        """``auto`` method and motion settled for video (or image sets: ``video`` False).
+
+        Example:
+            >>> auto = ModelConfig(method="auto", motion="auto")
+            >>> (auto.for_sources(True).method, auto.for_sources(True).motion), auto.for_sources(False).motion
+            (('knn', 'feat,speed'), 'off')
+        """
+        method = self.method if self.method != AUTO else VIDEO_METHOD if video else IMAGE_METHOD
+        motion = self.motion if self.motion != AUTO else VIDEO_MOTION if video and method == VIDEO_METHOD else "off"
+        return replace(self, method=method, motion=motion)
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,3 +121,11 @@ def test_a_square_three_times_faster_is_flagged_wherever_it_moves() -> None:
     walking = speed_scores(model, square_clip(3, 100, 8, seed=0), "walk")  # columns 100-172, never visited
     fast = speed_scores(model, square_clip(9, 100, 8, seed=0), "fast")
     assert fast.min() > 2 and walking.max() < 1.2, (fast, walking)  # measured: 2.9-3.3 and 1.00-1.04
+
+
+def test_footage_where_nothing_moves_leaves_the_cue_at_its_normal_level(caplog: pytest.LogCaptureFixture) -> None:
+    model = SpeedModel()
+    model.update(_regions([(1.0, 0.5)] * 2))
+    model.finalise()
+    assert "learned nothing" in caplog.text
+    np.testing.assert_array_equal(model.ratios(np.array([0.5, 50.0]), np.array([0.5, 0.5])), [1.0, 1.0])

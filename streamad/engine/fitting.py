@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from streamad.calibration import Normalisation
-from streamad.config import ModelConfig
+from streamad.config import AUTO, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Engine, Reading
 from streamad.engine.feature_cache import CACHE_FRAMES
@@ -134,7 +134,8 @@ def open_fit(
             if store is not target:
                 store.close()
             raise
-    config = _motion_for(sources, resolve(config or ModelConfig()), options.every)
+    video = all(getattr(s, "timed", True) for s in sources)
+    config = _motion_for(sources, resolve((config or ModelConfig(method=AUTO, motion=AUTO)).for_sources(video)), options.every)
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
     model = Model(config, device=device)
@@ -184,6 +185,8 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions,
                 flag = "--" + option.replace("_", "-")
                 raise ConfigError(f"expected {flag} {recorded}, as {where} was fitted with, got {given}; hint: pass {flag} {recorded}")
     if config is not None:
+        auto = {name: getattr(stored, name) for name in ("method", "motion") if getattr(config, name) == AUTO}  # the store's own
+        config = replace(config, **auto)
         config = resolve(replace(config, input_hw=config.input_hw or stored.input_hw, motion_lag_s=config.motion_lag_s or stored.motion_lag_s))
         _check_same(config, stored, where)
     return load(store, where=where, device=device, weights=stored.weights, fitted=False)

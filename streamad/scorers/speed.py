@@ -21,6 +21,7 @@ overlap) and 1 elsewhere: the normal level, as for a cue with nothing to measure
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,8 @@ import torch
 from torch import Tensor
 
 from streamad.errors import ConfigError, StoreError
+
+logger = logging.getLogger(__name__)
 
 RESERVOIR = 20000  # normal regions kept (at a few regions a frame: hours of video)
 BANDS = 8
@@ -70,8 +73,10 @@ class SpeedModel:
     def finalise(self) -> None:
         """The perspective line and the sorted normal relative speeds."""
         speed, bottom = self.regions[:, 0].astype(np.float64), self.regions[:, 1].astype(np.float64)
-        if len(speed) < K:
-            raise ConfigError(f"expected at least {K} moving regions in the normal footage, got {len(speed)}; hint: fit on video where things move")
+        if len(speed) < K:  # nothing to compare with: the cue stays at its normal level
+            logger.warning("the speed cue learned nothing: %d moving regions in the normal footage, %d needed; it calls every frame normal", len(speed), K)
+            self.line, self.normal = (0.0, 0.0), np.full(1, np.inf, np.float32)
+            return
         edges = np.linspace(0, 1, BANDS + 1)
         band = np.clip(np.searchsorted(edges, bottom, side="right") - 1, 0, BANDS - 1)
         centres, medians, counts = [], [], []
@@ -98,6 +103,8 @@ class SpeedModel:
         ``K``-th nearest normal one, 1 for regions at most as fast as the normal median."""
         if not len(self.normal):
             raise ConfigError("expected a finalised speed model, got one still fitting")
+        if np.isinf(self.normal).all():  # learned nothing
+            return np.ones(len(speed), np.float32)
         value = self._log_relative(speed, bottom)
         at = np.searchsorted(self.normal, value)
         out = np.ones(len(value), np.float32)
