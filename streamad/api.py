@@ -6,7 +6,7 @@ Example (frames are RGB uint8 arrays, shape (H, W, 3); README.md runs the same w
 
     import streamad
 
-    detector = streamad.Detector(streamad.ModelConfig(k=16))
+    detector = streamad.Detector()  # the video defaults; Detector(streamad.ModelConfig(method="padim")) for images
     detector.fit(normal_frames)
     for result in detector.score(new_frames):
         print(result.index, result.score, result.anomalous, result.anomaly_map.shape)
@@ -74,12 +74,13 @@ class Detector:
 
     Args:
         config: the model (method, backbone, input size, ...); ``input_hw`` None picks it from
-            the first frame.
+            the first frame; None: the fit's defaults for video (the frames are a clip), as
+            ``streamad fit`` picks them.
         device: ``cpu``, ``cuda`` or ``auto``.
         options: how the fit batches, holds out and normalises (as ``streamad fit``).
     """
 
-    def __init__(self, config: ModelConfig = ModelConfig(), *, device: str = "cpu", options: FitOptions | None = None) -> None:
+    def __init__(self, config: ModelConfig | None = None, *, device: str = "cpu", options: FitOptions | None = None) -> None:
         self.config, self.device = config, device
         self.options = options or FitOptions(device=device)
         self._store = MemoryStore()

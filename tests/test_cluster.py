@@ -153,7 +153,7 @@ def test_ctrl_c_keeps_the_finished_rounds_and_resume_equals_the_local_fit(tmp_pa
     frames.mkdir()
     for t in range(300):
         cv2.imwrite(str(frames / f"{t:03d}.png"), cv2.cvtColor(scene(t, seed=5), cv2.COLOR_RGB2BGR))
-    args = [str(frames), "--input-size", "64x96", "-k", "16", "--calibration-frames", "9", "-q"]
+    args = [str(frames), "--method", "padim", "--input-size", "64x96", "-k", "16", "--calibration-frames", "9", "-q"]
     cut = tmp_path / "cut.zarr"
     proc = subprocess.Popen(  # its own local Ray, as a user's command starts one
         [sys.executable, "-m", "streamad", "fit", *args, "-m", str(cut), "--ray", "--ray-shard-frames", "10"],

@@ -98,7 +98,7 @@ def test_two_fit_resume_processes_one_wins_the_other_names_the_lock(tmp_path: Pa
     base = clip(tmp_path / "base.mp4", 20)
     long = clip(tmp_path / "long.mp4", 2000)
     store = tmp_path / "S.zarr"
-    args = ["--input-size", "64x96", "-k", "8", "-q", "--checkpoint-every", "32", "-m", str(store)]
+    args = ["--method", "padim", "--input-size", "64x96", "-k", "8", "-q", "--checkpoint-every", "32", "-m", str(store)]
     assert run_cli("fit", str(base), *args).returncode == 0
     for round_ in range(2):
         names = [tmp_path / f"a{round_}.mp4", tmp_path / f"b{round_}.mp4"]

@@ -13,8 +13,8 @@ from scipy.spatial.distance import cdist
 
 from streamad.config import ModelConfig
 from streamad.model import Model
-from streamad.scorers.base import Mergeable
 from streamad.scorers.bank import greedy_coreset, nearest_distances
+from streamad.scorers.base import Mergeable
 from streamad.scorers.knn import SAMPLE_EVERY, KnnScorer
 from tests.conftest import embed, scene
 

@@ -147,7 +147,7 @@ def test_sigint_during_fit_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     with VideoWriter(clip, fps=25) as writer:
         for t in range(400):
             writer.write(scene(t, height=192, width=256))
-    args = ["fit", str(clip), "--input-size", "128x160", "-k", "16", "--checkpoint-every", "16", "-q"]
+    args = ["fit", str(clip), "--method", "padim", "--input-size", "128x160", "-k", "16", "--checkpoint-every", "16", "-q"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamad", *args, "-m", str(tmp_path / "cut.zarr")],

@@ -40,7 +40,7 @@ def test_readme_api_example_runs_and_equals_the_cli(tmp_path: Path, monkeypatch:
     results = namespace["results"]
     api = np.array([r.score for r in results])  # type: ignore[attr-defined]
     runner = CliRunner()
-    assert (res := runner.invoke(main, ["fit", "clip.mp4", "--stop", "60", "-k", "16", "-m", "cli.zarr", "-q"])).exit_code == 0, res.output
+    assert (res := runner.invoke(main, ["fit", "clip.mp4", "--stop", "60", "-m", "cli.zarr", "-q"])).exit_code == 0, res.output
     assert (res := runner.invoke(main, ["score", "clip.mp4", "--start", "60", "-m", "cli.zarr", "-o", "out", "-q"])).exit_code == 0, res.output
     cli = np.loadtxt(tmp_path / "out" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
     assert api.shape == cli.shape == (20,)

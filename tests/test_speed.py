@@ -15,7 +15,7 @@ from streamad.features.regions import moving_regions
 from streamad.features.temporal import REGIONS
 from streamad.frames import FeatureBatch, FrameRef
 from streamad.model import Model
-from streamad.scorers.speed import K, RESERVOIR, SpeedModel
+from streamad.scorers.speed import RESERVOIR, K, SpeedModel
 from tests.conftest import embed
 
 SIZE = (128, 192)

@@ -188,12 +188,17 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions,
         auto = {name: getattr(stored, name) for name in ("method", "motion") if getattr(config, name) == AUTO}  # the store's own
         config = replace(config, **auto)
         config = resolve(replace(config, input_hw=config.input_hw or stored.input_hw, motion_lag_s=config.motion_lag_s or stored.motion_lag_s))
-        _check_same(config, stored, where)
+        _check_same(config, stored, where, set(attrs.get("scorer") or {}))
     return load(store, where=where, device=device, weights=stored.weights, fitted=False)
 
 
-def _check_same(config: ModelConfig, stored: ModelConfig, where: str) -> None:
-    for name in (f.name for f in fields(ModelConfig) if f.name != "weights"):
+ALWAYS_RECORDED = ("method", "backbone", "input_hw", "sigma", "motion", "backbone_b", "weights_b")
+
+
+def _check_same(config: ModelConfig, stored: ModelConfig, where: str, recorded: set[str]) -> None:
+    """The given settings against the store's, for those it records (the model's own and its
+    scorer's: ``-k`` means nothing to a memory bank, which does not record it)."""
+    for name in (f.name for f in fields(ModelConfig) if f.name in ALWAYS_RECORDED or f.name in recorded):
         if getattr(config, name) != getattr(stored, name):
             raise StoreError(
                 f"expected a store fitted with {name}={getattr(config, name)!r}, got {name}={getattr(stored, name)!r} in {where}; "

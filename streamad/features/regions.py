@@ -42,8 +42,8 @@ def moving_regions(flow: np.ndarray) -> np.ndarray:
     Example:
         >>> flow = np.zeros((40, 60, 2), np.float32)
         >>> flow[10:20, 30:40, 0] = 3.0
-        >>> moving_regions(flow).round(3).tolist()
-        [[3.0, 0.5, 0.25, 0.667, 0.5, 0.042]]
+        >>> [round(float(v), 3) for v in moving_regions(flow)[0]]
+        [3.0, 0.5, 0.25, 0.667, 0.5, 0.042]
     """
     h, w = flow.shape[:2]
     speed = np.sqrt((flow.astype(np.float32) ** 2).sum(-1))
