@@ -129,3 +129,30 @@ def test_footage_where_nothing_moves_leaves_the_cue_at_its_normal_level(caplog: 
     model.finalise()
     assert "learned nothing" in caplog.text
     np.testing.assert_array_equal(model.ratios(np.array([0.5, 50.0]), np.array([0.5, 0.5])), [1.0, 1.0])
+
+
+def test_scored_frames_carry_their_regions_in_frame_pixels_per_second_and_overlays_box_them() -> None:
+    """A square moving 9 px a frame at 10 frames/s moves 90 px/s: the result says so (the
+    tracker measures it at half the input size, per lag), and the overlay draws its box."""
+    from streamad import pictures
+    from streamad.config import FrameScoreConfig
+    from streamad.engine.assembly import Scoring
+
+    model = Model(ModelConfig(method="knn", input_hw=SIZE, motion="speed", motion_lag_s=0.1, bank_size=200))
+    tracker = model.tracker()
+    assert tracker is not None
+    train = square_clip(3, 4, 30)
+    model.update(tracker(FeatureBatch(tuple(FrameRef("train", i, i / 10) for i in range(30)), embed(model, train), tuple(train))).features)
+    model.finalise()
+    frames = square_clip(9, 100, 6)
+    results = Scoring(model, FrameScoreConfig(normalised=False), prepared=False)(
+        FeatureBatch(tuple(FrameRef("fast", i, i / 10) for i in range(6)), model.extractor.extract(frames), tuple(frames))
+    )
+    assert results[0].regions is not None and len(results[0].regions) == 0  # the first frame has no predecessor
+    for result in results[1:]:
+        assert result.regions is not None and len(result.regions) >= 1
+        x0, y0, x1, y1, speed = result.regions[0]
+        assert 60 < speed < 110  # 90 px/s
+        assert y0 * SIZE[0] < 80 and y1 * SIZE[0] > 56  # around the square's rows 56-80
+    drawn = pictures.boxes(frames[3], results[3].regions)
+    assert (drawn != frames[3]).any(axis=-1).sum() > 50  # the box and its label
