@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--size", action="append", default=None, help="HxW input size (default 256x256 and 256x336)")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--method", default="padim")
-    parser.add_argument("--bank-size", type=int, default=10000)
+    parser.add_argument("--bank-size", type=int, default=2500)
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-mem"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

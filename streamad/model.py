@@ -262,7 +262,8 @@ class Model:
                     "expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw"
                 )
             maps = self.maps(self.combine(distances, per_position=False, normalisation=normalisation))
-            scored = self.maps(self.combine(distances, per_position=not self.spec.position_free, normalisation=normalisation))
+            # A position-free method's frame scores pool the map itself (one scale per cue).
+            scored = maps if self.spec.position_free else self.maps(self.combine(distances, per_position=True, normalisation=normalisation))
         else:
             maps = scored = self.maps(distances.nanmean(1))
         pooled = topk_mean(scored, fraction=frame_score.topk_fraction).cpu().numpy()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamad.config import ModelConfig, motion_kinds
+from streamad.config import IMAGE_BANK_SIZE, ModelConfig, motion_kinds
 from streamad.errors import ConfigError
 from streamad.features.extractor import FeatureExtractor, Features
 from streamad.features.temporal import HAS_MOTION, MOTION, REGIONS, MotionTracker
@@ -216,7 +216,7 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> KnnScorer:
         channels=sum(spec.channels[i] for i in used),
         grid=((h + stride - 1) // stride, (w + stride - 1) // stride),
         finest=extractor.feature_hw,
-        bank_size=config.bank_size,
+        bank_size=config.bank_size or IMAGE_BANK_SIZE,  # a fit settles it (ModelConfig.for_sources)
         seed=config.seed,
         motion_lag_s=config.motion_lag_s if config.motion != "off" else None,
         kinds=motion_kinds(config.motion),

@@ -86,7 +86,7 @@ def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, wher
         StoreError: an attribute is missing or not of its type (the store was edited by hand).
     """
     recorded = attrs.get("scorer") or {}
-    convert = {"int": int, "float": float, "float | None": float, "str": str}
+    convert = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str}
     top = ("method", "backbone", "input_hw", "sigma", "weights", "motion", "backbone_b", "weights_b")  # root attributes, or derived
     names = {f.name: convert[str(f.type)] for f in dataclasses.fields(ModelConfig) if f.name not in top}
     try:
