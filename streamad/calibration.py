@@ -61,10 +61,18 @@ def normalise(distances: Tensor, normalisation: Normalisation) -> Tensor:
     return distances / torch.maximum(mean, floor)
 
 
-def cue_scales(normalisation: Normalisation, distances: Tensor) -> Tensor:
-    """Each cue's mean normal distance over all positions, shaped to divide distances (B, C, P)."""
+PEAK_QUANTILE = 0.99
+
+
+def cue_scales(normalisation: Normalisation, distances: Tensor, *, peak: bool = False) -> Tensor:
+    """Each cue's normal level, shaped to divide distances (B, C, P): its mean normal distance
+    over all positions, or with ``peak`` the 99th percentile of its per-position normal means
+    (its normal level where it is highest: a motion cue's where things normally move, not the
+    average over a mostly still frame, which would make every normal moving thing look
+    anomalous beside the appearance cue)."""
     mean = torch.as_tensor(normalisation.position_mean, device=distances.device).view(-1, distances.shape[-1])
-    return mean.mean(-1, keepdim=True).clamp_min(1e-6)
+    level = mean.quantile(PEAK_QUANTILE, dim=-1, keepdim=True) if peak else mean.mean(-1, keepdim=True)
+    return level.clamp_min(1e-6)
 
 
 def position_statistics(distances: Iterable[Tensor]) -> Normalisation:

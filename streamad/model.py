@@ -205,7 +205,7 @@ class Model:
                 to the cue's mean over all positions (maps: one scale, so they rank pixels as
                 the raw distances do, which localises best).
         """
-        relative = normalise(distances, normalisation) if per_position else distances / cue_scales(normalisation, distances)
+        relative = normalise(distances, normalisation) if per_position else distances / cue_scales(normalisation, distances, peak=self.spec.position_free)
         return torch.where(relative.isnan(), torch.ones_like(relative), relative).mean(1)
 
     def branch(self, distances: Tensor, branch: str) -> Tensor:
@@ -271,7 +271,9 @@ class Model:
         maps_np = maps.cpu().numpy()
         cue_maps: dict[str, np.ndarray] = {}
         if layers:
-            scale = cue_scales(normalisation, distances) if frame_score.normalised and normalisation is not None else torch.ones(1, device=distances.device)
+            scale = torch.ones(1, device=distances.device)
+            if frame_score.normalised and normalisation is not None:
+                scale = cue_scales(normalisation, distances, peak=self.spec.position_free)
             relative = (distances / scale).nan_to_num(nan=1.0)
             cue_maps = {cue: self.maps(relative[:, c]).cpu().numpy() for c, cue in enumerate(self.cues)}
         return [

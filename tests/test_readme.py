@@ -29,8 +29,8 @@ def readme_example() -> str:
 
 def test_readme_api_example_runs_and_equals_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     with VideoWriter(tmp_path / "clip.mp4", fps=10) as writer:
-        for t in range(80):
-            writer.write(scene(t, anomaly=t >= 70))
+        for t in range(120):
+            writer.write(scene(t, anomaly=t >= 110))
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - the documented example, verbatim
@@ -40,13 +40,13 @@ def test_readme_api_example_runs_and_equals_the_cli(tmp_path: Path, monkeypatch:
     results = namespace["results"]
     api = np.array([r.score for r in results])  # type: ignore[attr-defined]
     runner = CliRunner()
-    assert (res := runner.invoke(main, ["fit", "clip.mp4", "--stop", "60", "-m", "cli.zarr", "-q"])).exit_code == 0, res.output
-    assert (res := runner.invoke(main, ["score", "clip.mp4", "--start", "60", "-m", "cli.zarr", "-o", "out", "-q"])).exit_code == 0, res.output
+    assert (res := runner.invoke(main, ["fit", "clip.mp4", "--stop", "100", "-m", "cli.zarr", "-q"])).exit_code == 0, res.output
+    assert (res := runner.invoke(main, ["score", "clip.mp4", "--start", "100", "-m", "cli.zarr", "-o", "out", "-q"])).exit_code == 0, res.output
     cli = np.loadtxt(tmp_path / "out" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
     assert api.shape == cli.shape == (20,)
     np.testing.assert_allclose(api, cli, rtol=1e-5)
-    assert api[10:].min() > api[:10].max()  # the red square (frames 70-79) stands out
-    saved = runner.invoke(main, ["score", "clip.mp4", "--start", "60", "-m", "clip-model.zarr", "-o", "saved", "-q"])
+    assert api[10:].min() > api[:10].max()  # the red square (frames 110-119) stands out
+    saved = runner.invoke(main, ["score", "clip.mp4", "--start", "100", "-m", "clip-model.zarr", "-o", "saved", "-q"])
     assert saved.exit_code == 0, saved.output
     np.testing.assert_allclose(np.loadtxt(tmp_path / "saved" / "scores.csv", delimiter=",", skiprows=1, usecols=3), cli, rtol=1e-5)
 
