@@ -15,6 +15,7 @@ import click
 from streamad.cli_support import (
     BACKBONES,
     ClickProgress,
+    Finite,
     OneLineErrors,
     cluster_options,
     frame_score_config,
@@ -48,7 +49,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--input-size", default=None, help="HEIGHTxWIDTH (multiples of 16); default keeps the aspect ratio, short side ~256.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Projected dimension (default 100).")
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
-@click.option("--eps", type=float, default=None, help="Covariance ridge (default 0.01).")
+@click.option("--eps", type=Finite(), default=None, help="Covariance ridge (default 0.01).")
 @click.option("--bank-size", type=click.IntRange(min=1), default=None, help="knn: patches each memory bank keeps (default 2500 for video, 10000 for images).")
 @click.option("--motion", default=None, help="Video motion cues: off, or feat, flow, speed comma-separated (padim: feat, flow; knn: feat, speed, its default).")
 @click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
@@ -119,7 +120,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
 @with_frame_score
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
-@click.option("--threshold", type=float, default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
+@click.option("--threshold", type=Finite(), default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
 @with_ray
@@ -153,11 +154,11 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
 
 @main.command()
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Model store to calibrate.")
-@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=None, help="Threshold = this quantile of normal frame scores (default 0.99).")
+@click.option("--quantile", type=Finite(0, 1, min_open=True), default=None, help="Threshold = this quantile of normal frame scores (default 0.99).")
 @click.option("--on", "normal", multiple=True, help="Normal SOURCE to take the quantile on (repeatable; default: the frames fit held out).")
 @click.option("--f1", "f1_testset", default=None, help="Labelled TESTSET (as for eval): the F1-optimal threshold on it.")
 @click.option("--predictions", default=None, help="With --f1: read that test set's scores from this score store instead of scoring it.")
-@click.option("--fixed", type=float, default=None, help="Store this threshold as it is.")
+@click.option("--fixed", type=Finite(), default=None, help="Store this threshold as it is.")
 @with_frame_score
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
@@ -190,9 +191,9 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.argument("urls", nargs=-1, required=True)
 @click.option("--model", "-m", "models", multiple=True, required=True, help="Model store, for every camera, or NAME=PATH per camera (repeatable).")
 @click.option("--out", "-o", "out_dir", default="watch", show_default=True, help="Folder for scores.csv, events.jsonl and snapshots.")
-@click.option("--stats-every", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Seconds between stats lines.")
+@click.option("--stats-every", type=Finite(min=0, min_open=True), default=10.0, show_default=True, help="Seconds between stats lines.")
 @click.option("--stats-json", default=None, help="Also append the stats as JSON lines to this file.")
-@click.option("--threshold", type=float, default=None, help="Alert threshold (default: the model's stored or calibrated one).")
+@click.option("--threshold", type=Finite(), default=None, help="Alert threshold (default: the model's stored or calibrated one).")
 @click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True, help="Frames above (below) the threshold that open (close) an alert.")
 @click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
 @click.option("--learn-motion", default="off", show_default=True, help="Motion cues to learn (as fit's --motion).")
@@ -200,13 +201,13 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--refresh-every", type=click.IntRange(min=1), default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
 @click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
 @click.option(
-    "--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True, help="Seconds without a frame before reconnecting."
+    "--stall-timeout", type=Finite(min=0, min_open=True), default=5.0, show_default=True, help="Seconds without a frame before reconnecting."
 )
-@click.option("--open-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Seconds to open a stream.")
+@click.option("--open-timeout", type=Finite(min=0, min_open=True), default=10.0, show_default=True, help="Seconds to open a stream.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=None, help="Give a camera up after this many failed reconnects (default: never).")
 @click.option("--realtime", is_flag=True, help="Play files at their native frame rate (as if live; drops when behind).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="Frames (of all cameras) per backbone pass.")
-@click.option("--max-wait", type=click.FloatRange(min=0), default=0.05, show_default=True, help="Seconds a batch waits to fill.")
+@click.option("--max-wait", type=Finite(min=0), default=0.05, show_default=True, help="Seconds a batch waits to fill.")
 @click.option("--queue-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames buffered per camera before the oldest is dropped.")
 @click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
 @with_frame_score
@@ -267,7 +268,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
 @click.option(
     "--max-fpr",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=Finite(0, 1, min_open=True),
     default=None,
     help="Integration limit of AUPRO (default 0.3) or, for MVTec LOCO, of sPRO (default 0.05).",
 )

@@ -11,6 +11,7 @@ The held-out rule (which frames a fit keeps out to normalise on) is :mod:`stream
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,10 @@ class Threshold:
     detail: dict[str, Any]
     frame_score: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):  # NaN would turn every decision off without a word
+            raise ConfigError(f"expected a finite threshold, got {self.value}")
+
 
 DEFAULT_QUANTILE = 0.99
 
@@ -161,6 +166,8 @@ def decision_threshold(stored: Threshold | None, given: float | None, frame_scor
     """``given`` (``--threshold``), else the stored threshold when it was set for these
     frame-score settings; None means no decisions."""
     if given is not None:
+        if not math.isfinite(given):
+            raise ConfigError(f"expected a finite --threshold, got {given}")
         return given
     if stored is None:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,6 +14,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from streamad.errors import one_line
+
+
+class Finite(click.FloatRange):
+    """A float option that must be a finite number (NaN and infinity are refused: a NaN
+    threshold would silently turn every decision off), optionally within a range."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number is not None and not math.isfinite(number):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return number
 
 if TYPE_CHECKING:
     from streamad.config import FrameScoreConfig
@@ -135,7 +149,7 @@ with_ray = options(
         help="Run on Ray: alone (put it last) or local, a local cluster here; auto, the cluster this node joined; or HOST:PORT (pip install 'streamad[ray]').",
     ),
     click.option(
-        "--ray-gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."
+        "--ray-gpus-per-task", type=Finite(min=0), default=0.0, show_default=True, help="GPUs each Ray task or actor asks for (0: CPU workers)."
     ),
     click.option("--ray-shard-frames", type=click.IntRange(min=1), default=2000, show_default=True, help="fit --ray: at most this many frames a shard."),
 )
@@ -154,12 +168,12 @@ def cluster_options(kw: dict[str, Any]) -> Any:
 with_frame_score = options(
     click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position."),
     click.option(
-        "--topk", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."
+        "--topk", type=Finite(0, 1), default=0.01, show_default=True, help="Frame score = mean of the top fraction of map pixels (0 = max)."
     ),
     click.option("--window", type=click.IntRange(min=1), default=1, show_default=True, help="Causal moving average over this many frames per source (camera)."),
     click.option(
         "--smooth",
-        type=click.FloatRange(min=0, max=3600),
+        type=Finite(min=0, max=3600),
         default=None,
         help="Causal exponential filter of frame scores, time constant in seconds (0: off; default: the model's, 0.2 for video).",
     ),

@@ -591,3 +591,23 @@ def test_bad_input_is_a_short_error_without_traceback(args: list[str], bad_input
     assert code != 0
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert "secret" not in err and ":b@" not in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_thresholds_and_floats_are_refused_in_one_line(value: str, tmp_path: Path) -> None:
+    """A NaN threshold would decide every frame normal without a word (issue 24, item 2)."""
+    from click.testing import CliRunner
+
+    from streamad.calibration import Threshold, decision_threshold
+    from streamad.cli import main
+    from streamad.errors import ConfigError
+
+    score = ["score", "x.mp4", "-m", "m.zarr"]
+    calls = (["calibrate", "-m", "m.zarr", "--fixed", value], [*score, "--threshold", value], [*score, "--topk", value], [*score, "--smooth", value])
+    for args in calls:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and ("expected a finite number" in result.output or "not in the range" in result.output), result.output
+    with pytest.raises(ConfigError, match="finite"):
+        Threshold(float(value), "fixed", {}, {})
+    with pytest.raises(ConfigError, match="finite"):
+        decision_threshold(None, float(value), {})
