@@ -23,7 +23,7 @@ from streamad.engine import stages
 from streamad.engine.runner import DropLog, Runner
 from streamad.engine.runtime import thread_plan
 from streamad.features.extractor import FeatureExtractor
-from streamad.features.temporal import REGIONS
+from streamad.features.temporal import REGIONS, MotionTracker
 from streamad.frames import FeatureBatch, Frame, ScoreMap, TensorBatch
 from streamad.io.sources import Source
 from streamad.maps import CausalSmoother, TemporalMean
@@ -90,14 +90,15 @@ class Scoring:
         self.last = batch
         distances = self.model.distances(batch.features)
         results = self.model.results(batch.refs, distances, frame_score=self.frame_score, originals=batch.originals, layers=self.layers)
-        if REGIONS in batch.features and batch.originals:
-            results = self._with_regions(results, batch.features[REGIONS])
+        if self.tracker is not None and REGIONS in batch.features and batch.originals:
+            results = self._with_regions(results, batch.features[REGIONS], self.tracker)
         return [self._smoothed(r) for r in results] if self.mean is not None or self.smoother is not None else results
 
-    def _with_regions(self, results: list[ScoreMap], regions: torch.Tensor) -> list[ScoreMap]:
+    @staticmethod
+    def _with_regions(results: list[ScoreMap], regions: torch.Tensor, tracker: MotionTracker) -> list[ScoreMap]:
         """Each result with its moving regions, speeds in the frame's pixels per second (the
-        tracker measures them in pixels of its flow image, half the input, per lag)."""
-        lag_s, flow_w = self.model.config.motion_lag_s or 1.0, self.model.extractor.input_hw[1] // 2
+        tracker measures them in pixels of its flow image per lag)."""
+        lag_s, flow_w = tracker.lag_s, tracker.flow_hw[1]
         out = []
         for result, rows in zip(results, regions.cpu().numpy(), strict=True):
             found = rows[~np.isnan(rows[:, 0])]

@@ -27,7 +27,7 @@ from streamad.features.preprocess import default_input_hw
 from streamad.features.temporal import TOLERANCE
 from streamad.frames import Frame
 from streamad.holdout import HOLDOUT_EVERY, HoldOut
-from streamad.io.sources import Source
+from streamad.io.sources import Source, untimed
 from streamad.model import Model
 from streamad.scorers.base import TrainRun, TrainStep
 from streamad.scorers.registry import resolve
@@ -134,8 +134,7 @@ def open_fit(
             if store is not target:
                 store.close()
             raise
-    video = all(getattr(s, "timed", True) for s in sources)
-    config = _motion_for(sources, resolve((config or ModelConfig(method=AUTO, motion=AUTO)).for_sources(video)), options.every)
+    config = _motion_for(sources, resolve((config or ModelConfig(method=AUTO, motion=AUTO)).for_sources(not untimed(sources))), options.every)
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
     model = Model(config, device=device)
@@ -150,9 +149,9 @@ def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> M
     with a lag of one frame step of the first source unless one was given."""
     if config.motion == "off":
         return config
-    untimed = [s.source_id for s in sources if not getattr(s, "timed", True)]
-    if untimed:
-        logger.info("appearance only: %s has no time axis", untimed[0])
+    images = untimed(sources)
+    if images:
+        logger.info("appearance only: %s has no time axis", images[0])
         return replace(config, motion="off", motion_lag_s=None)
     config = config if config.motion_lag_s is not None else replace(config, motion_lag_s=every / sources[0].fps)
     lag = config.motion_lag_s or 0.0

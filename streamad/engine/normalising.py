@@ -15,7 +15,7 @@ from streamad.engine.assembly import Engine, Reading
 from streamad.engine.progress import Progress, no_progress
 from streamad.engine.runner import Runner
 from streamad.frames import Frame, FrameRef
-from streamad.io.sources import Source
+from streamad.io.sources import Source, untimed
 from streamad.maps import CausalSmoother
 from streamad.model import Model
 
@@ -53,7 +53,7 @@ def normalise_on(
             kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, C, P) float32: 25 KB a frame and cue at 64x96
     progress.finish()
     # Video models filter their frame scores by default, image models do not (no time axis).
-    config = FrameScoreConfig(smooth_s=VIDEO_SMOOTH_S if all(getattr(s, "timed", True) for s in sources) else 0.0)
+    config = FrameScoreConfig(smooth_s=0.0 if untimed(sources) else VIDEO_SMOOTH_S)
     return measure_normalisation(kept, normal_scorer(model, config), config.attrs())
 
 

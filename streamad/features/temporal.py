@@ -66,7 +66,8 @@ class MotionTracker:
         lag_s: the lag, in seconds of presentation time.
         kinds: ``"feat"`` (the change of ``key``), ``"flow"`` and ``"speed"`` (these two need
             the batches' original frames).
-        flow_hw: the flow's image size (half the model's input); feature_hw: the grid.
+        input_hw: the model's input size (the flow is computed at half of it, :attr:`flow_hw`);
+        feature_hw: the grid.
 
     Example:
         >>> from streamad.frames import FrameRef
@@ -83,13 +84,13 @@ class MotionTracker:
         *,
         lag_s: float,
         kinds: tuple[str, ...] = ("feat",),
-        flow_hw: tuple[int, int] = (0, 0),
+        input_hw: tuple[int, int] = (0, 0),
         feature_hw: tuple[int, int] = (0, 0),
     ) -> None:
         if not lag_s > 0:
             raise ConfigError(f"expected a positive motion lag, got {lag_s} s")
         self.key, self.lag_s, self.kinds = key, lag_s, kinds
-        self.flow_hw, self.feature_hw = flow_hw, feature_hw
+        self.flow_hw, self.feature_hw = (input_hw[0] // 2, input_hw[1] // 2), feature_hw
         self._dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if "flow" in kinds else None
         self._images = self._dis is not None or "speed" in kinds
         self._last: dict[str, tuple[float, Tensor, np.ndarray | None]] = {}

@@ -73,7 +73,7 @@ class ImageSequence:
     source_id: str
     paths: tuple[Path, ...]
     fps: float = 25.0
-    timed: bool = True  # frames of a clip (motion applies), not an image set
+    timed: bool = True  # frames of a clip (motion applies), not an image set (see untimed)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -291,3 +291,9 @@ __all__ = [
     "read_image",
     "resolve_sources",
 ]
+
+
+def untimed(sources: Sequence[Source]) -> list[str]:
+    """The ids of the sources without a time axis (image sets: no motion cues, no filter of
+    frame scores); every other source (videos, frame folders, cameras) is video."""
+    return [s.source_id for s in sources if not getattr(s, "timed", True)]

@@ -106,8 +106,7 @@ class KnnScorer(FitCounts):
         """What a job runs between :meth:`prepare` and the scorer, per source, in frame order."""
         if not self.kinds or not self.motion_lag_s:
             return None
-        flow_hw = (self.input_hw[0] // 2, self.input_hw[1] // 2)
-        return MotionTracker(PATCHES, lag_s=self.motion_lag_s, kinds=self.kinds, flow_hw=flow_hw, feature_hw=self.grid)
+        return MotionTracker(PATCHES, lag_s=self.motion_lag_s, kinds=self.kinds, input_hw=self.input_hw, feature_hw=self.grid)
 
     @torch.inference_mode()
     def prepare(self, features: Features) -> Features:
