@@ -14,6 +14,7 @@ import click
 
 from streamad.cli_support import (
     BACKBONES,
+    INTERRUPTED,
     ClickProgress,
     Finite,
     OneLineErrors,
@@ -104,6 +105,8 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     progress.finish()
     report_drops(summary.drop_report)
     say(summary.lines())
+    if summary.interrupted:  # checkpointed, but not a model to score yet: `fit && score` must stop here
+        raise click.exceptions.Exit(INTERRUPTED)
 
 
 @main.command()
@@ -150,6 +153,8 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
         dropped = sum(sum(r.values()) for r in summary.dropped.values())
         raise click.ClickException(f"expected frames to score, got none ({dropped} dropped); hint: check the sources and --start/--stop")
     say(summary.lines())
+    if summary.interrupted:  # the frames scored so far are written; the rest are not
+        raise click.exceptions.Exit(INTERRUPTED)
 
 
 @main.command()

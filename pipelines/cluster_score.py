@@ -109,7 +109,7 @@ def _score_source(actor: tuple[_ScoreJob, Model], source: Source) -> SourceScore
         store = ZarrStore(job.store, delegate=True)
         store.delete(source.source_id)  # a retried attempt (its worker died) starts the source's arrays again
         part = ScoreStoreSink(store, attrs=None, write_maps=job.options.write_maps, threshold=job.decision)
-    overlays = OverlaySink(job.overlay, fps=job.fps, threshold=job.threshold, layers=job.layers) if job.overlay else None
+    overlays = OverlaySink(job.overlay, fps=job.fps, threshold=job.threshold, layers=job.layers, staged=True) if job.overlay else None
     layers = overlays is not None and set(job.layers) != {"combined"}
     hook = _Hook(job.hook) if job.hook is not None else None
     score_frames(
@@ -144,7 +144,8 @@ def score_on_cluster(
     check_layers(job.model, overlay_layers)
     summary = job.summary
     root, rows = _driver_sinks(job, options, plot)
-    told = _told(job, model, options, on, weights=(weights, weights_b), stored=root is not None, overlay=overlay, layers=overlay_layers, hook=hook)
+    store = root.folder if root is not None else None  # the new store, beside the old one until published
+    told = _told(job, model, options, on, weights=(weights, weights_b), store=store, overlay=overlay, layers=overlay_layers, hook=hook)
     scored: dict[str, SourceScored] = {}
 
     def done(source: Source, result: SourceScored) -> None:
@@ -163,6 +164,10 @@ def score_on_cluster(
             actors(on_done=done, stopped=lambda: interrupted[0])
             summary.interrupted = len(scored) < len(job.sources)
         _write_rows(rows, job.sources, scored, summary)
+        if summary.frames:
+            rows.commit()
+            if root is not None:
+                root.commit()
     progress.finish()
     summary.plot = str(plot) if plot and summary.frames else None
     return summary
@@ -170,10 +175,15 @@ def score_on_cluster(
 
 def _driver_sinks(job: ScoreJob, options: ScoreOptions, plot: str | Path | None) -> tuple[ScoreStoreSink | None, Sinks]:
     """The driver holds the score store (its lock, root attributes and row counts) and writes the
-    CSV and the timeline; the actors write the sources' arrays and the overlays."""
+    CSV and the timeline; the actors write the sources' arrays (into the new store, published
+    with the CSV and the timeline once frames were scored) and the overlays (each moved into
+    place when its source was scored whole)."""
     out, decision = job.out, job.decision
-    root = ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=decision) if out else None
-    rows = Sinks([CsvSink(out / "scores.csv", threshold=decision) if out else None, TimelineSink(plot, threshold=job.summary.threshold) if plot else None])
+    root = None
+    if out is not None:
+        root = ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=job.attrs, write_maps=options.write_maps, threshold=decision, publish=False)
+    csv = CsvSink(out / "scores.csv", threshold=decision, staged=True) if out else None
+    rows = Sinks([csv, TimelineSink(plot, threshold=job.summary.threshold, staged=True) if plot else None])
     return root, rows
 
 
@@ -194,7 +204,7 @@ def _told(
     on: ClusterOptions,
     *,
     weights: tuple[str | None, str | None],
-    stored: bool,
+    store: str | None,
     overlay: str | Path | None,
     layers: Sequence[str],
     hook: Callable[[FrameRef], None] | None,
@@ -205,7 +215,7 @@ def _told(
         str(Path(model).resolve()),
         replace(options, device=device),
         weights,
-        str(Path(job.summary.store).resolve()) if stored else None,
+        str(Path(store).resolve()) if store else None,
         job.decision,
         str(Path(overlay).resolve()) if overlay else None,
         tuple(layers),

@@ -12,6 +12,7 @@ from streamad.calibration import decision_threshold, normal_threshold
 from streamad.engine.progress import Progress, no_progress
 from streamad.engine.scoring import ScoreOptions, ScoreSummary, load_model, score_frames
 from streamad.errors import ConfigError
+from streamad.io.decode import check_video_path
 from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
@@ -58,14 +59,16 @@ def _outputs(
     attrs: dict[str, Any],
     extra: Sequence[Sink],
 ) -> tuple[Sinks, OverlaySink | None]:
-    """The sinks of a score: CSV, score store, overlay (its layers checked), timeline, extras."""
+    """The sinks of a score: CSV, score store, overlay (its layers checked), timeline, extras;
+    each written beside its path and swapped in only when frames were scored (a failed score
+    leaves the previous outputs as they were)."""
     check_layers(loaded, layers)
-    overlays = OverlaySink(overlay, fps={s.source_id: s.fps for s in sources}, threshold=threshold, layers=layers) if overlay else None
+    overlays = OverlaySink(overlay, fps={s.source_id: s.fps for s in sources}, threshold=threshold, layers=layers, staged=True) if overlay else None
     sinks = [
-        CsvSink(out / "scores.csv", threshold=decision) if out else None,
-        ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=attrs, write_maps=options.write_maps, threshold=decision) if out else None,
+        CsvSink(out / "scores.csv", threshold=decision, staged=True) if out else None,
+        ScoreStoreSink(create_scores(out / "scores.zarr"), attrs=attrs, write_maps=options.write_maps, threshold=decision, publish=False) if out else None,
         overlays,
-        TimelineSink(plot, threshold=threshold) if plot else None,
+        TimelineSink(plot, threshold=threshold, staged=True) if plot else None,
         *extra,
     ]
     return Sinks(sinks), overlays
@@ -98,13 +101,16 @@ def begin(
     out = Path(out_dir) if out_dir is not None else None
     written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
     check_outputs(written, input_paths([*specs, model]))
+    if overlay is not None:
+        check_video_path(overlay, "--overlay")
     sources = resolve_sources(specs)
     loaded = load_model(model, device=options.device, weights=weights, weights_b=weights_b)
     options = replace(options, frame_score=loaded.settled(options.frame_score))
     frame_score = options.frame_score
     summary = ScoreSummary(str(out or ""), str(out / "scores.csv") if out else "", str(out / "scores.zarr") if out else "")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, Path(overlay).parent if overlay else None, Path(plot).parent if plot else None):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     decision = decision_threshold(loaded.threshold, options.threshold, frame_score.attrs())
     normal = normal_threshold(loaded.normalisation, frame_score.attrs(), on="held-out fit frames")
     summary.decisions = decision is not None

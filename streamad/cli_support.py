@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from streamad.errors import one_line
+from streamad.errors import Interrupted, one_line
 
 
 class Finite(click.FloatRange):
@@ -64,16 +64,22 @@ class ClickProgress:
             self._bar = None
 
 
+INTERRUPTED = 130  # the exit status of a job stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
 def friendly_errors(func: F) -> F:
     """Turn any error into a one-line message and exit status 1, without a traceback (the
-    top-level ``--debug`` shows it)."""
+    top-level ``--debug`` shows it); Ctrl-C into exit status 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C where no checkpoint is due: the shell's convention
+            click.echo(f"Error: {str(exc) or 'interrupted (Ctrl-C)'}", err=True)
+            raise click.exceptions.Exit(INTERRUPTED) from None
         except Exception as exc:
             context = click.get_current_context(silent=True)
             if context is not None and (context.find_root().obj or {}).get("debug"):

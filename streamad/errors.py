@@ -59,6 +59,10 @@ class StoreLockedError(StreamadError, BlockingIOError):
     """Another process is writing the store."""
 
 
+class Interrupted(StreamadError):
+    """Ctrl-C stopped work whose partial result must not be kept (a normalisation pass)."""
+
+
 class ClusterError(StreamadError, RuntimeError):
     """A cluster job could not start, or a shard of it kept failing."""
 

@@ -56,6 +56,7 @@ class Model:
         self.to_map = AnomalyMap(feature_hw=self.extractor.feature_hw, out_hw=self.input_hw, sigma=config.sigma).to(self.device)
         self.normalisation: Normalisation | None = None
         self.threshold: Threshold | None = None
+        self.unfinished = False  # loaded from a store whose fit was stopped before its last commit
         self.cache: FeatureCache | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -257,6 +258,11 @@ class Model:
         distances = self.branch(distances.unsqueeze(1) if distances.ndim == 2 else distances, frame_score.branch)
         if frame_score.normalised:
             normalisation = normalisation or self.normalisation
+            if normalisation is None and self.unfinished:
+                raise ConfigError(
+                    "expected a normalised model for the default frame scores, got a store whose fit was stopped before it finished; "
+                    "hint: continue it with `streamad fit SOURCES -m STORE --resume`"
+                )
             if normalisation is None:
                 raise ConfigError(
                     "expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw"

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from streamad.config import ModelConfig
 from streamad.engine.assembly import Reading
 from streamad.engine.fitting import FitOptions
+from streamad.engine.progress import NoProgress
 from streamad.engine.runner import DropLog, Runner
 from streamad.engine.scoring import ScoreOptions
 from streamad.errors import ConfigError, StoreError, StoreLockedError
@@ -397,7 +398,8 @@ def test_a_stop_does_not_start_the_next_source_nor_fail_it(data: Path) -> None:
     assert list(decode_video(data / "clip.mp4", source_id="c", should_stop=lambda: True)) == []  # stopped, not "no frames"
 
 
-def test_sigint_on_a_fit_of_two_videos_checkpoints_and_exits_0(tmp_path: Path) -> None:
+def test_sigint_on_a_fit_of_two_videos_checkpoints_and_exits_130(tmp_path: Path) -> None:
+    """Item 8 of Reliability II: checkpointed, said, and exit 130, so `fit && score` stops."""
     videos = [clip(tmp_path / f"{n}.mp4", 600) for n in "ab"]
     store = tmp_path / "m.zarr"
     args = [*CLI, "fit", *map(str, videos), "-m", str(store), "--input-size", "64x96", "-k", "8", "--checkpoint-every", "16"]
@@ -406,9 +408,11 @@ def test_sigint_on_a_fit_of_two_videos_checkpoints_and_exits_0(tmp_path: Path) -
         threading.Event().wait(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "interrupted" in out and "Error" not in err, err
+    assert proc.returncode == 130 and "interrupted" in out and "--resume" in out and "Error" not in err, err
     progress = read_progress(open_store(store))
     assert progress.frames_seen > 0 and sum(progress.next_index.values()) >= progress.frames_seen
+    code, _, err = cli("score", str(videos[0]), "-m", str(store), "-o", str(tmp_path / "s"), "--stop", "5")
+    assert code == 1 and "--resume" in err and "--raw" not in err, err
 
 
 def test_drop_oldest_sources_stop_when_the_consumer_fails() -> None:
@@ -611,3 +615,177 @@ def test_non_finite_thresholds_and_floats_are_refused_in_one_line(value: str, tm
         Threshold(float(value), "fixed", {}, {})
     with pytest.raises(ConfigError, match="finite"):
         decision_threshold(None, float(value), {})
+
+
+# Reliability II (issue 24) --------------------------------------------------------------
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included) by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _InterruptAtStart:
+    """A progress hook that presses Ctrl-C as the scoring starts (before any frame)."""
+
+    def start(self, label: str, total: int | None) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _FailAfter:
+    """A sink that fails at its fifth frame (a fault half-way through a score)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def write(self, result: object) -> None:
+        self.seen += 1
+        if self.seen == 5:
+            raise OSError("disk gone")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_score_leaves_the_previous_outputs_byte_identical(data: Path, tmp_path: Path) -> None:
+    """Item 1: every failure (a refused option, a bad model, an overlay that cannot be written,
+    a fault half-way, Ctrl-C before the first frame) leaves -o as it was; a success replaces
+    it whole."""
+    out, model = tmp_path / "keep", str(data / "base.zarr")
+    plot = out / "timeline.png"
+    code, _, err = cli("score", str(data / "clip.mp4"), "-m", model, "-o", str(out), "--overlay", str(out / "o.mp4"), "--plot", str(plot), "-q")
+    assert code == 0, err
+    before = contents(out)
+    assert {"scores.csv", "o.mp4", "timeline.png", "scores.zarr/zarr.json"} <= set(before)
+    bad_model = tmp_path / "hw.zarr"
+    shutil.copytree(data / "base.zarr", bad_model)
+    meta = json.loads((bad_model / "zarr.json").read_text())
+    meta["attributes"]["input_hw"] = [64, "x"]
+    (bad_model / "zarr.json").write_text(json.dumps(meta))
+    failures = {
+        "refused option": ["--branch", "local"],
+        "unwritable overlay": ["--overlay", str(out / "o.gif")],
+        "overlay onto a folder": ["--overlay", str(tmp_path / "folder.mp4")],
+    }
+    (tmp_path / "folder.mp4").mkdir()
+    for why, extra in failures.items():
+        code, _, err = cli("score", str(data / "clip.mp4"), "-m", model, "-o", str(out), "--plot", str(plot), "-q", *extra)
+        assert code != 0 and "Traceback" not in err and "report it" not in err, (why, err)
+        assert contents(out) == before, why
+    code, _, err = cli("score", str(data / "clip.mp4"), "-m", str(bad_model), "-o", str(out), "-q")
+    assert code != 0 and contents(out) == before, err
+    with pytest.raises(OSError, match="disk gone"):
+        score([str(data / "clip.mp4")], model, out, sinks=[_FailAfter()], plot=plot, overlay=out / "o.mp4")
+    assert contents(out) == before
+    summary = score([str(data / "clip.mp4")], model, out, progress=_InterruptAtStart(), plot=plot)
+    assert summary.interrupted and not summary.frames and contents(out) == before
+    score([str(data / "clip.mp4")], model, out, options=ScoreOptions(start=10))
+    after = contents(out)
+    assert after["scores.csv"] != before["scores.csv"] and after["scores.csv"].count(b"\n") == 1 + 30
+    assert not [name for name in after if ".new" in name]
+
+
+_KILLED_FIT = """
+import os, signal, sys
+from pathlib import Path
+import streamad
+from streamad.config import ModelConfig
+from streamad.engine.fitting import FitOptions
+from streamad.engine.progress import NoProgress
+
+store = Path(sys.argv[2])
+
+class KillAfterFirstCommit(NoProgress):
+    def advance(self, n):
+        if (store / "zarr.json").exists():  # a checkpoint of the fitting pass is committed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+options = FitOptions(holdout_every=6, epochs=2, train_batch_size=4, cache_frames=12, checkpoint_every=4, batch_size=2, accumulate_frames=2)
+streamad.fit([sys.argv[1]], store, ModelConfig(method="gcad", input_hw=(64, 64)), options=options, progress=KillAfterFirstCommit())
+"""
+
+
+def test_kill_9_in_a_trained_fit_pass_keeps_its_epochs_and_resume_equals_the_whole_fit(tmp_path: Path) -> None:
+    """Item 3: the epochs asked for are recorded with the first commit, so a resume after a
+    kill -9 in the fitting pass trains as many as the uninterrupted fit, to the same weights."""
+    import cv2
+
+    from streamad.stores.model_store import read_state
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(60):
+        cv2.imwrite(str(images / f"{i:03d}.png"), cv2.cvtColor(scene(i * 7, height=64, width=64), cv2.COLOR_RGB2BGR))
+    part = tmp_path / "part.zarr"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_FIT, str(images), str(part)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    progress = read_progress(open_store(part))
+    assert 0 < progress.frames_seen < 50 and open_store(part).attrs().get("epochs") == 2
+    options = FitOptions(holdout_every=6, train_batch_size=4, cache_frames=12, checkpoint_every=4, batch_size=2, accumulate_frames=2)
+    resumed = fit([str(images)], part, None, options=options, resume=True)
+    whole = fit([str(images)], tmp_path / "whole.zarr", ModelConfig(method="gcad", input_hw=(64, 64)), options=replace_epochs(options, 2))
+    assert resumed.epochs == whole.epochs == 2
+    a, b = read_state(open_store(tmp_path / "whole.zarr")), read_state(open_store(part))
+    assert a is not None and b is not None and set(a.arrays) == set(b.arrays)
+    for name in a.arrays:
+        np.testing.assert_array_equal(b.arrays[name], a.arrays[name], err_msg=name)
+    code, _, err = cli("fit", str(images), "-m", str(part), "--resume", "--epochs", "3")
+    assert code == 1 and "expected --epochs 2" in err, err
+
+
+def replace_epochs(options: FitOptions, epochs: int) -> FitOptions:
+    from dataclasses import replace
+
+    return replace(options, epochs=epochs)
+
+
+class _InterruptWhile(NoProgress):
+    """Presses Ctrl-C (a real SIGINT) when the stage ``label`` starts."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def start(self, label: str, total: int | None) -> None:
+        if label == self.label:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_while_normalising_is_graceful_exits_130_and_resume_finishes(data: Path, tmp_path: Path) -> None:
+    """Item 8: Ctrl-C in the normalisation pass keeps the committed statistics, says
+    --resume (no bare "Aborted!"), and a resume measures the normalisation."""
+    store = tmp_path / "m.zarr"
+    summary = fit([str(data / "clip.mp4")], store, SMALL, options=FitOptions(holdout_every=4), progress=_InterruptWhile("normalising"))
+    assert summary.interrupted and summary.calibrated_on == 0
+    assert open_store(store).attrs().get("unfinished") is True
+    code, _, err = cli("score", str(data / "clip.mp4"), "-m", str(store), "-o", str(tmp_path / "s"))
+    assert code == 1 and "--resume" in err, err
+    resumed = fit([str(data / "clip.mp4")], store, None, options=FitOptions(holdout_every=4), resume=True)
+    assert not resumed.interrupted and resumed.calibrated_on > 0 and open_store(store).attrs().get("unfinished") is False
+    whole = load(open_store(data / "base.zarr"), where="base")
+    again = load(open_store(store), where="again")
+    assert again.normalisation is not None and whole.normalisation is not None
+    np.testing.assert_array_equal(again.normalisation.normal_scores, whole.normalisation.normal_scores)
+
+
+def test_ctrl_c_outside_a_checkpointed_stage_is_one_line_and_exit_130() -> None:
+    """Item 8: not click's bare "Aborted!" (exit 1) but the shell's convention."""
+    import click
+
+    from streamad.cli_support import friendly_errors
+
+    @click.command()
+    @friendly_errors
+    def job() -> None:
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(job, [])
+    assert result.exit_code == 130 and result.stderr.strip() == "Error: interrupted (Ctrl-C)", result.output

@@ -23,7 +23,7 @@ from streamad.engine import stages
 from streamad.engine.runner import DropLog, Runner
 from streamad.engine.runtime import thread_plan
 from streamad.features.extractor import FeatureExtractor
-from streamad.features.temporal import REGIONS, MotionTracker
+from streamad.features.temporal import REGIONS, MotionTracker, track
 from streamad.frames import FeatureBatch, Frame, ScoreMap, TensorBatch
 from streamad.io.sources import Source
 from streamad.maps import CausalSmoother, TemporalMean
@@ -73,10 +73,11 @@ class Scoring:
     """A model's route for one or more sources: distances, maps, frame scores, then a causal
     moving average per source. ``prepared``: the batches already went through the scorer's
     :meth:`prepare` in the backbone workers (one model), else it is done here (shared
-    extractors, as in watch)."""
+    extractors, as in watch); ``tracked``: and through the model's tracker (a stage of its own,
+    :meth:`Engine.scores`)."""
 
-    def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool, layers: bool = False) -> None:
-        self.model, self.frame_score, self.prepared, self.layers = model, model.settled(frame_score), prepared, layers
+    def __init__(self, model: Model, frame_score: FrameScoreConfig, *, prepared: bool, tracked: bool = False, layers: bool = False) -> None:
+        self.model, self.frame_score, self.prepared, self.tracked, self.layers = model, model.settled(frame_score), prepared, tracked, layers
         self.mean = TemporalMean(frame_score.window) if frame_score.window > 1 else None
         self.smoother = CausalSmoother(self.frame_score.smooth_s) if self.frame_score.smooth_s else None
         self.tracker = model.tracker()
@@ -85,7 +86,7 @@ class Scoring:
     def __call__(self, batch: FeatureBatch) -> list[ScoreMap]:
         if not self.prepared:
             batch = FeatureBatch(batch.refs, self.model.prepare(batch.features), batch.originals)
-        if self.tracker is not None:
+        if self.tracker is not None and not self.tracked:
             batch = self.tracker(batch)
         self.last = batch
         distances = self.model.distances(batch.features)
@@ -193,10 +194,18 @@ class Engine:
         work = lambda item: stages.extract(item[1], item[0])  # noqa: E731
         return self.runner.parallel(work, tensors, workers=self.plan.workers, name="backbone", setup=self.plan.worker_setup())
 
-    def scores(self, features: Iterator[FeatureBatch], route: Callable[[str], stages.Route], *, min_frames: int = 32) -> Iterator[ScoreMap]:
-        """The scorer stage: each source's frames through its route (in a thread, unless live)."""
+    def scores(
+        self, features: Iterator[FeatureBatch], route: Callable[[str], stages.Route], *, min_frames: int = 32, tracker: MotionTracker | None = None
+    ) -> Iterator[ScoreMap]:
+        """The scorer stage: each source's frames through its route (in a thread, unless live).
+
+        ``tracker``: a model's motion tracker, run before the routes (whose :class:`Scoring`
+        then says ``tracked``): in a thread of its own, the flow of one batch is computed while
+        the distances of the one before are, where in the scorer's thread they added up."""
         if self.live:
-            return stages.score(stages.rebatch(features, min_frames=min_frames), route)
+            return stages.score(stages.rebatch(track(features, tracker), min_frames=min_frames), route)
+        if tracker is not None:
+            features = self.runner.stage(lambda fs: track(fs, tracker), features, maxsize=2, name="tracker", setup=self.plan.side_setup())
         return self.runner.stage(
             lambda fs: stages.score(stages.rebatch(fs, min_frames=min_frames), route), features, maxsize=64, name="scorer", setup=self.plan.side_setup()
         )

@@ -22,7 +22,7 @@ from streamad.engine.normalising import normalise_on
 from streamad.engine.progress import Progress, graceful_interrupt
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import release_memory, torch_threads
-from streamad.errors import ConfigError, EmptySourceError, StoreError
+from streamad.errors import ConfigError, EmptySourceError, Interrupted, StoreError
 from streamad.features.preprocess import default_input_hw
 from streamad.features.temporal import TOLERANCE
 from streamad.frames import Frame
@@ -168,9 +168,13 @@ def holdout_of(options: FitOptions, target: ArrayStore) -> FitOptions:
     return replace(options, holdout_every=int(target.attrs().get("holdout_every") or HOLDOUT_EVERY))
 
 
-def fit_extra(options: FitOptions) -> dict[str, int]:
-    """What a fit records beside the model: how it read its frames (a resume must read alike)."""
-    return {"every": options.every, "holdout_every": options.holdout_every or HOLDOUT_EVERY}
+def fit_extra(options: FitOptions) -> dict[str, Any]:
+    """What a fit records beside the model from its first commit: how it read its frames and
+    the epochs asked for (a resume must read and train alike, even after a kill -9 in the
+    fitting pass), and that it is ``unfinished`` until its last commit (a score of it then
+    says ``--resume``)."""
+    recorded: dict[str, Any] = {"every": options.every, "holdout_every": options.holdout_every or HOLDOUT_EVERY, "unfinished": True}
+    return recorded | ({"epochs": options.epochs} if options.epochs else {})
 
 
 def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions, *, where: str, device: str) -> Model:
@@ -178,7 +182,7 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions,
     attrs = store.attrs()
     stored = config_from_attrs(attrs, weights=config.weights if config else None, where=where)
     if attrs.get("frames_seen"):  # which frames were fitted and which held out must not change
-        for option, given in (("every", options.every), ("holdout_every", options.holdout_every)):
+        for option, given in (("every", options.every), ("holdout_every", options.holdout_every), ("epochs", options.epochs)):
             recorded = attrs.get(option, 1 if option == "every" else None)  # stores before holdout_every was recorded: unknown
             if recorded is not None and given is not None and recorded != given:
                 flag = "--" + option.replace("_", "-")
@@ -218,7 +222,8 @@ def finish(
     extra: dict[str, Any],
 ) -> None:
     """After the fitting pass: the factors, committed with the statistics, then the normalisation
-    measured on the held-out frames, committed with them."""
+    measured on the held-out frames, committed with them (the fit's last commit). Ctrl-C while
+    normalising stops there (``summary.interrupted``): ``--resume`` measures it again."""
     release_memory()  # the fitting pass's buffers, before the factors are made
     try:
         model.finalise()
@@ -226,9 +231,14 @@ def finish(
         commit(target, model, state, extra=extra)
     if model.release_statistics():  # committed: the normalisation pass needs only the factors
         release_memory()
-    normalisation = calibration.measure(model, sources, options, progress)
+    try:
+        normalisation = calibration.measure(model, sources, options, progress)
+    except Interrupted:
+        summary.interrupted = True
+        logger.warning("fit interrupted while normalising; continue with --resume")
+        return
     summary.calibrated_on = normalisation.frames if normalisation is not None else 0
-    commit(target, model, state, normalisation=normalisation, extra=extra)
+    commit(target, model, state, normalisation=normalisation, extra={**extra, "unfinished": False})
 
 
 @dataclass(slots=True)

@@ -12,8 +12,9 @@ from streamad.calibration import Normalisation, measure_normalisation
 from streamad.config import VIDEO_SMOOTH_S, FrameScoreConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Engine, Reading
-from streamad.engine.progress import Progress, no_progress
+from streamad.engine.progress import Progress, graceful_interrupt, no_progress
 from streamad.engine.runner import Runner
+from streamad.errors import Interrupted
 from streamad.frames import Frame, FrameRef
 from streamad.io.sources import Source, untimed
 from streamad.maps import CausalSmoother
@@ -41,17 +42,20 @@ def normalise_on(
     engine = Engine(runner, model.device, batch_size=batch_size, workers=workers)
     kept: list[tuple[tuple[FrameRef, ...], torch.Tensor]] = []
     tracker = model.tracker()
-    progress.start("normalising", reading.expected(sources) if frames is None else len(frames))
-    read = engine.read(sources, reading) if frames is None else engine.replay(frames)
-    features = engine.features(read, model.extractor, prepare=model.prepare, keep_originals=model.needs_images)
-    for batch in engine.consume(features):
-        progress.advance(len(batch.refs))
-        batch = tracker(batch) if tracker is not None else batch
-        rows = [i for i, ref in enumerate(batch.refs) if measured is None or measured(ref.index)]
-        if rows:
-            batch = stages.select(batch, rows)
-            kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, C, P) float32: 25 KB a frame and cue at 64x96
+    with graceful_interrupt(runner) as interrupted:
+        progress.start("normalising", reading.expected(sources) if frames is None else len(frames))
+        read = engine.read(sources, reading) if frames is None else engine.replay(frames)
+        features = engine.features(read, model.extractor, prepare=model.prepare, keep_originals=model.needs_images)
+        for batch in engine.consume(features):
+            progress.advance(len(batch.refs))
+            batch = tracker(batch) if tracker is not None else batch
+            rows = [i for i, ref in enumerate(batch.refs) if measured is None or measured(ref.index)]
+            if rows:
+                batch = stages.select(batch, rows)
+                kept.append((batch.refs, model.distances(batch.features).cpu()))  # (B, C, P) float32: 25 KB a frame and cue at 64x96
     progress.finish()
+    if interrupted[0]:
+        raise Interrupted("interrupted while normalising: the normalisation of part of the frames would be wrong")
     # Video models filter their frame scores by default, image models do not (no time axis).
     config = FrameScoreConfig(smooth_s=0.0 if untimed(sources) else VIDEO_SMOOTH_S)
     return measure_normalisation(kept, normal_scorer(model, config), config.attrs())

@@ -93,11 +93,11 @@ def score_frames(
     runner = Runner()
     engine = Engine(runner, loaded.device, batch_size=options.batch_size, workers=options.workers)
     reading = Reading(options.every, (options.start, options.stop))
-    route = Scoring(loaded, options.frame_score, prepared=True, layers=layers)
-    progress.start("scoring", reading.expected(sources))
+    route = Scoring(loaded, options.frame_score, prepared=True, tracked=True, layers=layers)
     with graceful_interrupt(runner) as interrupted, outputs:
+        progress.start("scoring", reading.expected(sources))
         features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=originals or loaded.needs_images)
-        for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch)):
+        for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch, tracker=route.tracker)):
             if not summary.frames:
                 logger.info("first frame scored %.2f s after the process started", seconds_since_start() or float("nan"))
             outputs.write(result)
@@ -106,5 +106,7 @@ def score_frames(
                 summary.anomalous[result.ref.source_id] += 1
             progress.advance(1)
         summary.interrupted = interrupted[0]
+        if summary.frames:
+            outputs.commit()  # sinks that stage their files replace the previous ones now
     progress.finish()
     summary.dropped, summary.drop_report = engine.drops.by_reason(), engine.drops.lines()

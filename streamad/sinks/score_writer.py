@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from streamad.frames import ScoreMap
-from streamad.stores.array_store import ArrayStore
+from streamad.stores.array_store import ArrayStore, ZarrStore
 from streamad.stores.score_store import FORMAT_VERSION, KIND, MAP_CHUNK_FRAMES
 
 
@@ -29,7 +29,9 @@ class ScoreStoreSink:
     With a ``threshold``, the store gains ``decision`` and ``mask`` arrays. Each flush ends by
     recording the source's row count in the root attributes (one atomic write): a reader takes
     only those rows, so a store left by a crash reads as the frames flushed before it.
-    ``close()`` writes the buffered tail and releases the store.
+    ``close()`` writes the buffered tail and releases the store. With ``publish=False`` a new
+    store appears at its path only on :meth:`commit` (a job that fails leaves the previous
+    one); else at once, so readers follow the job.
 
     Without ``attrs`` it writes a part: its sources' arrays only, never the root attributes,
     whose writer records the parts' row counts (:meth:`record`) once they are complete.
@@ -43,6 +45,7 @@ class ScoreStoreSink:
         write_maps: bool = True,
         flush_every: int = 64,
         threshold: float | None = None,
+        publish: bool = True,
     ) -> None:
         self._threshold = threshold
         self._store = store
@@ -53,7 +56,8 @@ class ScoreStoreSink:
         self._attrs = None if attrs is None else {"kind": KIND, "format_version": FORMAT_VERSION, **attrs, "sources": {}}
         if self._attrs is not None:
             store.set_attrs(self._attrs)
-            store.publish()
+            if publish:
+                store.publish()
 
     def record(self, counts: dict[str, int]) -> None:
         """Record rows another writer (a part) wrote, as this store's own."""
@@ -99,6 +103,17 @@ class ScoreStoreSink:
                 self._store.append(f"{prefix}/mask", maps > np.float32(self._threshold), chunks=(MAP_CHUNK_FRAMES, *maps.shape[1:]))
         self._counts[source_id] = self._counts.get(source_id, 0) + len(pending.index)
         self._commit_counts()
+
+    @property
+    def folder(self) -> str:
+        """Where the store's files are written now (beside its path until published)."""
+        return str(self._store.folder) if isinstance(self._store, ZarrStore) else ""
+
+    def commit(self) -> None:
+        """Write the buffered tail and publish the store."""
+        for source_id in list(self._pending):
+            self._flush(source_id)
+        self._store.publish()
 
     def close(self) -> None:
         for source_id in list(self._pending):

@@ -22,11 +22,19 @@ class Sink(Protocol):
 
 
 class Sinks:
-    """Several sinks as one: ``write`` goes to each in order; ``close`` closes them all, even
-    when one fails (the first failure is re-raised after the others closed)."""
+    """Several sinks as one: ``write`` goes to each in order; ``commit`` tells those that stage
+    their files (a sink with a ``commit()`` method) that the job succeeded, so they replace
+    their outputs; ``close`` closes them all, even when one fails (the first failure is
+    re-raised after the others closed)."""
 
     def __init__(self, sinks: Iterable[Sink | None]) -> None:
         self.sinks = [s for s in sinks if s is not None]
+
+    def commit(self) -> None:
+        for sink in self.sinks:
+            commit = getattr(sink, "commit", None)
+            if commit is not None:
+                commit()
 
     def write(self, result: ScoreMap) -> None:
         for sink in self.sinks:

@@ -197,6 +197,12 @@ class ZarrStore:
         except (zarr.errors.ContainsArrayError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError, FileExistsError) as exc:
             raise StoreError(f"expected a zarr group at {self.path}, got something else ({exc}); hint: is this a streamad store?") from exc
 
+    @property
+    def folder(self) -> Path:
+        """Where the store's files are: beside its path (``.NAME.new``) until a new store is
+        published (delegates of the job that holds it write there)."""
+        return self._building or self.path
+
     def publish(self) -> None:
         """Make a new store (mode ``"w"``) appear at its path, replacing what was there in one
         step; a no-op once published and for stores opened otherwise."""

@@ -329,6 +329,7 @@ def _load(
             model.load_state(state)
         except StoreError as exc:
             raise StoreError(f"model store {where}: {exc}; hint: its attributes and arrays disagree (edited or damaged): refit it") from None
+    model.unfinished = bool(attrs.get("unfinished"))
     if not fitted:
         return model
     if model.frames_seen == 0:
