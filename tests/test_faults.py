@@ -789,3 +789,64 @@ def test_ctrl_c_outside_a_checkpointed_stage_is_one_line_and_exit_130() -> None:
 
     result = CliRunner().invoke(job, [])
     assert result.exit_code == 130 and result.stderr.strip() == "Error: interrupted (Ctrl-C)", result.output
+
+
+def bomb_png(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` pixels in a few hundred KB (1-bit grey zero
+    rows, compressed as they are made: nothing of its decoded size is ever in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+_PEAK_RSS = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stdout.write(done.stdout); sys.stderr.write(done.stderr)
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(done.returncode)
+"""
+
+
+def test_a_decompression_bomb_is_dropped_by_its_header_and_the_others_are_scored(data: Path, tmp_path: Path) -> None:
+    """Item 4: a 30000x30000 PNG among ordinary images is judged by its header, counted as
+    dropped with its reason, and the job scores the rest in bounded memory."""
+    import cv2
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(images / f"{i:03d}.png"), cv2.cvtColor(scene(i * 7), cv2.COLOR_RGB2BGR))
+    bomb = bomb_png(images / "002b.png", 30000, 30000)
+    assert bomb.stat().st_size < 2_000_000
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *CLI, "score", str(images), "-m", str(data / "base.zarr"), "-o", str(tmp_path / "s"), "--raw"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "report it" not in done.stderr, done.stderr
+    assert "scored 4 frames" in done.stdout and "1 dropped" in done.stdout, done.stdout
+    assert "1 frame(s) dropped: image too large (e.g. 002b.png declares over 179 M pixels)" in done.stderr
+    peak_kb = int(done.stdout.split("peak_rss_kb")[1])
+    assert peak_kb < 2 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def test_the_pixel_limit_is_configurable_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamad.io.sources import oversized, read_image
+
+    small = bomb_png(tmp_path / "wide.png", 4000, 3000)  # 12 M pixels
+    assert oversized(small) is None and read_image(small) is not None
+    monkeypatch.setenv("STREAMAD_MAX_PIXELS", "1e6")
+    assert oversized(small) == "image too large: wide.png declares 4000x3000 pixels, over the limit of 1 M ($STREAMAD_MAX_PIXELS)"
+    assert read_image(small) is None
+    monkeypatch.setenv("STREAMAD_MAX_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="STREAMAD_MAX_PIXELS"):
+        oversized(small)

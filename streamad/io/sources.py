@@ -17,16 +17,19 @@ from __future__ import annotations
 import dataclasses
 import glob
 import logging
+import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from streamad.errors import EmptySourceError, SourceNotFoundError, UnsupportedSourceError
+from streamad.errors import ConfigError, EmptySourceError, SourceNotFoundError, UnsupportedSourceError
 from streamad.frames import Frame
 from streamad.io import decode
 
@@ -43,9 +46,54 @@ def natural_key(text: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
+MAX_PIXELS_VARIABLE = "STREAMAD_MAX_PIXELS"
+# 100 M pixels decode to 300 MB (600 MB while converted to RGB): larger than the frames of
+# inspection and surveillance cameras, small beside the memory of the machines they feed.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) decoded: ``$STREAMAD_MAX_PIXELS``, else 100 M."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"expected ${MAX_PIXELS_VARIABLE} to be a positive pixel count such as 100000000, got {text!r}")
+    return value
+
+
+def oversized(path: Path) -> str | None:
+    """Why an image must not be decoded, judged by its header alone (a 400 KB PNG can declare
+    20000x20000 pixels, 1.2 GB decoded), or None. Pillow reads the header; a file it does not
+    know is left to OpenCV, which refuses what it cannot read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # over twice Pillow's own bound (179 M pixels)
+        return f"image too large: {path.name} declares over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} M pixels"
+    except (OSError, ValueError, SyntaxError):
+        return None
+    limit = max_pixels()
+    if width * height > limit:
+        return f"image too large: {path.name} declares {width}x{height} pixels, over the limit of {limit / 1e6:.0f} M (${MAX_PIXELS_VARIABLE})"
+    return None
+
+
 def read_image(path: Path) -> np.ndarray | None:
-    """Read an image file as RGB uint8 (H, W, 3); grayscale becomes 3 channels. None if unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read an image file as RGB uint8 (H, W, 3); grayscale becomes 3 channels. None if
+    unreadable or too large to decode (:func:`oversized`)."""
+    if oversized(path) is not None:
+        return None
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:  # beyond OpenCV's own limits
+        return None
     if image is None:
         return None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -105,7 +153,7 @@ class ImageSequence:
             image = read_image(path)
             if image is None:
                 if on_drop is not None:
-                    on_drop(self.source_id, index, f"unreadable image: {path.name}")
+                    on_drop(self.source_id, index, oversized(path) or f"unreadable image: {path.name}")
                 continue
             yield Frame(self.source_id, index, index / self.fps, image, path.name, time.monotonic())
 
