@@ -850,3 +850,48 @@ def test_the_pixel_limit_is_configurable_and_checked(tmp_path: Path, monkeypatch
     monkeypatch.setenv("STREAMAD_MAX_PIXELS", "lots")
     with pytest.raises(ConfigError, match="STREAMAD_MAX_PIXELS"):
         oversized(small)
+
+
+def test_truthy_strings_in_files_are_refused_naming_the_file_and_key(data: Path, tmp_path: Path) -> None:
+    """Item 6: "0", "false" and "no" are not true; a number as a string is not a number."""
+    import cv2
+
+    from streamad.evaluation.ground_truth import GroundTruthError, load_ground_truth, read_defects_config
+    from tests.test_evaluate import LOCO_CONFIG
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), cv2.cvtColor(scene(i), cv2.COLOR_RGB2BGR))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"0.png": 0, "1.png": True, "2": 1}))
+    assert load_ground_truth(images, labels=labels).sources[0].labels.tolist() == [False, True, True]
+    for bad in ("0", "false", 2, None):
+        labels.write_text(json.dumps({"0.png": 0, "1.png": bad, "2": 1}))
+        with pytest.raises(GroundTruthError, match=rf"expected the label of '1.png' in {labels} to be 0, 1, true or false, got {bad!r}"):
+            load_ground_truth(images, labels=labels)
+    code, _, err = cli("eval", str(images), "--labels", str(labels), "-m", str(data / "base.zarr"), "-o", str(tmp_path / "e"))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "'1.png'" in err, err
+
+    config = tmp_path / "defects_config.json"
+    config.write_text(json.dumps([LOCO_CONFIG[0], {**LOCO_CONFIG[1], "relative_saturation": "no"}]))
+    with pytest.raises(GroundTruthError, match=r"expected relative_saturation in entry 1 of .*defects_config.json to be 0, 1, true or false, got 'no'"):
+        read_defects_config(config)
+    config.write_text(json.dumps([{**LOCO_CONFIG[0], "pixel_value": "255"}]))
+    with pytest.raises(GroundTruthError, match=r"expected pixel_value in entry 0 of .*defects_config.json to be a whole number, got '255'"):
+        read_defects_config(config)
+
+    for key, value, said, command in (
+        ("sources", {"clip": {"next_index": "5"}}, "sources.clip.next_index", "fit"),
+        ("frames_seen", True, "frames_seen", "fit"),
+        ("scorer", {"k": "8", "seed": 0, "eps": 0.01}, "scorer.k", "score"),
+        ("unfinished", "false", "unfinished", "score"),
+    ):
+        edited = tmp_path / f"{key}.zarr"
+        shutil.copytree(data / "base.zarr", edited)
+        meta = json.loads((edited / "zarr.json").read_text())
+        meta["attributes"][key] = value
+        (edited / "zarr.json").write_text(json.dumps(meta))
+        args = ["score", str(data / "clip.mp4"), "-m", str(edited), "-o", str(tmp_path / "s")]
+        code, _, err = cli(*args) if command == "score" else cli("fit", str(data / "clip.mp4"), "-m", str(edited), "--resume")
+        assert code == 1 and said in err and len(err.strip().splitlines()) == 1 and "report it" not in err, (key, err)

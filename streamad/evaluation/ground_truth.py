@@ -31,13 +31,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
+from streamad import typed
 from streamad.errors import StreamadError
 from streamad.io.sources import IMAGE_SUFFIXES, ImageSequence, natural_key
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -163,6 +166,14 @@ def _mvtec(root: Path) -> GroundTruth:
     return GroundTruth("mvtec", tuple(sources))
 
 
+def _typed(convert: Callable[[Any, str], T], value: Any, what: str) -> T:
+    """``convert(value, what)`` (:mod:`streamad.typed`), its refusal as a ground-truth error."""
+    try:
+        return convert(value, what)
+    except ValueError as exc:
+        raise GroundTruthError(f"{exc}; hint: fix the file") from None
+
+
 def _npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -178,7 +189,7 @@ def _mstc(root: Path, frames_dir: Path) -> GroundTruth:
         label_file = base / "test_frame_mask" / f"{clip.name}.npy"
         if not label_file.is_file():
             raise GroundTruthError(f"expected frame labels {label_file} for clip {clip}, got no such file")
-        labels = _npy(label_file).astype(bool).ravel()
+        labels = _typed(typed.flags, _npy(label_file).ravel(), f"the frame labels in {label_file}")
         if len(labels) != len(images):
             raise GroundTruthError(f"expected {len(images)} frame labels in {label_file} (one per frame of {clip}), got {len(labels)}")
         pixel_file = base / "test_pixel_mask" / f"{clip.name}.npy"
@@ -209,9 +220,9 @@ def _ucsd(root: Path) -> GroundTruth:
     sources = []
     for clip in _clips(testing / "frames"):
         images = _images(clip)
-        if clip.name not in all_labels:
+        if not isinstance(all_labels, dict) or clip.name not in all_labels:
             raise GroundTruthError(f"expected labels for clip {clip.name} in {label_file}, got none")
-        labels = np.asarray(all_labels[clip.name]).astype(bool).ravel()
+        labels = _typed(typed.flags, all_labels[clip.name], f"the labels of clip {clip.name} in {label_file}")
         if len(labels) != len(images):
             raise GroundTruthError(f"expected {len(images)} frame labels for clip {clip.name} in {label_file} (one per frame of {clip}), got {len(labels)}")
         mask_of = None
@@ -236,10 +247,13 @@ def _generic(root: Path, masks: Path | None, labels: Path | None) -> GroundTruth
         table = json.loads(labels.read_text())
     except (OSError, ValueError) as exc:
         raise GroundTruthError(f"expected a JSON object {{image name: 0 or 1}} in {labels}, got an unreadable file ({exc})") from exc
+    if not isinstance(table, dict):
+        raise GroundTruthError(f"expected a JSON object {{image name: 0 or 1}} in {labels}, got a {type(table).__name__}")
     missing = [p.name for p in images if p.name not in table and p.stem not in table]
     if missing:
         raise GroundTruthError(f"expected a label in {labels} for every image of {root}, got none for {missing[0]} ({len(missing)} missing)")
-    flags = np.array([bool(table.get(p.name, table.get(p.stem))) for p in images])
+    key = {p: p.name if p.name in table else p.stem for p in images}
+    flags = np.array([_typed(typed.flag, table[key[p]], f"the label of {key[p]!r} in {labels}") for p in images], bool)
     return GroundTruth("labels", (LabelledSource(ImageSequence(root.name, tuple(images), timed=False), flags, None, root.name),))
 
 
@@ -263,7 +277,17 @@ def read_defects_config(path: Path) -> dict[int, DefectType]:
         raise GroundTruthError(f"expected {path} (MVTec LOCO layout: each defect type's pixel value and saturation threshold), got no such file")
     try:
         entries = json.loads(path.read_text())
-        types = [DefectType(str(e["defect_name"]), int(e["pixel_value"]), float(e["saturation_threshold"]), bool(e["relative_saturation"])) for e in entries]
+        types = []
+        for i, entry in enumerate(entries):
+            where = f"entry {i} of {path}"
+            types.append(
+                DefectType(
+                    _typed(typed.text, entry["defect_name"], f"defect_name in {where}"),
+                    _typed(typed.integer, entry["pixel_value"], f"pixel_value in {where}"),
+                    _typed(typed.number, entry["saturation_threshold"], f"saturation_threshold in {where}"),
+                    _typed(typed.flag, entry["relative_saturation"], f"relative_saturation in {where}"),
+                )
+            )
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise GroundTruthError(
             f"expected a JSON list of {{defect_name, pixel_value, saturation_threshold, relative_saturation}} in {path}, got an unreadable file ({exc!r})"

@@ -20,17 +20,19 @@ a crash at any moment leaves the previous generation readable.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 import streamad
+from streamad import typed
 from streamad.calibration import Normalisation, Threshold
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError, StoreError
@@ -86,23 +88,24 @@ def config_from_attrs(attrs: dict[str, Any], *, weights: str | None = None, wher
         StoreError: an attribute is missing or not of its type (the store was edited by hand).
     """
     recorded = attrs.get("scorer") or {}
-    convert = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str}
+    whole, real = typed.integer, typed.number
+    convert: dict[str, Callable[[Any, str], Any]] = {"int": whole, "int | None": whole, "float": real, "float | None": real, "str": typed.text}
     top = ("method", "backbone", "input_hw", "sigma", "weights", "motion", "backbone_b", "weights_b")  # root attributes, or derived
     names = {f.name: convert[str(f.type)] for f in dataclasses.fields(ModelConfig) if f.name not in top}
     try:
-        typed = {name: to(recorded[name]) for name, to in names.items() if recorded.get(name) is not None}
+        settings = {name: to(recorded[name], f"scorer.{name}") for name, to in names.items() if recorded.get(name) is not None}
         method, backbone = attrs.get("method"), attrs.get("backbone")
         backbone_b = attrs.get("backbone_b")
         if not isinstance(method, str) or not isinstance(backbone, str) or not isinstance(backbone_b, str | None):
             raise TypeError("method and backbones must be names")
         height, width = attrs["input_hw"]
-        motion = str(recorded.get("motion") or "feat") if typed.get("motion_lag_s") else "off"
-        hw = (int(height), int(width))
+        motion = typed.text(recorded.get("motion") or "feat", "scorer.motion") if settings.get("motion_lag_s") else "off"
+        hw = (typed.integer(height, "input_hw", minimum=1), typed.integer(width, "input_hw", minimum=1))
         return ModelConfig(
             method=method,
             backbone=backbone,
-            sigma=float(attrs["sigma"]),
-            **typed,
+            sigma=typed.number(attrs["sigma"], "sigma"),
+            **settings,
             input_hw=hw,
             weights=weights,
             motion=motion,
@@ -240,11 +243,27 @@ def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
                 store.delete(name)
 
 
+T = TypeVar("T")
+
+
+def _typed(convert: Callable[[Any, str], T], value: Any, key: str, where: object) -> T:
+    """``convert`` (:mod:`streamad.typed`) of attribute ``key``, its refusal a store error."""
+    try:
+        return convert(value, f"{key} in {where}")
+    except ValueError as exc:
+        raise StoreError(f"{exc}; hint: the store's zarr.json was edited; refit, or restore it") from None
+
+
 def read_progress(store: ArrayStore) -> FitProgress:
-    attrs = store.attrs()
+    """How far the store's fit got: each source's next frame index and the frames seen."""
+    attrs, where = store.attrs(), getattr(store, "path", "the store")
+    sources = attrs.get("sources") or {}
+    if not isinstance(sources, dict) or not all(isinstance(v, dict) for v in sources.values()):
+        raise StoreError(f"expected sources in {where} to be an object {{source: {{next_index}}}}, got {sources!r}; hint: refit, or restore zarr.json")
+    count = functools.partial(typed.integer, minimum=0)
     return FitProgress(
-        next_index={sid: int(v["next_index"]) for sid, v in (attrs.get("sources") or {}).items()},
-        frames_seen=int(attrs.get("frames_seen", 0)),
+        next_index={sid: _typed(count, v.get("next_index"), f"sources.{sid}.next_index", where) for sid, v in sources.items()},
+        frames_seen=_typed(count, attrs.get("frames_seen", 0), "frames_seen", where),
     )
 
 
@@ -329,7 +348,7 @@ def _load(
             model.load_state(state)
         except StoreError as exc:
             raise StoreError(f"model store {where}: {exc}; hint: its attributes and arrays disagree (edited or damaged): refit it") from None
-    model.unfinished = bool(attrs.get("unfinished"))
+    model.unfinished = _typed(typed.flag, attrs.get("unfinished", False), "unfinished", where)
     if not fitted:
         return model
     if model.frames_seen == 0:
@@ -344,14 +363,15 @@ def _load(
         model.normalisation = Normalisation(
             position_mean=store.read(f"{cal['path']}/position_mean"),
             normal_scores=store.read(f"{cal['path']}/normal_scores"),
-            frames=int(cal["frames"]),
+            frames=_typed(typed.integer, cal["frames"], "normalisation.frames", where),
             frame_score=cal.get("frame_score", FrameScoreConfig().attrs()),  # stores before it was recorded: the defaults
         )
     stored = attrs.get("threshold")
     if stored and stored.get("of") != revision:
         logger.warning("ignoring the stored threshold: it was set before the model was refitted; run `streamad calibrate` again")
     elif stored:
-        model.threshold = Threshold(float(stored["value"]), stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))
+        value = _typed(typed.number, stored["value"], "threshold.value", where)
+        model.threshold = Threshold(value, stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))
     return model
 
 
