@@ -81,16 +81,40 @@ def _merged(inputs: Sequence[str | Path], device: str) -> tuple[Model, FitProgre
             method = model.config.method
             raise ConfigError(f"expected stores of a mergeable method, got {method!r} in {inputs[0]}, which cannot merge; hint: fit one store on all sources")
         state, parts = read_progress(first), set(_parts(first.attrs(), inputs[0]))
+    origin = dict.fromkeys(state.next_index, inputs[0])  # the input each merged source entry came from
     for path in inputs[1:]:
         with open_store(path, mode="r") as store:
             check_compatible(store.attrs(), model, str(path), hint="merge only stores fitted with the same settings")
             model.merge(load(store, where=str(path), device=device, extractor=model.extractor, fitted=False))
             part = read_progress(store)
             parts |= set(_parts(store.attrs(), path))
+        _check_disjoint(state, part, origin, path)
         for sid, n in part.next_index.items():
-            state.next_index[sid if sid not in state.next_index else f"{sid}@{Path(path).name}"] = n
+            name = sid if sid not in state.next_index else f"{sid}@{Path(path).name}"  # another source of that name, or other frames of it
+            state.next_index[name], origin[name] = n, path
+            if sid in part.start:
+                state.start[name] = part.start[sid]
+            if sid in part.identity:
+                state.identity[name] = part.identity[sid]
         state.frames_seen += part.frames_seen
     return model, state, sorted(parts)
+
+
+def _check_disjoint(merged: FitProgress, part: FitProgress, origin: dict[str, str | Path], path: str | Path) -> None:
+    """Refuse a part that fitted frames of a source that an earlier input fitted too (the
+    statistics would count them twice, and which frames they were cannot be taken out again)."""
+    for sid in part.next_index:
+        theirs = part.range_of(sid)
+        if theirs is None:
+            continue
+        source, first, end = theirs
+        for name in merged.next_index:
+            ours = merged.range_of(name)
+            if ours is not None and ours[0] == source and max(first, ours[1]) < min(end, ours[2]):
+                raise ConfigError(
+                    f"expected disjoint frames of each source to merge, got frames {max(first, ours[1])}-{min(end, ours[2]) - 1} of {sid} "
+                    f"fitted in both {origin[name]} and {path}; hint: they would count twice: fit each part on its own frames (--start/--stop)"
+                )
 
 
 def _check_distinct(inputs: Sequence[str | Path]) -> None:

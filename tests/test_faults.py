@@ -895,3 +895,27 @@ def test_truthy_strings_in_files_are_refused_naming_the_file_and_key(data: Path,
         args = ["score", str(data / "clip.mp4"), "-m", str(edited), "-o", str(tmp_path / "s")]
         code, _, err = cli(*args) if command == "score" else cli("fit", str(data / "clip.mp4"), "-m", str(edited), "--resume")
         assert code == 1 and said in err and len(err.strip().splitlines()) == 1 and "report it" not in err, (key, err)
+
+
+def test_merge_refuses_overlapping_frames_of_the_same_source(data: Path, tmp_path: Path) -> None:
+    """Item 7: two fits of frames 0-28 of one video would count them twice; disjoint parts of
+    it, and two videos that only share a name, merge."""
+    video = str(data / "clip.mp4")
+
+    def part(name: str, start: int, stop: int, source: str = video) -> Path:
+        fit([source], tmp_path / name, SMALL, options=FitOptions(holdout_every=4, start=start, stop=stop))
+        return tmp_path / name
+
+    a, b = part("a.zarr", 0, 29), part("b.zarr", 0, 29)
+    with pytest.raises(ConfigError, match=r"expected disjoint frames of each source to merge, got frames 0-28 of clip fitted in both .*a.zarr and .*b.zarr"):
+        merge([a, b], tmp_path / "ab.zarr")
+    code, _, err = cli("merge", str(a), str(part("c.zarr", 20, 40)), "-o", str(tmp_path / "ac.zarr"))
+    assert code == 1 and "frames 20-28 of clip" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ac.zarr").exists()
+    merged = merge([a, part("d.zarr", 29, 40)], tmp_path / "ad.zarr")
+    whole = read_progress(open_store(tmp_path / "a.zarr")).frames_seen + read_progress(open_store(tmp_path / "d.zarr")).frames_seen
+    assert merged.frames_seen == whole
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    twin = part("e.zarr", 0, 29, str(clip(other / "clip.mp4", 30)))  # another video, also called clip
+    assert merge([a, twin], tmp_path / "ae.zarr").frames_seen == 2 * read_progress(open_store(a)).frames_seen

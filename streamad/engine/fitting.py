@@ -129,11 +129,13 @@ def open_fit(
         store = open_store(path, mode="a") if path is not None else target
         assert not isinstance(store, str | Path)
         try:
-            return store, _resumed(store, config, options, where=str(target), device=device), read_progress(store)
+            model, state = _resumed(store, config, options, where=str(target), device=device), read_progress(store)
         except BaseException:
             if store is not target:
                 store.close()
             raise
+        state.claim(sources, options.start)
+        return store, model, state
     config = _motion_for(sources, resolve((config or ModelConfig(method=AUTO, motion=AUTO)).for_sources(not untimed(sources))), options.every)
     if config.input_hw is None:
         config = replace(config, input_hw=default_input_hw(_first_frame_hw(sources)))
@@ -141,7 +143,9 @@ def open_fit(
     store = open_store(path, mode="w") if path is not None else target
     assert not isinstance(store, str | Path)
     create(store, model)
-    return store, model, FitProgress()
+    state = FitProgress()
+    state.claim(sources, options.start)
+    return store, model, state
 
 
 def _motion_for(sources: Sequence[Source], config: ModelConfig, every: int) -> ModelConfig:

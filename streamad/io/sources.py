@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -249,6 +250,19 @@ class FrameArrays:
 
 
 Source = ImageSequence | VideoFile | FrameArrays
+
+
+def identity(source: Source) -> str | None:
+    """What a source is, beyond its name (two fits of the same source can then be told from
+    fits of two sources that share a name): a video's resolved path; an image sequence's
+    folder and a digest of its files' resolved paths; None for frames in memory."""
+    if isinstance(source, VideoFile):
+        return str(source.path.resolve())
+    if isinstance(source, ImageSequence) and source.paths:
+        resolved = [str(p.resolve()) for p in source.paths]
+        digest = hashlib.sha256("\n".join(resolved).encode()).hexdigest()[:16]
+        return f"{Path(resolved[0]).parent}/ ({len(resolved)} images, {digest})"
+    return None
 
 
 def _images_in(folder: Path) -> list[Path]:

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from streamad.calibration import Normalisation, Threshold
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import FeatureExtractor
+from streamad.io.sources import Source, identity
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
 from streamad.stores.array_store import ArrayStore, ZarrStore
@@ -52,10 +53,37 @@ _KEEP: Any = object()  # commit(): leave the stored normalisation / threshold as
 
 @dataclass(slots=True)
 class FitProgress:
-    """How far a fit got: the next frame index of each source, and the frames taken."""
+    """How far a fit got: the next frame index of each source, and the frames taken; for the
+    sources a fit named, where their fitted range starts and what they are
+    (:func:`~streamad.io.sources.identity`), so a merge can refuse two fits of the same frames."""
 
     next_index: dict[str, int] = field(default_factory=dict)
     frames_seen: int = 0
+    start: dict[str, int] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)
+
+    def claim(self, sources: Sequence[Source], start: int | None) -> None:
+        """Record the start and identity of sources new to the fit (a resume keeps its own)."""
+        for source in sources:
+            self.start.setdefault(source.source_id, start or 0)
+            known = identity(source)
+            if known is not None:
+                self.identity.setdefault(source.source_id, known)
+
+    def range_of(self, source_id: str) -> tuple[str, int, int] | None:
+        """(identity, first, next) of a source's fitted frames, when the fit recorded them."""
+        if source_id not in self.identity or source_id not in self.next_index:
+            return None
+        return self.identity[source_id], self.start.get(source_id, 0), self.next_index[source_id]
+
+    def attrs(self) -> dict[str, dict[str, Any]]:
+        """The ``sources`` attribute of a store."""
+        return {
+            sid: {"next_index": n}
+            | ({"start": self.start[sid]} if sid in self.start else {})
+            | ({"source": self.identity[sid]} if sid in self.identity else {})
+            for sid, n in self.next_index.items()
+        }
 
 
 def open_store(path: str | Path, *, mode: str = "r") -> ZarrStore:
@@ -198,7 +226,7 @@ def commit(
         format_version=FORMAT_VERSION,
         generation=gen,
         frames_seen=progress.frames_seen,
-        sources={sid: {"next_index": n} for sid, n in progress.next_index.items()},
+        sources=progress.attrs(),
         streamad_version=streamad.__version__,
     )
     store.set_attrs(attrs)  # the commit
@@ -264,6 +292,8 @@ def read_progress(store: ArrayStore) -> FitProgress:
     return FitProgress(
         next_index={sid: _typed(count, v.get("next_index"), f"sources.{sid}.next_index", where) for sid, v in sources.items()},
         frames_seen=_typed(count, attrs.get("frames_seen", 0), "frames_seen", where),
+        start={sid: _typed(count, v["start"], f"sources.{sid}.start", where) for sid, v in sources.items() if "start" in v},
+        identity={sid: _typed(typed.text, v["source"], f"sources.{sid}.source", where) for sid, v in sources.items() if "source" in v},
     )
 
 
