@@ -311,3 +311,32 @@ def test_an_unreadable_file_is_a_clear_error_not_a_retry_loop(model: Path, tmp_p
     bad.write_bytes(b"not a video at all")
     with pytest.raises(DecodeError, match="bad.mp4"):
         watch([Camera("cam", str(bad), str(model))], tmp_path / "w", print_stats=lambda line: None)
+
+
+@needs_rtsp
+def test_dead_cameras_beside_a_healthy_one_take_nothing_from_it(model: Path, tmp_path: Path) -> None:
+    """Reliability II, item 5: a healthy RTSP camera beside three dead ones (a refused RTSP
+    port, a refused HTTP port, a server that accepts and never answers) drops nothing at a rate
+    it handles alone, and scores as much of its stream in the same time."""
+    server = Server(clip(tmp_path / "live.mp4", 400))  # 20 s at 20 fps: longer than each run
+    server.start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the kernel's backlog and are never answered
+    dead = [
+        Camera("refused", f"rtsp://127.0.0.1:{free_port()}/x", str(model)),
+        Camera("http", f"http://127.0.0.1:{free_port()}/y.mjpg", str(model)),
+        Camera("silent", f"rtsp://127.0.0.1:{silent.getsockname()[1]}/z", str(model)),
+    ]
+    healthy = Camera("door", server.url, str(model))
+    options = WatchOptions(live=FAST, stats_every_s=60.0, queue_size=32, duration_s=6.0)  # 1.6 s of queue: the start-up pass fits in it
+    try:
+        runs = {name: watch(cameras, tmp_path / name, options=options, print_stats=lambda _: None) for name, cameras in (("alone", [healthy]), ("beside", [healthy, *dead]))}
+    finally:
+        server.kill()
+        silent.close()
+    alone, beside = runs["alone"].streams["door"], runs["beside"].streams["door"]
+    assert alone.received > 60 and alone.dropped_total == 0, alone.line("door")
+    assert beside.dropped_total == 0 and beside.scored == beside.received, beside.line("door")
+    assert beside.scored >= 0.8 * alone.scored, (alone.line("door"), beside.line("door"))
+    assert all(runs["beside"].streams[c.name].received == 0 and runs["beside"].streams[c.name].reconnects >= 1 for c in dead)
