@@ -52,6 +52,9 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=Finite(), default=None, help="Covariance ridge (default 0.01).")
 @click.option("--bank-size", type=click.IntRange(min=1), default=None, help="knn: patches each memory bank keeps (default 2500 for video, 10000 for images).")
+@click.option(
+    "--patch-stride", type=click.IntRange(min=1), default=None, help="knn: the patch grid's stride in input pixels (default 8 for video, 4 for images)."
+)
 @click.option("--motion", default=None, help="Video motion cues: off, or feat, flow, speed comma-separated (padim: feat, flow; knn: feat, speed, its default).")
 @click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file for a torchvision --backbone-b.")
@@ -89,6 +92,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 
     given = {"method": kw["method"], "backbone": kw["backbone"], "input_hw": parse_hw(kw["input_size"]), "k": kw["k"], "seed": kw["seed"]}
     given.update(eps=kw["eps"], weights=kw["weights"], motion=kw["motion"], backbone_b=kw["backbone_b"], weights_b=kw["weights_b"], bank_size=kw["bank_size"])
+    given["patch_stride"] = kw["patch_stride"]
     config = None
     if not kw["resume"] or any(v is not None for v in given.values()):
         defaults = ModelConfig(method=AUTO, motion=AUTO)  # settled by the sources when the fit starts

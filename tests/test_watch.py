@@ -331,7 +331,10 @@ def test_dead_cameras_beside_a_healthy_one_take_nothing_from_it(model: Path, tmp
     healthy = Camera("door", server.url, str(model))
     options = WatchOptions(live=FAST, stats_every_s=60.0, queue_size=32, duration_s=6.0)  # 1.6 s of queue: the start-up pass fits in it
     try:
-        runs = {name: watch(cameras, tmp_path / name, options=options, print_stats=lambda _: None) for name, cameras in (("alone", [healthy]), ("beside", [healthy, *dead]))}
+        runs = {
+            name: watch(cameras, tmp_path / name, options=options, print_stats=lambda _: None)
+            for name, cameras in (("alone", [healthy]), ("beside", [healthy, *dead]))
+        }
     finally:
         server.kill()
         silent.close()

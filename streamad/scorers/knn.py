@@ -1,11 +1,13 @@
 """``knn``: a position-free memory bank of patch features (PatchCore-style), bounded while streaming.
 
-A patch's feature is the backbone's two coarser taps (strides 8 and 16: mid-level features, as
-PatchCore leaves out the first, generic block), each averaged over its 3x3 neighbourhood (local
-context: PatchCore's locally aware patch features) and concatenated on the stride-8 grid. A
-patch scores its Euclidean distance to the nearest patch of the bank, wherever in the frame that
-one was seen: a pedestrian is normal anywhere pedestrians were seen, a rotated part anywhere
-its texture was.
+A patch's feature is the backbone's taps at ``patch_stride`` and coarser, each averaged over its
+3x3 neighbourhood (local context: PatchCore's locally aware patch features) and concatenated on
+the ``patch_stride`` grid. For video the grid is at stride 8 (the taps at strides 8 and 16:
+mid-level features, as PatchCore leaves out the first, generic block; things span many patches
+and a frame has a time budget); for image sets at stride 4, every tap, as padim's maps (a small
+defect covers a few stride-8 patches; the finest tap also carries colour). A patch scores its
+Euclidean distance to the nearest patch of the bank, wherever in the frame that one was seen:
+a pedestrian is normal anywhere pedestrians were seen, a rotated part anywhere its texture was.
 
 The bank stays within ``bank_size`` patches however long the stream
 (:class:`~streamad.scorers.bank.MemoryBank`): a frame offers every ``SAMPLE_EVERY``-th patch, and
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamad.config import IMAGE_BANK_SIZE, ModelConfig, motion_kinds
+from streamad.config import IMAGE_BANK_SIZE, VIDEO_PATCH_STRIDE, ModelConfig, motion_kinds
 from streamad.errors import ConfigError
 from streamad.features.extractor import FeatureExtractor, Features
 from streamad.features.temporal import HAS_MOTION, MOTION, REGIONS, MotionTracker
@@ -48,12 +50,13 @@ class KnnScorer(FitCounts):
     video the motion cues ``kinds`` (``feat``: a bank of patch changes; ``speed``).
 
     Args:
-        layers: the two tapped layers used, finer first.
+        layers: the tapped layers used, finer first.
         channels: their channel counts.
-        grid: the finer used tap's grid (h, w), where patches live.
+        grid: the finest used tap's grid (h, w), where patches live (its stride: ``patch_stride``).
         finest: the extractor's finest grid (h, w): distances are upsampled to it.
         bank_size: patches each bank keeps (its budget).
         seed: seeds the selection's random projection.
+        patch_stride: the stride of ``grid`` in input pixels (recorded).
         motion_lag_s: the motion cues' lag in seconds (None: appearance only).
         kinds: the motion cues (of :data:`KINDS`).
         input_hw: the model's input size (the speed cue's flow is at half of it).
@@ -68,6 +71,7 @@ class KnnScorer(FitCounts):
         finest: tuple[int, int],
         bank_size: int,
         seed: int,
+        patch_stride: int = VIDEO_PATCH_STRIDE,
         motion_lag_s: float | None = None,
         kinds: tuple[str, ...] = (),
         input_hw: tuple[int, int] = (0, 0),
@@ -78,7 +82,7 @@ class KnnScorer(FitCounts):
         if set(kinds) - set(KINDS) or (kinds and not motion_lag_s):
             raise ConfigError(f"expected --motion cues among {KINDS} (with a lag) for --method knn, got {kinds}")
         self.layers, self.channels, self.grid, self.finest = layers, channels, grid, finest
-        self.bank_size, self.seed, self.device = bank_size, seed, torch.device(device)
+        self.bank_size, self.seed, self.patch_stride, self.device = bank_size, seed, patch_stride, torch.device(device)
         self.motion_lag_s, self.kinds, self.input_hw = motion_lag_s, kinds, input_hw
         self.appearance = MemoryBank(channels, bank_size, seed=seed, device=self.device)
         self.motion = MemoryBank(channels, bank_size, seed=seed, device=self.device) if "feat" in kinds else None
@@ -100,7 +104,7 @@ class KnnScorer(FitCounts):
 
     def attrs(self) -> dict[str, Any]:
         motion = {"motion_lag_s": self.motion_lag_s, "motion": ",".join(self.kinds)} if self.kinds else {}
-        return {"bank_size": self.bank_size, "seed": self.seed, "layers_used": list(self.layers), **motion}
+        return {"bank_size": self.bank_size, "patch_stride": self.patch_stride, "seed": self.seed, "layers_used": list(self.layers), **motion}
 
     def tracker(self) -> MotionTracker | None:
         """What a job runs between :meth:`prepare` and the scorer, per source, in frame order."""
@@ -110,7 +114,7 @@ class KnnScorer(FitCounts):
 
     @torch.inference_mode()
     def prepare(self, features: Features) -> Features:
-        """Taps averaged over 3x3 neighbourhoods, on the stride-8 grid: ``{"patches": (B, P8, C)}``."""
+        """Taps averaged over 3x3 neighbourhoods, on the finest used tap's grid: ``{"patches": (B, P, C)}``."""
         first = features[self.layers[0]].float()
         parts = [F.avg_pool2d(first, 3, stride=1, padding=1, count_include_pad=False)]
         for name in self.layers[1:]:
@@ -205,9 +209,12 @@ class KnnScorer(FitCounts):
 
 
 def build(config: ModelConfig, extractor: FeatureExtractor) -> KnnScorer:
-    """The registry's factory for ``knn``: the extractor's two coarser taps (all it has, if fewer)."""
+    """The registry's factory for ``knn``: the extractor's taps at ``patch_stride`` and coarser."""
     spec = extractor.spec
-    used = range(len(spec.layers))[-2:]
+    patch_stride = config.patch_stride or VIDEO_PATCH_STRIDE  # stores from before it was recorded
+    used = [i for i, s in enumerate(spec.strides) if s >= patch_stride]
+    if not used or spec.strides[used[0]] != patch_stride:
+        raise ConfigError(f"expected --patch-stride among the strides of {spec.name}'s taps {list(spec.strides)}, got {patch_stride}")
     layers = tuple(spec.layers[i] for i in used)
     stride, (h, w) = spec.strides[used[0]], extractor.input_hw
     return KnnScorer(
@@ -216,6 +223,7 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> KnnScorer:
         grid=((h + stride - 1) // stride, (w + stride - 1) // stride),
         finest=extractor.feature_hw,
         bank_size=config.bank_size or IMAGE_BANK_SIZE,  # a fit settles it (ModelConfig.for_sources)
+        patch_stride=patch_stride,
         seed=config.seed,
         motion_lag_s=config.motion_lag_s if config.motion != "off" else None,
         kinds=motion_kinds(config.motion),
