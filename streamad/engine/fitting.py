@@ -194,9 +194,9 @@ def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions,
     if config is not None:
         auto = {name: getattr(stored, name) for name in ("method", "motion") if getattr(config, name) == AUTO}  # the store's own
         config = replace(config, **auto)
-        given = {"input_hw": config.input_hw or stored.input_hw, "motion_lag_s": config.motion_lag_s or stored.motion_lag_s}
-        given |= {"bank_size": config.bank_size or stored.bank_size, "patch_stride": config.patch_stride or stored.patch_stride}  # left out: the store's
-        config = resolve(replace(config, **given))
+        left_out: dict[str, Any] = {"input_hw": config.input_hw or stored.input_hw, "motion_lag_s": config.motion_lag_s or stored.motion_lag_s}
+        left_out |= {"bank_size": config.bank_size or stored.bank_size, "patch_stride": config.patch_stride or stored.patch_stride}  # the store's
+        config = resolve(replace(config, **left_out))
         _check_same(config, stored, where, set(attrs.get("scorer") or {}))
     return load(store, where=where, device=device, weights=stored.weights, fitted=False)
 
