@@ -28,7 +28,8 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=PED2, help="a folder of clip folders (one per round and process) or one video")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    from streamad.stores.model_store import load, open_store, read_progress
+    from streamad.stores.fit_progress import read_progress
+    from streamad.stores.model_store import load, open_store
 
     work = args.work or Path(tempfile.mkdtemp(prefix="concurrent-fits-"))
     clips = sorted(p for p in args.source.iterdir() if p.is_dir()) if args.source.is_dir() else [args.source]

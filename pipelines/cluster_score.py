@@ -146,6 +146,7 @@ def score_on_cluster(
     root, rows = _driver_sinks(job, options, plot)
     store = root.folder if root is not None else None  # the new store, beside the old one until published
     told = _told(job, model, options, on, weights=(weights, weights_b), store=store, overlay=overlay, layers=overlay_layers, hook=hook)
+    commits = [rows.commit, *([root.commit] if root is not None else [])]  # once frames were scored: the outputs replace the old
     scored: dict[str, SourceScored] = {}
 
     def done(source: Source, result: SourceScored) -> None:
@@ -164,10 +165,8 @@ def score_on_cluster(
             actors(on_done=done, stopped=lambda: interrupted[0])
             summary.interrupted = len(scored) < len(job.sources)
         _write_rows(rows, job.sources, scored, summary)
-        if summary.frames:
-            rows.commit()
-            if root is not None:
-                root.commit()
+        for commit in commits if summary.frames else []:
+            commit()
     progress.finish()
     summary.plot = str(plot) if plot and summary.frames else None
     return summary

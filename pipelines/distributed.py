@@ -35,7 +35,8 @@ from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
 from streamad.stores.array_store import ArrayStore
-from streamad.stores.model_store import FitProgress, commit
+from streamad.stores.fit_progress import FitProgress
+from streamad.stores.model_store import commit
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from streamad.errors import ConfigError, StoreError
 from streamad.io.outputs import check_outputs
 from streamad.io.sources import resolve_sources
 from streamad.model import Model
-from streamad.stores.model_store import FitProgress, check_compatible, commit, create, load, open_store, read_progress
+from streamad.stores.fit_progress import FitProgress, read_progress
+from streamad.stores.model_store import check_compatible, commit, create, load, open_store
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,8 @@ from streamad.io.sources import FrameArrays, resolve_sources
 from streamad.model import Model
 from streamad.sinks import Sinks
 from streamad.stores.array_store import MemoryStore
-from streamad.stores.model_store import commit, create, open_store, read_progress
+from streamad.stores.fit_progress import read_progress
+from streamad.stores.model_store import commit, create, open_store
 from streamad.stores.model_store import load as load_store
 
 

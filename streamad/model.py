@@ -258,15 +258,10 @@ class Model:
         distances = self.branch(distances.unsqueeze(1) if distances.ndim == 2 else distances, frame_score.branch)
         if frame_score.normalised:
             normalisation = normalisation or self.normalisation
-            if normalisation is None and self.unfinished:
-                raise ConfigError(
-                    "expected a normalised model for the default frame scores, got a store whose fit was stopped before it finished; "
-                    "hint: continue it with `streamad fit SOURCES -m STORE --resume`"
-                )
             if normalisation is None:
-                raise ConfigError(
-                    "expected a normalised model for the default frame scores, got a store without normalisation; hint: refit, or score with --raw"
-                )
+                stopped = ("a store whose fit was stopped before it finished", "continue it with `streamad fit SOURCES -m STORE --resume`")
+                got, hint = stopped if self.unfinished else ("a store without normalisation", "refit, or score with --raw")
+                raise ConfigError(f"expected a normalised model for the default frame scores, got {got}; hint: {hint}")
             maps = self.maps(self.combine(distances, per_position=False, normalisation=normalisation))
             # A position-free method's frame scores pool the map itself (one scale per cue).
             scored = maps if self.spec.position_free else self.maps(self.combine(distances, per_position=True, normalisation=normalisation))

@@ -11,10 +11,21 @@ JSON and ``what`` (the file and key, for the message) and returns it typed, or r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+
+
+def checked(convert: Callable[[Any, str], T], value: Any, what: str, *, error: type[Exception], hint: str) -> T:
+    """``convert(value, what)``, its refusal raised as ``error`` with ``hint`` (a ground-truth
+    error for a label file, a store error for a store's attributes)."""
+    try:
+        return convert(value, what)
+    except ValueError as exc:
+        raise error(f"{exc}; hint: {hint}") from None
 
 
 def flag(value: Any, what: str) -> bool:

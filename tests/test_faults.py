@@ -41,8 +41,9 @@ from streamad.pipelines.score import score
 from streamad.pipelines.watch import WatchOptions, watch
 from streamad.sinks.stats import StreamStats
 from streamad.stores.array_store import ZarrStore
+from streamad.stores.fit_progress import read_progress
 from streamad.stores.locking import WriterLock, lock_path, readers
-from streamad.stores.model_store import load, open_store, read_progress
+from streamad.stores.model_store import load, open_store
 from streamad.stores.score_store import open_scores, read_source
 from tests.conftest import scene
 

@@ -12,7 +12,7 @@ import torch
 from streamad.engine.fitter import Fitter, checkpoints
 from streamad.frames import FeatureBatch, FrameRef
 from streamad.holdout import HoldOut
-from streamad.stores.model_store import FitProgress
+from streamad.stores.fit_progress import FitProgress
 
 
 class RecordingModel:

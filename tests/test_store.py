@@ -98,7 +98,8 @@ class TestModelStore:
     def test_round_trip_exact(self, tmp_path: Path) -> None:
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.stores.model_store import FitProgress, commit, create, load, open_store, read_progress, read_state
+        from streamad.stores.fit_progress import FitProgress, read_progress
+        from streamad.stores.model_store import commit, create, load, open_store, read_state
 
         model = Model(ModelConfig(method="soe", input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]
@@ -124,7 +125,8 @@ class TestModelStore:
         """(store, model, positions): a small model fitted on 30 random embeddings, committed."""
         from streamad.config import ModelConfig
         from streamad.model import Model
-        from streamad.stores.model_store import FitProgress, commit, create, open_store
+        from streamad.stores.fit_progress import FitProgress
+        from streamad.stores.model_store import commit, create, open_store
 
         model = Model(ModelConfig(method=method, input_hw=(32, 48), k=8))
         positions = model.extractor.feature_hw[0] * model.extractor.feature_hw[1]

@@ -278,7 +278,8 @@ def test_adapt_folds_normal_frames_in_and_a_restart_resumes(model: Path, tmp_pat
     import shutil
 
     from streamad.pipelines.calibrate import calibrate
-    from streamad.stores.model_store import load, open_store, read_progress
+    from streamad.stores.fit_progress import read_progress
+    from streamad.stores.model_store import load, open_store
 
     store = tmp_path / "m.zarr"
     shutil.copytree(model, store)

@@ -24,7 +24,7 @@ from streamad.features.extractor import Features
 from streamad.frames import FeatureBatch, FrameRef
 from streamad.holdout import HoldOut
 from streamad.model import Model
-from streamad.stores.model_store import FitProgress
+from streamad.stores.fit_progress import FitProgress
 
 
 class Fitter:

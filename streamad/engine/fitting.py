@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from streamad.engine.feature_cache import CACHE_FRAMES
 from streamad.engine.fitter import Fitter, checkpoints
 from streamad.engine.normalising import normalise_on
 from streamad.engine.progress import Progress, graceful_interrupt
+from streamad.engine.resuming import resumed_model
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import release_memory, torch_threads
 from streamad.errors import ConfigError, EmptySourceError, Interrupted, StoreError
@@ -33,7 +34,8 @@ from streamad.scorers.base import TrainRun, TrainStep
 from streamad.scorers.registry import resolve
 from streamad.scorers.trained import PAPER_STEPS, default_epochs
 from streamad.stores.array_store import ArrayStore
-from streamad.stores.model_store import FitProgress, commit, config_from_attrs, create, load, open_store, read_progress
+from streamad.stores.fit_progress import FitProgress, read_progress
+from streamad.stores.model_store import commit, create, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +131,8 @@ def open_fit(
         store = open_store(path, mode="a") if path is not None else target
         assert not isinstance(store, str | Path)
         try:
-            model, state = _resumed(store, config, options, where=str(target), device=device), read_progress(store)
+            reading = {"every": options.every, "holdout_every": options.holdout_every, "epochs": options.epochs}
+            model, state = resumed_model(store, config, reading, where=str(target), device=device), read_progress(store)
         except BaseException:
             if store is not target:
                 store.close()
@@ -179,40 +182,6 @@ def fit_extra(options: FitOptions) -> dict[str, Any]:
     says ``--resume``)."""
     recorded: dict[str, Any] = {"every": options.every, "holdout_every": options.holdout_every or HOLDOUT_EVERY, "unfinished": True}
     return recorded | ({"epochs": options.epochs} if options.epochs else {})
-
-
-def _resumed(store: ArrayStore, config: ModelConfig | None, options: FitOptions, *, where: str, device: str) -> Model:
-    """The stored model to continue, after checking the options agree with it."""
-    attrs = store.attrs()
-    stored = config_from_attrs(attrs, weights=config.weights if config else None, where=where)
-    if attrs.get("frames_seen"):  # which frames were fitted and which held out must not change
-        for option, given in (("every", options.every), ("holdout_every", options.holdout_every), ("epochs", options.epochs)):
-            recorded = attrs.get(option, 1 if option == "every" else None)  # stores before holdout_every was recorded: unknown
-            if recorded is not None and given is not None and recorded != given:
-                flag = "--" + option.replace("_", "-")
-                raise ConfigError(f"expected {flag} {recorded}, as {where} was fitted with, got {given}; hint: pass {flag} {recorded}")
-    if config is not None:
-        auto = {name: getattr(stored, name) for name in ("method", "motion") if getattr(config, name) == AUTO}  # the store's own
-        config = replace(config, **auto)
-        left_out: dict[str, Any] = {"input_hw": config.input_hw or stored.input_hw, "motion_lag_s": config.motion_lag_s or stored.motion_lag_s}
-        left_out |= {"bank_size": config.bank_size or stored.bank_size, "patch_stride": config.patch_stride or stored.patch_stride}  # the store's
-        config = resolve(replace(config, **left_out))
-        _check_same(config, stored, where, set(attrs.get("scorer") or {}))
-    return load(store, where=where, device=device, weights=stored.weights, fitted=False)
-
-
-ALWAYS_RECORDED = ("method", "backbone", "input_hw", "sigma", "motion", "backbone_b", "weights_b")
-
-
-def _check_same(config: ModelConfig, stored: ModelConfig, where: str, recorded: set[str]) -> None:
-    """The given settings against the store's, for those it records (the model's own and its
-    scorer's: ``-k`` means nothing to a memory bank, which does not record it)."""
-    for name in (f.name for f in fields(ModelConfig) if f.name in ALWAYS_RECORDED or f.name in recorded):
-        if getattr(config, name) != getattr(stored, name):
-            raise StoreError(
-                f"expected a store fitted with {name}={getattr(config, name)!r}, got {name}={getattr(stored, name)!r} in {where}; "
-                "hint: leave the option out to continue with the store's, or fit a new store"
-            )
 
 
 def finish(

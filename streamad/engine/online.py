@@ -25,7 +25,8 @@ from streamad.io.cameras import Camera
 from streamad.model import Model
 from streamad.scorers.registry import resolve
 from streamad.stores.array_store import ArrayStore
-from streamad.stores.model_store import FitProgress, commit, config_from_attrs, create, load, open_store, read_progress
+from streamad.stores.fit_progress import FitProgress, read_progress
+from streamad.stores.model_store import commit, config_from_attrs, create, load, open_store
 
 logger = logging.getLogger(__name__)
 

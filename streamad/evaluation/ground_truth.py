@@ -2,36 +2,34 @@
 
 Layouts (detected from the folder given):
 
-- **MVTec AD** category: ``test/<defect>/*.png`` with ``ground_truth/<defect>/<stem>_mask.png``
-  (or ``<stem>.png``); ``test/good`` has no masks. **MVTec 3D-AD**: ``test/<defect>/rgb/*.png``
-  with ``test/<defect>/gt/*.png``.
-- **ShanghaiTech / mSTC**: ``testing/frames/<clip>/`` with ``test_frame_mask/<clip>.npy`` (T,)
-  and ``test_pixel_mask/<clip>.npy`` (T, H, W), at the root or under ``testing/``.
-- **UCSD** (as in ``ucsd_ped2``): ``testing/frames/<clip>/``, ``testing/masks/<clip>/<frame>.png``
-  and ``testing/frame_labels.json`` ``{clip: [0, 1, ...]}``.
+- **MVTec AD** category: ``test/<defect>/*.png`` with ``ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``);
+  ``test/good`` has no masks. **MVTec 3D-AD**: ``test/<defect>/rgb/*.png`` with ``test/<defect>/gt/*.png``.
+- **ShanghaiTech / mSTC**: ``testing/frames/<clip>/`` with ``test_frame_mask/<clip>.npy`` (T,) and
+  ``test_pixel_mask/<clip>.npy`` (T, H, W), at the root or under ``testing/``.
+- **UCSD** (as in ``ucsd_ped2``): ``testing/frames/<clip>/``, ``testing/masks/<clip>/<frame>.png`` and
+  ``testing/frame_labels.json`` ``{clip: [0, 1, ...]}``.
 - **MVTec LOCO AD** category: ``test/{good,logical_anomalies,structural_anomalies}/*.png`` with
-  ``ground_truth/<type>/<stem>/000.png, 001.png, ...`` (one file per annotated defect; its pixel
-  value names the defect type in ``defects_config.json``, which gives each type's saturation
-  threshold for sPRO). Without ``test/good``, ``validation/good`` serves as the normal test
-  images (a warning says so).
-- **KolektorSDD**: ``kosNN/PartK.jpg`` with ``kosNN/PartK_label.bmp`` (or ``.png``); a part is
-  defective when its label has any non-zero pixel. Each ``kos`` folder is one source.
-- **Generic**: a folder of images with ``masks=`` a folder of masks (same stem, optionally
-  ``_mask``; every image needs one, all-zero for normal images), or ``labels=`` a JSON file
-  ``{image name: 0 or 1}`` (image-level only: no pixel metrics).
+  ``ground_truth/<type>/<stem>/000.png, 001.png, ...`` (one file per annotated defect; its pixel value names the
+  defect type in ``defects_config.json``, which gives each type's saturation threshold for sPRO). Without
+  ``test/good``, ``validation/good`` serves as the normal test images (a warning says so).
+- **KolektorSDD**: ``kosNN/PartK.jpg`` with ``kosNN/PartK_label.bmp`` (or ``.png``); a part is defective when its
+  label has any non-zero pixel. Each ``kos`` folder is one source.
+- **Generic**: a folder of images with ``masks=`` a folder of masks (same stem, optionally ``_mask``; every image
+  needs one, all-zero for normal images), or ``labels=`` a JSON file ``{image name: 0 or 1}`` (image-level only).
 
-Anything malformed (a missing mask, a mask whose size differs from its image, a label count
-that differs from the clip length) raises :class:`GroundTruthError` naming the file.
+Anything malformed (a missing mask, a mask whose size differs from its image, a label count that differs from
+the clip length, a label that is not 0, 1, true or false) raises :class:`GroundTruthError` naming the file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,13 +38,14 @@ from streamad import typed
 from streamad.errors import StreamadError
 from streamad.io.sources import IMAGE_SUFFIXES, ImageSequence, natural_key
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
 class GroundTruthError(StreamadError):
     """The ground truth is missing, malformed or does not match the test frames."""
 
+
+_checked = functools.partial(typed.checked, error=GroundTruthError, hint="fix the file")
 
 MaskOf = Callable[[int], np.ndarray | None]  # frame index -> bool mask at the image's size; None = all normal
 Defect = tuple[np.ndarray, float]  # (bool mask at the image's size, sPRO saturation threshold in pixels)
@@ -81,7 +80,6 @@ class LabelledSource:
 class GroundTruth:
     layout: str
     sources: tuple[LabelledSource, ...]
-
     normal_from: str = "test"  # where the normal test images come from (LOCO: test or validation)
 
     @property
@@ -121,10 +119,8 @@ def read_mask(path: Path, *, image: Path) -> np.ndarray:
 
 
 def _find_mask(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}_mask.png", f"{stem}.png", f"{stem}_mask.jpg", f"{stem}.jpg", f"{stem}.bmp", f"{stem}.tif", f"{stem}.tiff"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    names = (f"{stem}_mask.png", f"{stem}.png", f"{stem}_mask.jpg", f"{stem}.jpg", f"{stem}.bmp", f"{stem}.tif", f"{stem}.tiff")
+    return next((folder / name for name in names if (folder / name).is_file()), None)
 
 
 def _mask_files(images: Sequence[Path], folder: Path, *, what: str) -> list[Path]:
@@ -159,19 +155,11 @@ def _mvtec(root: Path) -> GroundTruth:
             masks = list(_mask_files(images, defect / "gt", what="MVTec 3D-AD layout"))
         else:
             masks = list(_mask_files(images, root / "ground_truth" / defect.name, what="MVTec AD layout"))
-        labels = np.full(len(images), not normal)
-        sources.append(LabelledSource(ImageSequence(defect.name, tuple(images), timed=False), labels, _file_masks(images, masks), defect.name))
+        labelled = ImageSequence(defect.name, tuple(images), timed=False), np.full(len(images), not normal), _file_masks(images, masks), defect.name
+        sources.append(LabelledSource(*labelled))
     if not sources:
         raise GroundTruthError(f"expected test images in {root / 'test'}/<defect>/, got none")
     return GroundTruth("mvtec", tuple(sources))
-
-
-def _typed(convert: Callable[[Any, str], T], value: Any, what: str) -> T:
-    """``convert(value, what)`` (:mod:`streamad.typed`), its refusal as a ground-truth error."""
-    try:
-        return convert(value, what)
-    except ValueError as exc:
-        raise GroundTruthError(f"{exc}; hint: fix the file") from None
 
 
 def _npy(path: Path) -> np.ndarray:
@@ -189,7 +177,7 @@ def _mstc(root: Path, frames_dir: Path) -> GroundTruth:
         label_file = base / "test_frame_mask" / f"{clip.name}.npy"
         if not label_file.is_file():
             raise GroundTruthError(f"expected frame labels {label_file} for clip {clip}, got no such file")
-        labels = _typed(typed.flags, _npy(label_file).ravel(), f"the frame labels in {label_file}")
+        labels = _checked(typed.flags, _npy(label_file).ravel(), f"the frame labels in {label_file}")
         if len(labels) != len(images):
             raise GroundTruthError(f"expected {len(images)} frame labels in {label_file} (one per frame of {clip}), got {len(labels)}")
         pixel_file = base / "test_pixel_mask" / f"{clip.name}.npy"
@@ -222,7 +210,7 @@ def _ucsd(root: Path) -> GroundTruth:
         images = _images(clip)
         if not isinstance(all_labels, dict) or clip.name not in all_labels:
             raise GroundTruthError(f"expected labels for clip {clip.name} in {label_file}, got none")
-        labels = _typed(typed.flags, all_labels[clip.name], f"the labels of clip {clip.name} in {label_file}")
+        labels = _checked(typed.flags, all_labels[clip.name], f"the labels of clip {clip.name} in {label_file}")
         if len(labels) != len(images):
             raise GroundTruthError(f"expected {len(images)} frame labels for clip {clip.name} in {label_file} (one per frame of {clip}), got {len(labels)}")
         mask_of = None
@@ -252,8 +240,7 @@ def _generic(root: Path, masks: Path | None, labels: Path | None) -> GroundTruth
     missing = [p.name for p in images if p.name not in table and p.stem not in table]
     if missing:
         raise GroundTruthError(f"expected a label in {labels} for every image of {root}, got none for {missing[0]} ({len(missing)} missing)")
-    key = {p: p.name if p.name in table else p.stem for p in images}
-    flags = np.array([_typed(typed.flag, table[key[p]], f"the label of {key[p]!r} in {labels}") for p in images], bool)
+    flags = np.array([_checked(typed.flag, table.get(p.name, table.get(p.stem)), f"the label of {p.name!r} in {labels}") for p in images], bool)
     return GroundTruth("labels", (LabelledSource(ImageSequence(root.name, tuple(images), timed=False), flags, None, root.name),))
 
 
@@ -277,17 +264,10 @@ def read_defects_config(path: Path) -> dict[int, DefectType]:
         raise GroundTruthError(f"expected {path} (MVTec LOCO layout: each defect type's pixel value and saturation threshold), got no such file")
     try:
         entries = json.loads(path.read_text())
-        types = []
-        for i, entry in enumerate(entries):
-            where = f"entry {i} of {path}"
-            types.append(
-                DefectType(
-                    _typed(typed.text, entry["defect_name"], f"defect_name in {where}"),
-                    _typed(typed.integer, entry["pixel_value"], f"pixel_value in {where}"),
-                    _typed(typed.number, entry["saturation_threshold"], f"saturation_threshold in {where}"),
-                    _typed(typed.flag, entry["relative_saturation"], f"relative_saturation in {where}"),
-                )
-            )
+        keys: tuple[tuple[str, Callable[[Any, str], Any]], ...] = (
+            ("defect_name", typed.text), ("pixel_value", typed.integer), ("saturation_threshold", typed.number), ("relative_saturation", typed.flag)
+        )
+        types = [DefectType(*(_checked(convert, e[key], f"{key} in entry {i} of {path}") for key, convert in keys)) for i, e in enumerate(entries)]
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise GroundTruthError(
             f"expected a JSON list of {{defect_name, pixel_value, saturation_threshold, relative_saturation}} in {path}, got an unreadable file ({exc!r})"

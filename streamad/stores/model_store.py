@@ -20,13 +20,11 @@ a crash at any moment leaves the previous generation readable.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +35,10 @@ from streamad.calibration import Normalisation, Threshold
 from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.features.extractor import FeatureExtractor
-from streamad.io.sources import Source, identity
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
 from streamad.stores.array_store import ArrayStore, ZarrStore
+from streamad.stores.fit_progress import EDITED, FitProgress
 
 logger = logging.getLogger(__name__)
 
@@ -49,41 +47,6 @@ READABLE_FORMATS = (2, 3)  # the scorers read the arrays of both (README, "Store
 KIND = "streamad-model"
 CHUNK_BYTES = 8 << 20  # reads of 2 MB chunks were twice as slow (zarr per-chunk overhead)
 _KEEP: Any = object()  # commit(): leave the stored normalisation / threshold as they are
-
-
-@dataclass(slots=True)
-class FitProgress:
-    """How far a fit got: the next frame index of each source, and the frames taken; for the
-    sources a fit named, where their fitted range starts and what they are
-    (:func:`~streamad.io.sources.identity`), so a merge can refuse two fits of the same frames."""
-
-    next_index: dict[str, int] = field(default_factory=dict)
-    frames_seen: int = 0
-    start: dict[str, int] = field(default_factory=dict)
-    identity: dict[str, str] = field(default_factory=dict)
-
-    def claim(self, sources: Sequence[Source], start: int | None) -> None:
-        """Record the start and identity of sources new to the fit (a resume keeps its own)."""
-        for source in sources:
-            self.start.setdefault(source.source_id, start or 0)
-            known = identity(source)
-            if known is not None:
-                self.identity.setdefault(source.source_id, known)
-
-    def range_of(self, source_id: str) -> tuple[str, int, int] | None:
-        """(identity, first, next) of a source's fitted frames, when the fit recorded them."""
-        if source_id not in self.identity or source_id not in self.next_index:
-            return None
-        return self.identity[source_id], self.start.get(source_id, 0), self.next_index[source_id]
-
-    def attrs(self) -> dict[str, dict[str, Any]]:
-        """The ``sources`` attribute of a store."""
-        return {
-            sid: {"next_index": n}
-            | ({"start": self.start[sid]} if sid in self.start else {})
-            | ({"source": self.identity[sid]} if sid in self.identity else {})
-            for sid, n in self.next_index.items()
-        }
 
 
 def open_store(path: str | Path, *, mode: str = "r") -> ZarrStore:
@@ -271,32 +234,6 @@ def _collect_garbage(store: ArrayStore, attrs: dict[str, Any]) -> None:
                 store.delete(name)
 
 
-T = TypeVar("T")
-
-
-def _typed(convert: Callable[[Any, str], T], value: Any, key: str, where: object) -> T:
-    """``convert`` (:mod:`streamad.typed`) of attribute ``key``, its refusal a store error."""
-    try:
-        return convert(value, f"{key} in {where}")
-    except ValueError as exc:
-        raise StoreError(f"{exc}; hint: the store's zarr.json was edited; refit, or restore it") from None
-
-
-def read_progress(store: ArrayStore) -> FitProgress:
-    """How far the store's fit got: each source's next frame index and the frames seen."""
-    attrs, where = store.attrs(), getattr(store, "path", "the store")
-    sources = attrs.get("sources") or {}
-    if not isinstance(sources, dict) or not all(isinstance(v, dict) for v in sources.values()):
-        raise StoreError(f"expected sources in {where} to be an object {{source: {{next_index}}}}, got {sources!r}; hint: refit, or restore zarr.json")
-    count = functools.partial(typed.integer, minimum=0)
-    return FitProgress(
-        next_index={sid: _typed(count, v.get("next_index"), f"sources.{sid}.next_index", where) for sid, v in sources.items()},
-        frames_seen=_typed(count, attrs.get("frames_seen", 0), "frames_seen", where),
-        start={sid: _typed(count, v["start"], f"sources.{sid}.start", where) for sid, v in sources.items() if "start" in v},
-        identity={sid: _typed(typed.text, v["source"], f"sources.{sid}.source", where) for sid, v in sources.items() if "source" in v},
-    )
-
-
 class _StoredArrays(Mapping[str, np.ndarray]):
     """A state's arrays, each read from the store when first used (inside the reading)."""
 
@@ -378,7 +315,7 @@ def _load(
             model.load_state(state)
         except StoreError as exc:
             raise StoreError(f"model store {where}: {exc}; hint: its attributes and arrays disagree (edited or damaged): refit it") from None
-    model.unfinished = _typed(typed.flag, attrs.get("unfinished", False), "unfinished", where)
+    model.unfinished = typed.checked(typed.flag, attrs.get("unfinished", False), f"unfinished in {where}", error=StoreError, hint=EDITED)
     if not fitted:
         return model
     if model.frames_seen == 0:
@@ -393,14 +330,14 @@ def _load(
         model.normalisation = Normalisation(
             position_mean=store.read(f"{cal['path']}/position_mean"),
             normal_scores=store.read(f"{cal['path']}/normal_scores"),
-            frames=_typed(typed.integer, cal["frames"], "normalisation.frames", where),
+            frames=typed.checked(typed.integer, cal["frames"], f"normalisation.frames in {where}", error=StoreError, hint=EDITED),
             frame_score=cal.get("frame_score", FrameScoreConfig().attrs()),  # stores before it was recorded: the defaults
         )
     stored = attrs.get("threshold")
     if stored and stored.get("of") != revision:
         logger.warning("ignoring the stored threshold: it was set before the model was refitted; run `streamad calibrate` again")
     elif stored:
-        value = _typed(typed.number, stored["value"], "threshold.value", where)
+        value = typed.checked(typed.number, stored["value"], f"threshold.value in {where}", error=StoreError, hint=EDITED)
         model.threshold = Threshold(value, stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))
     return model
 
