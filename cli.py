@@ -377,6 +377,25 @@ def info(store: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Fitted model store.")
+@click.option("--out", "-o", "out", required=True, help="The file to write (model.onnx).")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="What to write.")
+@click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
+@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
+@friendly_errors
+def export(model_path: str, out: str, fmt: str, raw: bool, weights: str | None, weights_b: str | None) -> None:
+    """Export a fitted model's scoring graph: uint8 frames in, anomaly maps and frame scores out.
+
+    Example: streamad export -m hazelnut.zarr -o hazelnut.onnx (then run it with onnxruntime)
+    """
+    setup(None, False)
+    from streamad.pipelines.export import export as run_export
+
+    say(run_export(model_path, out, fmt=fmt, raw=raw, weights=weights, weights_b=weights_b).lines())
+
+
+@main.command()
 @click.option("--out", "-o", "out_dir", default="demo-output", show_default=True, help="Folder for every output.")
 @click.option("--video", default=None, help="Use this clip instead of a generated one.")
 @click.option("--device", default="auto", show_default=True)

@@ -86,7 +86,7 @@ def topk_mean(maps: Tensor, *, fraction: float) -> Tensor:
         shape (B,).
     """
     flat = maps.flatten(1)
-    count = max(1, int(round(fraction * flat.shape[1])))
+    count = max(1, int(round(fraction * int(flat.shape[1]))))  # int(): a constant when traced (export)
     if count == 1:
         return flat.amax(1)
     return flat.topk(count, dim=1).values.mean(1)

@@ -117,6 +117,14 @@ class FeatureExtractor(nn.Module):
             features |= {SECOND + name: f for name, f in self._run(self.backbone_b, images).items()}
         return features
 
+    def whole(self, images: Tensor) -> Features:
+        """The backbone(s) on normalised float images in one pass each, without the CPU's
+        micro-batches or CUDA's half precision: the graph an export traces."""
+        features = dict(self.backbone(images))
+        if self.backbone_b is not None:
+            features |= {SECOND + name: f for name, f in self.backbone_b(images).items()}
+        return features
+
     def _run(self, net: nn.Module, images: Tensor) -> Features:
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)

@@ -305,5 +305,5 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> GaussianScorer:
     )
 
 
-PADIM = ScorerSpec("padim", build, motions=("feat", "flow"))
-SOE = ScorerSpec("soe", build, motions=("feat", "flow"))
+PADIM = ScorerSpec("padim", build, motions=("feat", "flow"), exportable=True)
+SOE = ScorerSpec("soe", build, motions=("feat", "flow"), exportable=True)

@@ -188,5 +188,5 @@ def build(config: ModelConfig, extractor: FeatureExtractor) -> MappingScorer:
     )
 
 
-PFM = ScorerSpec("pfm", build, extractors=2, default_pair=default_pair)
-PEFM = ScorerSpec("pefm", build, extractors=2, default_pair=default_pair)
+PFM = ScorerSpec("pfm", build, extractors=2, default_pair=default_pair, exportable=True)
+PEFM = ScorerSpec("pefm", build, extractors=2, default_pair=default_pair, exportable=True)

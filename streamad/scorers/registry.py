@@ -44,6 +44,8 @@ class ScorerSpec:
         position_free: its distances mean the same wherever a patch is: frame scores normalise
             them by the cue's mean over all positions, not per position (which would bring the
             place back in).
+        exportable: ``streamad export`` can write its scoring graph (a fixed graph of tensor
+            operations from frames to distances, tested equal to PyTorch's; appearance only).
 
     Example:
         >>> spec = scorer_spec("pfm")
@@ -60,6 +62,7 @@ class ScorerSpec:
     steps: int | None = None
     motions: tuple[str, ...] = ()
     position_free: bool = False
+    exportable: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():

@@ -1,0 +1,127 @@
+"""``streamad export``: the ONNX graph of a fitted model equals PyTorch's scoring (maps and
+frame scores to 1e-4 relative), runs without torch or streamad, and bad input is one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import streamad
+from streamad.cli import main
+from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.engine.fitting import FitOptions
+from streamad.engine.scoring import load_model
+from streamad.frames import FrameRef
+from tests.test_evaluate import mvtec
+
+ort = pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+HW = (96, 128)  # the toy set's frame size: frames need no resizing
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mvtec(tmp_path_factory.mktemp("export") / "toy")
+
+
+def toy_frames(root: Path) -> np.ndarray:
+    paths = sorted((root / "test").glob("*/*.png"))
+    return np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("method", ["padim", "soe", "pfm", "pefm"])
+def test_exported_graph_equals_pytorch(method: str, toy: Path, tmp_path: Path) -> None:
+    store = tmp_path / f"{method}.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(method=method, input_hw=HW, k=16), options=FitOptions(holdout_every=4, epochs=2))
+    frames = toy_frames(toy)
+    code = CliRunner().invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "m.onnx")])
+    assert code.exit_code == 0 and "exported" in code.output, code.output
+    model = load_model(store, device="cpu", weights=None)
+    frame_score = model.settled(FrameScoreConfig())
+    refs = [FrameRef("t", i, 0.0) for i in range(len(frames))]
+    expected = model.results(refs, model.distances(model.prepare(model.extractor.extract(list(frames)))), frame_score=frame_score)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for batch in (frames[:1], frames[1:8], frames):  # the batch is dynamic
+        maps, scores = session.run(["maps", "scores"], {"frames": batch})
+        first = 0 if len(batch) != 7 else 1
+        want = expected[first : first + len(batch)]
+        assert relative(maps, np.stack([r.anomaly_map for r in want])) < 1e-4
+        assert relative(scores, np.array([r.score for r in want])) < 1e-4
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["method"] == method and json.loads(meta["input_hw"]) == list(HW) and meta["streamad_version"] == streamad.__version__
+    assert json.loads(meta["frame_score"]) == frame_score.attrs()
+
+
+BLOCK_IMPORTS = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "streamad", "torchvision", "cv2"):
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_the_readme_script_scores_without_torch_or_streamad_as_score_does(toy: Path, tmp_path: Path) -> None:
+    """The README's script, verbatim, in a process where torch and streamad cannot be imported,
+    gives `streamad score`'s frame scores to 1e-4."""
+    text = (ROOT / "README.md").read_text()
+    script = re.search(r"## Deploy.*?```python\n(.*?)```", text, re.S)
+    assert script, "README.md lost its Deploy script"
+    assert len(script.group(1).strip().splitlines()) <= 10
+    store, onnx_file = tmp_path / "m.zarr", tmp_path / "m.onnx"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "-m", str(store), "-o", str(onnx_file)]).exit_code == 0
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, path in enumerate(sorted((toy / "test").glob("*/*.png"))):
+        shutil.copy(path, folder / f"{i:03d}.png")
+    frames = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(folder.glob("*.png"))])
+    np.save(tmp_path / "frames.npy", frames)
+    (tmp_path / "deploy.py").write_text(BLOCK_IMPORTS + script.group(1))
+    command = [sys.executable, str(tmp_path / "deploy.py"), str(onnx_file), str(tmp_path / "frames.npy")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    alone = np.array([float(v) for v in done.stdout.split()])
+    result = runner.invoke(main, ["score", str(folder), "-m", str(store), "-o", str(tmp_path / "s"), "-q"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "s" / "scores.csv") as f:
+        scored = np.array([float(row["score"]) for row in csv.DictReader(f)])
+    assert len(alone) == len(scored) == len(frames) and relative(alone, scored) < 1e-4
+    blocked = subprocess.run([sys.executable, "-c", BLOCK_IMPORTS + "import torch"], capture_output=True, text=True)
+    assert blocked.returncode != 0 and "torch is not installed here" in blocked.stderr
+
+
+def test_bad_exports_are_one_line(toy: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    store = tmp_path / "knn.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(method="knn", input_hw=HW), options=FitOptions(holdout_every=4))
+    (tmp_path / "plain").mkdir()
+    cases = {
+        "knn": ["-m", str(store), "-o", str(tmp_path / "k.onnx")],
+        "not a store": ["-m", str(tmp_path / "plain"), "-o", str(tmp_path / "p.onnx")],
+        "missing": ["-m", str(tmp_path / "none.zarr"), "-o", str(tmp_path / "n.onnx")],
+        "onto the model": ["-m", str(store), "-o", str(store)],
+    }
+    for why, args in cases.items():
+        result = runner.invoke(main, ["export", *args])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, (why, result.output)
+    assert "exportable method" in runner.invoke(main, ["export", *cases["knn"]]).output
+    result = runner.invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "x.xml"), "--format", "tflite"])
+    assert result.exit_code == 2 and "tflite" in result.output
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".new-*"))
