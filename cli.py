@@ -52,29 +52,15 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Projection seed (default 0).")
 @click.option("--eps", type=Finite(), default=None, help="Covariance ridge (default 0.01).")
 @click.option("--bank-size", type=click.IntRange(min=1), default=None, help="knn: patches each memory bank keeps (default 2500 for video, 10000 for images).")
-@click.option(
-    "--patch-stride", type=click.IntRange(min=1), default=None, help="knn: the patch grid's stride in input pixels (default 8 for video, 4 for images)."
-)
+@click.option("--patch-stride", type=click.IntRange(min=1), default=None, help="knn: the patch grid's stride in pixels (default 8 for video, 4 for images).")
 @click.option("--motion", default=None, help="Video motion cues: off, or feat, flow, speed comma-separated (padim: feat, flow; knn: feat, speed, its default).")
 @click.option("--backbone-b", type=click.Choice(BACKBONES), default=None, help="Second backbone of pfm/pefm (default lite2).")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file for a torchvision --backbone-b.")
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Training epochs of trained scorers (pfm, pefm, ae-*; default: the papers' schedule scaled to the data).",
-)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs of trained scorers (default: the papers' schedule, scaled).")
 @click.option("--cache-frames", type=click.IntRange(min=1), default=None, help="Trained scorers: frames kept (reservoir-sampled) to train on (default 1000).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=2000, show_default=True, help="Frames between checkpoints.")
-@click.option(
-    "--calibration-frames", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many held-out frames normalise the distances."
-)
-@click.option(
-    "--holdout-every",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Every N-th frame is held out of the fit to normalise on (default 10; a resumed fit: its own).",
-)
+@click.option("--calibration-frames", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many held-out frames normalise.")
+@click.option("--holdout-every", type=click.IntRange(min=2), default=None, help="Every N-th frame is held out to normalise on (default 10; a resume: its own).")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_ray
@@ -275,15 +261,8 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--categories", multiple=True, help="Evaluate these categories (subfolders of TESTSET), each with its own model (repeatable).")
 @click.option("--masks", default=None, help="Generic layout: a folder of masks for the images in TESTSET.")
 @click.option("--labels", default=None, help="Generic layout: a JSON file {image name: 0 or 1} (image level only).")
-@click.option(
-    "--max-fpr",
-    type=Finite(0, 1, min_open=True),
-    default=None,
-    help="Integration limit of AUPRO (default 0.3) or, for MVTec LOCO, of sPRO (default 0.05).",
-)
-@click.option(
-    "--folds", type=click.IntRange(min=2), default=None, help="KolektorSDD fold protocol: fit on the defect-free parts of the other folds, test each fold."
-)
+@click.option("--max-fpr", type=Finite(0, 1, min_open=True), default=None, help="Integration limit of AUPRO (default 0.3) or of LOCO's sPRO (default 0.05).")
+@click.option("--folds", type=click.IntRange(min=2), default=None, help="KolektorSDD folds: fit on the other folds' defect-free parts, test each fold.")
 @click.option("--method", default=None, help="With --folds: the scorer to fit (default padim).")
 @click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="With --folds: the backbone (default lite0).")
 @click.option("--input-size", default=None, help="With --folds: HEIGHTxWIDTH of the fitted models.")

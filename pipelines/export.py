@@ -29,7 +29,7 @@ def export(
         raise ConfigError(f"expected --format onnx, got {fmt!r}")
     check_outputs({"-o": out}, [model])
     try:
-        from streamad.export import export_onnx
+        from streamad.onnx_export import export_onnx
     except ImportError as exc:  # onnx is an extra
         raise ConfigError(f"expected the onnx package to export ({exc}); hint: pip install 'streamad[onnx]'") from None
     from streamad.engine.scoring import load_model
