@@ -357,8 +357,8 @@ def info(store: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--model", "-m", "model_path", default="model.zarr", show_default=True, help="Fitted model store.")
-@click.option("--out", "-o", "out", required=True, help="The file to write (model.onnx).")
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="What to write.")
+@click.option("--out", "-o", "out", required=True, help="The file to write (model.onnx; openvino: model.xml and .bin).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True, help="What to write.")
 @click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")

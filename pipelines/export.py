@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError
 from streamad.io.outputs import Staged, check_outputs
+from streamad.model import Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,24 +25,41 @@ class ExportSummary:
 def export(
     model: str | Path, out: str | Path, *, fmt: str = "onnx", raw: bool = False, weights: str | None = None, weights_b: str | None = None
 ) -> ExportSummary:
-    """Export the model store ``model`` to ``out`` in ``fmt``; ``raw``: frame scores from raw
-    distances (as ``score --raw``). The file appears at ``out`` only once written whole."""
-    if fmt != "onnx":
-        raise ConfigError(f"expected --format onnx, got {fmt!r}")
-    check_outputs({"-o": out}, [model])
-    try:
-        from streamad.onnx_export import export_onnx
-    except ImportError as exc:  # onnx is an extra
-        raise ConfigError(f"expected the onnx package to export ({exc}); hint: pip install 'streamad[onnx]'") from None
+    """Export the model store ``model`` to ``out`` in ``fmt`` (``onnx``: one file; ``openvino``:
+    ``out`` ending in .xml, the weights beside it in .bin); ``raw``: frame scores from raw
+    distances (as ``score --raw``). The files appear at ``out`` only once written whole."""
+    suffix = {"onnx": ".onnx", "openvino": ".xml"}.get(fmt)
+    if suffix is None:
+        raise ConfigError(f"expected --format onnx or openvino, got {fmt!r}")
+    if Path(out).suffix != suffix:
+        raise ConfigError(f"expected -o to end in {suffix} for --format {fmt}, got {out}; hint: -o {Path(out).with_suffix(suffix)}")
+    check_outputs({"-o": out, "the weights": Path(out).with_suffix(".bin")}, [model])
+    write = _writer(fmt)
     from streamad.engine.scoring import load_model
 
     loaded = load_model(model, device="cpu", weights=weights, weights_b=weights_b)
     frame_score = loaded.settled(FrameScoreConfig(normalised=not raw))
-    target = Staged(Path(out))
-    target.path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [Staged(Path(out))] + ([Staged(Path(out).with_suffix(".bin"))] if fmt == "openvino" else [])
+    targets[0].path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        described = export_onnx(loaded, target.writing, frame_score)
-        target.commit()
+        described = write(loaded, targets[0].writing, frame_score)
+        for target in targets:
+            target.commit()
     finally:
-        target.discard()
+        for target in targets:
+            target.discard()
     return ExportSummary(str(out), described)
+
+
+def _writer(fmt: str) -> Callable[[Model, Path, FrameScoreConfig], dict[str, str]]:
+    """The format's exporter; its package missing is a one-line error naming the extra."""
+    try:
+        if fmt == "openvino":
+            from streamad.openvino_export import export_openvino
+
+            return export_openvino
+        from streamad.onnx_export import export_onnx
+
+        return export_onnx
+    except ImportError as exc:  # each runtime is an extra
+        raise ConfigError(f"expected the {fmt} package to export ({exc}); hint: pip install 'streamad[{fmt}]'") from None

@@ -125,3 +125,26 @@ def test_bad_exports_are_one_line(toy: Path, tmp_path: Path) -> None:
     result = runner.invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "x.xml"), "--format", "tflite"])
     assert result.exit_code == 2 and "tflite" in result.output
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".new-*"))
+
+
+@pytest.mark.parametrize("method", ["padim", "pefm"])
+def test_openvino_ir_equals_pytorch(method: str, toy: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from streamad.openvino_export import compile_exported
+
+    store = tmp_path / f"{method}.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(method=method, input_hw=HW, k=16), options=FitOptions(holdout_every=4, epochs=2))
+    result = CliRunner().invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "m.xml"), "--format", "openvino"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.bin").stat().st_size > 1_000_000  # float32 weights, not compressed to float16
+    frames = toy_frames(toy)
+    model = load_model(store, device="cpu", weights=None)
+    refs = [FrameRef("t", i, 0.0) for i in range(len(frames))]
+    expected = model.results(refs, model.distances(model.prepare(model.extractor.extract(list(frames)))), frame_score=model.settled(FrameScoreConfig()))
+    compiled = compile_exported(tmp_path / "m.xml")
+    for batch, want in ((frames[:3], expected[:3]), (frames, expected)):
+        out = compiled({"frames": batch})
+        assert relative(out["maps"], np.stack([r.anomaly_map for r in want])) < 1e-4
+        assert relative(out["scores"], np.array([r.score for r in want])) < 1e-4
+    bad = CliRunner().invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "m.onnx"), "--format", "openvino"])
+    assert bad.exit_code == 1 and "expected -o to end in .xml" in bad.output
