@@ -113,6 +113,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
 @with_frame_score
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch", show_default=True, help="What runs it (export).")
 @click.option("--threshold", type=Finite(), default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")

@@ -111,23 +111,30 @@ def main() -> None:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
 
-    def scored(motion: str) -> tuple[float, float, int, Path]:
+    def scored(motion: str, runtime: str = "torch") -> tuple[float, float, int, Path]:
         """Steady-state frames/s, whole-call seconds and frames of `score` with a padim model
-        fitted with ``--motion motion`` (``video-defaults``: the fit's own choice for video)."""
+        fitted with ``--motion motion`` (``video-defaults``: the fit's own choice for video),
+        run by ``runtime`` (``--runtime``; its graph exported and compiled before the clock starts)."""
         model_path = args.work / f"model-{motion}.zarr"
         config = None if motion == "video-defaults" else ModelConfig(motion=motion)
         if not (model_path / "zarr.json").exists():
             fit([args.video], model_path, config, options=FitOptions(stop=args.fit_frames, device=args.device), overwrite=True)
         clock = Clock()
         start = time.perf_counter()
-        options = ScoreOptions(batch_size=args.batch_size, device=args.device)
-        summary = score([args.video], model_path, args.work / f"scores-{motion}", options=options, progress=clock)
+        options = ScoreOptions(batch_size=args.batch_size, device=args.device, runtime=runtime)
+        summary = score([args.video], model_path, args.work / f"scores-{motion}-{runtime}", options=options, progress=clock)
         wall = time.perf_counter() - start
         return (clock.frames - 1) / (clock.last - clock.first), wall, sum(summary.frames.values()), model_path
 
     steady, wall, frames, model_path = scored("off")
     with_motion = {kind: scored(kind)[0] for kind in ("feat", "both")}
     video_defaults = scored("video-defaults")[0]
+    runtimes = {}
+    for runtime in ("onnxruntime", "openvino"):
+        try:
+            runtimes[runtime] = scored("off", runtime)[0]
+        except Exception as exc:  # noqa: BLE001 - a runtime not installed is reported, not fatal
+            print(f"  --runtime {runtime}: not measured ({exc})")
     model = load(open_store(model_path), device=args.device)
     plan = thread_plan(model.device)
     raw = backbone_fps(model, args.batch_size, seconds=20, workers=1, threads=threads)
@@ -136,6 +143,8 @@ def main() -> None:
     for kind, fps in with_motion.items():
         print(f"  with --motion {kind}: {fps:.2f} frames/s, {fps / steady:.3f} of appearance only (target >= 0.75)")
     print(f"  video defaults (knn, --motion feat,speed, 0.1 s filter): {video_defaults:.2f} frames/s, {video_defaults / steady:.3f} of padim (target >= 0.6)")
+    for runtime, fps in runtimes.items():
+        print(f"  padim with --runtime {runtime}: {fps:.2f} frames/s, {fps / steady:.2f}x the PyTorch path (issue 25's target: 1.5x for the default)")
     print(f"  (the pipeline ran {plan.workers} backbone pass(es) at once on {plan.threads} thread(s) each)")
     print(f"raw backbone forward, one pass at a time on {threads} threads: {raw:.2f} frames/s")
     print(f"ratio: {steady / raw:.3f} (target >= 0.85)")

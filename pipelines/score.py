@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from streamad.calibration import decision_threshold, normal_threshold
+from streamad.engine.exported import Exported, open_exported
 from streamad.engine.progress import Progress, no_progress
+from streamad.engine.runtime import thread_plan
 from streamad.engine.scoring import ScoreOptions, ScoreSummary, load_model, score_frames
 from streamad.errors import ConfigError
 from streamad.io.decode import check_video_path
@@ -21,6 +23,7 @@ from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
 from streamad.sinks.score_writer import ScoreStoreSink
 from streamad.sinks.timeline import TimelineSink
+from streamad.stores.model_store import open_store
 from streamad.stores.score_store import create_scores
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class ScoreJob:
     summary: ScoreSummary
     decision: float | None  # the threshold frames are decided on, when one applies
     attrs: dict[str, Any]  # the score store's root attributes
+    graph: Exported | None = None  # --runtime: the exported graph that scores
 
 
 def begin(
@@ -116,7 +120,18 @@ def begin(
     summary.decisions = decision is not None
     summary.threshold = decision if decision is not None else (normal.value if normal else None)
     attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)
-    return ScoreJob(sources, loaded, out, summary, decision, attrs)
+    return ScoreJob(sources, loaded, out, summary, decision, attrs, _graph(model, loaded, options))
+
+
+def _graph(model: str | Path | Model, loaded: Model, options: ScoreOptions) -> Exported | None:
+    """``--runtime``'s exported graph (made or checked beside the store), or None for PyTorch."""
+    if options.runtime == "torch":
+        return None
+    if not isinstance(model, str | Path):
+        raise ConfigError(f"expected a model store path with --runtime {options.runtime} (its graph is cached beside it), got a model object")
+    revision = str((open_store(model, mode="r").attrs().get("state") or {}).get("revision", ""))
+    threads = thread_plan(loaded.device, workers=options.workers).threads
+    return open_exported(options.runtime, model, loaded, options.frame_score, revision=revision, threads=threads)
 
 
 def score(
@@ -141,9 +156,12 @@ def score(
     """
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
     summary = job.summary
-    outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, sinks)
     layers = overlay is not None and set(overlay_layers) != {"combined"}
-    score_frames(job.model, job.sources, options, outputs, summary, decision=job.decision, originals=overlay is not None, layers=layers, progress=progress)
+    if job.graph is not None and layers:
+        raise ConfigError(f"expected --overlay-layers combined with --runtime {options.runtime} (its graph gives that map), got {list(overlay_layers)}")
+    outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, sinks)
+    kept = {"originals": overlay is not None, "layers": layers}
+    score_frames(job.model, job.sources, options, outputs, summary, decision=job.decision, **kept, progress=progress, graph=job.graph)
     summary.overlays = overlays.paths if overlays else []
     summary.plot = str(plot) if plot and summary.frames else None
     return summary

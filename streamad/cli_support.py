@@ -198,7 +198,7 @@ def score_options(kw: dict[str, Any], **extra: Any) -> Any:
     """The common and frame-score options of score, eval and calibrate as ScoreOptions."""
     from streamad.engine.scoring import ScoreOptions
 
-    picked = {k: kw[k] for k in ("every", "start", "stop", "batch_size", "device", "workers") if k in kw}
+    picked = {k: kw[k] for k in ("every", "start", "stop", "batch_size", "device", "workers", "runtime") if k in kw}
     return ScoreOptions(frame_score=frame_score_config(kw), **picked, **extra)
 
 

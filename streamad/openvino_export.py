@@ -39,6 +39,7 @@ def export_openvino(model: Model, path: str | Path, frame_score: FrameScoreConfi
     return described
 
 
-def compile_exported(path: str | Path) -> ov.CompiledModel:
-    """An exported file compiled for the CPU, in float32."""
-    return ov.Core().compile_model(str(path), "CPU", EXACT)
+def compile_exported(path: str | Path, *, threads: int | None = None) -> ov.CompiledModel:
+    """An exported file compiled for the CPU, in float32 (on ``threads`` threads: all, if None)."""
+    config: dict[str, object] = {**EXACT, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    return ov.Core().compile_model(str(path), "CPU", config)

@@ -115,6 +115,17 @@ class Scoring:
         return dataclasses.replace(result, score=score, pooled=result.score)
 
 
+class ExportedScoring(Scoring):
+    """The route of batches an exported graph scored whole (:mod:`streamad.engine.exported`):
+    its maps and frame scores, then the same moving average and filter as :class:`Scoring`."""
+
+    def __call__(self, batch: FeatureBatch) -> list[ScoreMap]:
+        maps, scores = batch.features["maps"].numpy(), batch.features["scores"].numpy()
+        originals = batch.originals or (None,) * len(batch.refs)
+        results = [ScoreMap(ref, float(scores[i]), float(maps[i].max()), maps[i], originals[i]) for i, ref in enumerate(batch.refs)]
+        return [self._smoothed(r) for r in results] if self.mean is not None or self.smoother is not None else results
+
+
 class Engine:
     """Builds the stages of a job on one runner.
 
@@ -155,8 +166,10 @@ class Engine:
         keep_originals: bool = False,
         whole_batches: bool = False,
         depth: int = 2,
+        run: Callable[[TensorBatch], FeatureBatch] | None = None,
     ) -> Iterator[FeatureBatch]:
-        """Preprocess in a thread, then the backbone (and ``prepare``) in the worker threads.
+        """Preprocess in a thread, then the backbone (and ``prepare``) in the worker threads, or
+        ``run`` there instead (an exported graph: :mod:`streamad.engine.exported`).
 
         ``whole_batches``: after a stop, a trailing partial batch is dropped (fits count whole
         batches only, so a resumed fit sees the same batches as an uninterrupted one).
@@ -171,7 +184,7 @@ class Engine:
             name="preprocess",
             setup=self.plan.side_setup(),
         )
-        work = functools.partial(stages.extract, extractor=extractor, prepare=prepare)
+        work = run or functools.partial(stages.extract, extractor=extractor, prepare=prepare)
         return self.runner.parallel(work, tensors, workers=self.plan.workers, maxsize=depth, name="backbone", setup=self.plan.worker_setup())
 
     def gathered_features(

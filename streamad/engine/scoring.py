@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamad.config import FrameScoreConfig
-from streamad.engine.assembly import Engine, Reading, Scoring
+from streamad.engine.assembly import Engine, ExportedScoring, Reading, Scoring
+from streamad.engine.exported import Exported
 from streamad.engine.progress import Progress, graceful_interrupt, no_progress
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import pick_device, seconds_since_start
@@ -36,6 +37,7 @@ class ScoreOptions:
     device: str = "cpu"
     workers: int | None = None
     threshold: float | None = None
+    runtime: str = "torch"  # or an exported graph's (streamad.engine.exported.RUNTIMES)
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -87,16 +89,19 @@ def score_frames(
     originals: bool = False,
     layers: bool = False,
     progress: Progress = no_progress,
+    graph: Exported | None = None,
 ) -> None:
     """The frames of ``sources`` through the engine into ``outputs`` (closed at the end), counted
-    in ``summary``. ``originals``, ``layers``: results carry their frame, their cues' maps."""
+    in ``summary``. ``originals``, ``layers``: results carry their frame, their cues' maps;
+    ``graph``: an exported graph scores them in the backbone stage (``--runtime``)."""
     runner = Runner()
     engine = Engine(runner, loaded.device, batch_size=options.batch_size, workers=options.workers)
     reading = Reading(options.every, (options.start, options.stop))
-    route = Scoring(loaded, options.frame_score, prepared=True, tracked=True, layers=layers)
+    route = (ExportedScoring if graph is not None else Scoring)(loaded, options.frame_score, prepared=True, tracked=True, layers=layers)
     with graceful_interrupt(runner) as interrupted, outputs:
         progress.start("scoring", reading.expected(sources))
-        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=originals or loaded.needs_images)
+        keep = originals or loaded.needs_images
+        features = engine.features(engine.read(sources, reading), loaded.extractor, prepare=loaded.prepare, keep_originals=keep, run=graph)
         for result in engine.consume(engine.scores(features, lambda _: route, min_frames=options.score_batch, tracker=route.tracker)):
             if not summary.frames:
                 logger.info("first frame scored %.2f s after the process started", seconds_since_start() or float("nan"))

@@ -1,0 +1,107 @@
+"""``--runtime onnxruntime|openvino``: a model's scoring graph (:mod:`streamad.scoring_graph`)
+run by another runtime in the engine's backbone stage, instead of PyTorch's backbone, scorer and
+maps; decoding, resizing, the causal filter and the sinks stay as they are.
+
+The graph is exported on first use and cached beside the store (``.NAME.zarr.onnx``,
+``.NAME.zarr.xml``/``.bin``) with a sidecar (``.json``) recording what it was made from (the
+store's state revision, streamad's version, the frame-score settings) and the file's sha256: a
+cache made from another revision or version is made again; a file whose bytes no longer match
+its sidecar (edited, or copied over) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import streamad
+from streamad.config import FrameScoreConfig
+from streamad.errors import ConfigError, StoreError
+from streamad.frames import FeatureBatch, TensorBatch
+from streamad.model import Model
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+MAPS, SCORES = "maps", "scores"
+Graph = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (N, H, W, 3) -> maps (N, H, W), scores (N,)
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """A runtime's compiled graph; :meth:`__call__` runs one preprocessed batch."""
+
+    runtime: str
+    path: Path
+    run: Graph
+
+    def __call__(self, batch: TensorBatch) -> FeatureBatch:
+        frames = np.ascontiguousarray(batch.images.permute(0, 2, 3, 1).cpu().numpy())
+        maps, scores = self.run(frames)
+        return FeatureBatch(batch.refs, {MAPS: torch.from_numpy(maps), SCORES: torch.from_numpy(scores)}, batch.originals)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def open_exported(runtime: str, store: str | Path, model: Model, frame_score: FrameScoreConfig, *, revision: str, threads: int) -> Exported:
+    """The model's graph in ``runtime``, exported and cached beside ``store`` when missing or
+    made from something else."""
+    if runtime not in RUNTIMES[1:]:
+        raise ConfigError(f"expected --runtime among {list(RUNTIMES)}, got {runtime!r}")
+    suffix = ".onnx" if runtime == "onnxruntime" else ".xml"
+    path = Path(store).with_name(f".{Path(store).name}{suffix}")
+    sidecar = path.with_suffix(path.suffix + ".json")
+    made_from = {"revision": revision, "streamad_version": streamad.__version__, "frame_score": frame_score.attrs(), "runtime": runtime}
+    recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    if recorded is None or recorded.get("made_from") != made_from or not path.is_file():
+        _export(runtime, model, path, frame_score)
+        sidecar.write_text(json.dumps({"made_from": made_from, "sha256": _sha256(path)}))
+    elif recorded.get("sha256") != _sha256(path):
+        raise StoreError(f"expected {path} to be the graph streamad exported for {store}, got a file edited since; hint: delete it to export it again")
+    return Exported(runtime, path, _compile(runtime, path, threads))
+
+
+def _export(runtime: str, model: Model, path: Path, frame_score: FrameScoreConfig) -> None:
+    try:
+        if runtime == "onnxruntime":
+            from streamad.onnx_export import export_onnx as write
+        else:
+            from streamad.openvino_export import export_openvino as write
+    except ImportError as exc:
+        raise ConfigError(f"expected {runtime} to be installed for --runtime {runtime} ({exc}); hint: pip install 'streamad[{_extra(runtime)}]'") from None
+    write(model, path, frame_score)
+
+
+def _extra(runtime: str) -> str:
+    return "onnx" if runtime == "onnxruntime" else "openvino"
+
+
+def _compile(runtime: str, path: Path, threads: int) -> Graph:
+    try:
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return lambda frames: tuple(session.run([MAPS, SCORES], {"frames": frames}))
+        from streamad.openvino_export import compile_exported
+
+        compiled, local = compile_exported(path, threads=threads), threading.local()
+
+        def run(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if not hasattr(local, "request"):  # an infer request per worker thread: one runs one batch at a time
+                local.request = compiled.create_infer_request()
+            out = local.request.infer({"frames": frames})
+            return out[MAPS], out[SCORES]
+
+        return run
+    except ImportError as exc:
+        raise ConfigError(f"expected {runtime} to be installed for --runtime {runtime} ({exc}); hint: pip install 'streamad[{_extra(runtime)}]'") from None
