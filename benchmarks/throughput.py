@@ -9,7 +9,9 @@ reference) and, when the pipeline runs several backbone passes at once, also tha
 The same is measured for padim models with motion cues (``--motion feat`` and ``both``, feature
 motion and optical flow), each as a ratio to appearance only, and for the video defaults
 (``knn`` with its ``feat`` and ``speed`` cues and the causal filter: what ``streamad fit`` picks
-for a video), as a ratio to appearance-only padim (issue 23's target: at least 0.6).
+for a video), as a ratio to appearance-only padim (issue 23's target: at least 0.6), and for the
+appearance-only padim model run by each exported runtime (``--runtime onnxruntime``,
+``openvino``), as a ratio to the PyTorch path.
 
 End to end = decode + preprocess + backbone + Mahalanobis + maps + blur + writing scores.csv
 and float16 maps to scores.zarr, timed in steady state from the first to the last scored frame
