@@ -148,3 +148,41 @@ def test_openvino_ir_equals_pytorch(method: str, toy: Path, tmp_path: Path) -> N
         assert relative(out["scores"], np.array([r.score for r in want])) < 1e-4
     bad = CliRunner().invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "m.onnx"), "--format", "openvino"])
     assert bad.exit_code == 1 and "expected -o to end in .xml" in bad.output
+
+
+def scores_csv(folder: Path) -> np.ndarray:
+    with open(folder / "scores.csv") as f:
+        return np.array([float(row["score"]) for row in csv.DictReader(f)])
+
+
+def test_score_with_each_runtime_equals_pytorch_and_an_edited_graph_is_refused(toy: Path, tmp_path: Path) -> None:
+    store = tmp_path / "m.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    runner = CliRunner()
+    test = str(toy / "test" / "red")
+
+    def score(runtime: str, out: str) -> tuple[int, str]:
+        result = runner.invoke(main, ["score", test, "-m", str(store), "-o", str(tmp_path / out), "--runtime", runtime, "-q"])
+        return result.exit_code, result.output
+
+    assert score("torch", "torch")[0] == 0
+    for runtime, cached in (("onnxruntime", ".m.zarr.onnx"), ("openvino", ".m.zarr.xml")):
+        code, output = score(runtime, runtime)
+        assert code == 0, output
+        assert relative(scores_csv(tmp_path / runtime), scores_csv(tmp_path / "torch")) < 1e-4
+        assert (tmp_path / cached).is_file()
+    onnx_file = tmp_path / ".m.zarr.onnx"
+    made = onnx_file.stat().st_mtime_ns
+    assert score("onnxruntime", "again")[0] == 0 and onnx_file.stat().st_mtime_ns == made  # the cache is used
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
+    code, output = score("onnxruntime", "edited")
+    assert code == 1 and "edited since" in output and len(output.strip().splitlines()) == 1, output
+    sidecar = tmp_path / ".m.zarr.onnx.json"
+    recorded = json.loads(sidecar.read_text())
+    recorded["made_from"]["streamad_version"] = "0.0.1"  # made by another version: made again
+    sidecar.write_text(json.dumps(recorded))
+    assert score("onnxruntime", "remade")[0] == 0 and relative(scores_csv(tmp_path / "remade"), scores_csv(tmp_path / "torch")) < 1e-4
+    knn = tmp_path / "knn.zarr"
+    streamad.fit([str(toy)], knn, ModelConfig(method="knn", input_hw=HW), options=FitOptions(holdout_every=4))
+    result = runner.invoke(main, ["score", test, "-m", str(knn), "-o", str(tmp_path / "k"), "--runtime", "onnxruntime"])
+    assert result.exit_code == 1 and "exportable method" in result.output and len(result.output.strip().splitlines()) == 1
