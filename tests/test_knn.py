@@ -167,3 +167,20 @@ def test_fit_merge_and_info_on_the_command_line(tmp_path: Path) -> None:
     assert info.exit_code == 0 and '"bank_size": 300' in info.output and '"bank_rows"' in info.output, info.output
     scored = runner.invoke(main, ["score", str(tmp_path / "a.mp4"), "-m", str(tmp_path / "a.zarr"), "-o", str(tmp_path / "s"), "-q"])
     assert scored.exit_code == 0, scored.output
+
+
+def test_a_store_from_before_the_patch_stride_was_recorded_still_loads(tmp_path: Path) -> None:
+    """Stores fitted before ``patch_stride`` existed used stride 8 and do not record it."""
+    import json
+
+    import streamad
+    from streamad.io.sources import FrameArrays
+    from streamad.stores.model_store import load, open_store
+    from tests.conftest import scene
+
+    store = tmp_path / "old.zarr"
+    streamad.fit([FrameArrays("clip", [scene(t, height=64, width=96) for t in range(12)], fps=10)], store, ModelConfig(method="knn", input_hw=(64, 96)))
+    meta = json.loads((store / "zarr.json").read_text())
+    assert "patch_stride" not in meta["attributes"]["scorer"]  # 8: not recorded, as before
+    model = load(open_store(store), where="old")
+    assert model.scorer.patch_stride == 8

@@ -104,7 +104,9 @@ class KnnScorer(FitCounts):
 
     def attrs(self) -> dict[str, Any]:
         motion = {"motion_lag_s": self.motion_lag_s, "motion": ",".join(self.kinds)} if self.kinds else {}
-        return {"bank_size": self.bank_size, "patch_stride": self.patch_stride, "seed": self.seed, "layers_used": list(self.layers), **motion}
+        # patch_stride is recorded when it is not 8, the stride of stores from before it was recorded
+        stride = {"patch_stride": self.patch_stride} if self.patch_stride != VIDEO_PATCH_STRIDE else {}
+        return {"bank_size": self.bank_size, **stride, "seed": self.seed, "layers_used": list(self.layers), **motion}
 
     def tracker(self) -> MotionTracker | None:
         """What a job runs between :meth:`prepare` and the scorer, per source, in frame order."""
