@@ -146,6 +146,9 @@ def test_openvino_ir_equals_pytorch(method: str, toy: Path, tmp_path: Path) -> N
         out = compiled({"frames": batch})
         assert relative(out["maps"], np.stack([r.anomaly_map for r in want])) < 1e-4
         assert relative(out["scores"], np.array([r.score for r in want])) < 1e-4
+    import openvino as ov
+
+    assert ov.Core().read_model(str(tmp_path / "m.xml")).get_rt_info(["streamad", "method"]).astype(str) == method
     bad = CliRunner().invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "m.onnx"), "--format", "openvino"])
     assert bad.exit_code == 1 and "expected -o to end in .xml" in bad.output
 
