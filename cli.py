@@ -270,6 +270,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="With --folds: projected dimension (default 100).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="With --folds: training epochs of trained scorers.")
 @with_frame_score
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch", show_default=True, help="What runs it (export).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
 @with_common

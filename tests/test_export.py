@@ -189,3 +189,15 @@ def test_score_with_each_runtime_equals_pytorch_and_an_edited_graph_is_refused(t
     streamad.fit([str(toy)], knn, ModelConfig(method="knn", input_hw=HW), options=FitOptions(holdout_every=4))
     result = runner.invoke(main, ["score", test, "-m", str(knn), "-o", str(tmp_path / "k"), "--runtime", "onnxruntime"])
     assert result.exit_code == 1 and "exportable method" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_eval_with_onnxruntime_gives_the_same_metrics(toy: Path, tmp_path: Path) -> None:
+    store = tmp_path / "m.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    runner = CliRunner()
+    tables = {}
+    for runtime in ("torch", "onnxruntime"):
+        result = runner.invoke(main, ["eval", str(toy), "-m", str(store), "-o", str(tmp_path / runtime), "--runtime", runtime, "-q"])
+        assert result.exit_code == 0, result.output
+        tables[runtime] = [line for line in result.output.splitlines() if "**overall**" in line]
+    assert tables["torch"] and tables["torch"] == tables["onnxruntime"]
