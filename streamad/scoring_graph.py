@@ -61,8 +61,8 @@ def check_exportable(model: Model, frame_score: FrameScoreConfig) -> None:
         raise ConfigError(f"expected a model of an exportable method ({exportable}), got {model.config.method!r}, which does not export yet")
     if model.has_motion:
         raise ConfigError(f"expected an appearance-only model to export, got motion cues {model.cues[1:]}; hint: refit with --motion off")
-    if frame_score.branch != "both" or frame_score.window != 1:
-        raise ConfigError("expected the default --branch and --window to export, got others; hint: leave them out")
+    if frame_score.branch != "both":  # --window and --smooth act on frames in order: the host's (the metadata say them)
+        raise ConfigError(f"expected the default --branch to export, got {frame_score.branch!r}; hint: leave it out")
     if frame_score.normalised and model.normalisation is None:
         raise ConfigError("expected a normalised model to export its default frame scores, got none; hint: pass --raw, or fit it to its end")
 

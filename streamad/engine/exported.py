@@ -47,7 +47,12 @@ class Exported:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The graph's bytes (an IR's ``.xml`` and its weights' ``.bin``)."""
+    digest = hashlib.sha256(path.read_bytes())
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and weights.is_file():
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()
 
 
 def open_exported(runtime: str, store: str | Path, model: Model, frame_score: FrameScoreConfig, *, revision: str, threads: int) -> Exported:
