@@ -25,6 +25,7 @@ import streamad
 from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.frames import FeatureBatch, TensorBatch
+from streamad.io.outputs import Staged
 from streamad.model import Model
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -63,9 +64,13 @@ def open_exported(runtime: str, store: str | Path, model: Model, frame_score: Fr
     suffix = ".onnx" if runtime == "onnxruntime" else ".xml"
     path = Path(store).with_name(f".{Path(store).name}{suffix}")
     sidecar = path.with_suffix(path.suffix + ".json")
-    made_from = {"revision": revision, "streamad_version": streamad.__version__, "frame_score": frame_score.attrs(), "runtime": runtime}
-    recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    if recorded is None or recorded.get("made_from") != made_from or not path.is_file():
+    graph_settings = {k: v for k, v in frame_score.attrs().items() if k in ("normalised", "topk_fraction")}  # what the graph holds
+    made_from = {"revision": revision, "streamad_version": streamad.__version__, "frame_score": graph_settings, "runtime": runtime}
+    try:
+        recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except ValueError:  # a damaged sidecar: made again
+        recorded = None
+    if not isinstance(recorded, dict) or recorded.get("made_from") != made_from or not path.is_file():
         _export(runtime, model, path, frame_score)
         sidecar.write_text(json.dumps({"made_from": made_from, "sha256": _sha256(path)}))
     elif recorded.get("sha256") != _sha256(path):
@@ -81,7 +86,14 @@ def _export(runtime: str, model: Model, path: Path, frame_score: FrameScoreConfi
             from streamad.openvino_export import export_openvino as write
     except ImportError as exc:
         raise ConfigError(f"expected {runtime} to be installed for --runtime {runtime} ({exc}); hint: pip install 'streamad[{_extra(runtime)}]'") from None
-    write(model, path, frame_score)
+    targets = [Staged(path)] + ([Staged(path.with_suffix(".bin"))] if path.suffix == ".xml" else [])
+    try:  # written beside, then moved into place: another process never reads half a graph
+        write(model, targets[0].writing, frame_score)
+        for target in targets:
+            target.commit()
+    finally:
+        for target in targets:
+            target.discard()
 
 
 def _extra(runtime: str) -> str:
