@@ -17,6 +17,7 @@ _LAZY = {
     "fit": "streamad.pipelines.fit",
     "score": "streamad.pipelines.score",
     "evaluate": "streamad.pipelines.evaluate",
+    "export": "streamad.pipelines.export",
     "load": "streamad.api",
     "read_frames": "streamad.api",
     "ModelConfig": "streamad.config",
