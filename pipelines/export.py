@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError
-from streamad.io.outputs import Staged, check_outputs
-from streamad.model import Model
+from streamad.io.outputs import check_outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,32 +32,12 @@ def export(
     if Path(out).suffix != suffix:
         raise ConfigError(f"expected -o to end in {suffix} for --format {fmt}, got {out}; hint: -o {Path(out).with_suffix(suffix)}")
     check_outputs({"-o": out, "the weights": Path(out).with_suffix(".bin")}, [model])
-    write = _writer(fmt)
     from streamad.engine.scoring import load_model
+    from streamad.scoring_graph import write_graph
 
     loaded = load_model(model, device="cpu", weights=weights, weights_b=weights_b)
     frame_score = loaded.settled(FrameScoreConfig(normalised=not raw))
-    targets = [Staged(Path(out))] + ([Staged(Path(out).with_suffix(".bin"))] if fmt == "openvino" else [])
-    targets[0].path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        described = write(loaded, targets[0].writing, frame_score)
-        for target in targets:
-            target.commit()
-    finally:
-        for target in targets:
-            target.discard()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    described = write_graph(fmt, loaded, Path(out), frame_score)
     return ExportSummary(str(out), described)
 
-
-def _writer(fmt: str) -> Callable[[Model, Path, FrameScoreConfig], dict[str, str]]:
-    """The format's exporter; its package missing is a one-line error naming the extra."""
-    try:
-        if fmt == "openvino":
-            from streamad.openvino_export import export_openvino
-
-            return export_openvino
-        from streamad.onnx_export import export_onnx
-
-        return export_onnx
-    except ImportError as exc:  # each runtime is an extra
-        raise ConfigError(f"expected the {fmt} package to export ({exc}); hint: pip install 'streamad[{fmt}]'") from None

@@ -231,6 +231,20 @@ class Model:
         return self.to_map(distances)
 
     @torch.inference_mode()
+    def scored_maps(self, distances: Tensor, normalisation: Normalisation | None) -> tuple[Tensor, Tensor]:
+        """The anomaly maps (B, H, W) of distances (B, C, P), and the maps frame scores pool:
+        normalised by ``normalisation`` as :meth:`results` says, or raw (None: averaged over
+        cues; one cue is itself, which also keeps the exported graph free of ``nanmean``, an
+        operator ONNX lacks)."""
+        if normalisation is None:
+            maps = self.maps(distances[:, 0] if distances.shape[1] == 1 else distances.nanmean(1))
+            return maps, maps
+        maps = self.maps(self.combine(distances, per_position=False, normalisation=normalisation))
+        # A position-free method's frame scores pool the map itself (one scale per cue).
+        scored = maps if self.spec.position_free else self.maps(self.combine(distances, per_position=True, normalisation=normalisation))
+        return maps, scored
+
+    @torch.inference_mode()
     def results(
         self,
         refs: Sequence[FrameRef],
@@ -262,11 +276,7 @@ class Model:
                 stopped = ("a store whose fit was stopped before it finished", "continue it with `streamad fit SOURCES -m STORE --resume`")
                 got, hint = stopped if self.unfinished else ("a store without normalisation", "refit, or score with --raw")
                 raise ConfigError(f"expected a normalised model for the default frame scores, got {got}; hint: {hint}")
-            maps = self.maps(self.combine(distances, per_position=False, normalisation=normalisation))
-            # A position-free method's frame scores pool the map itself (one scale per cue).
-            scored = maps if self.spec.position_free else self.maps(self.combine(distances, per_position=True, normalisation=normalisation))
-        else:
-            maps = scored = self.maps(distances.nanmean(1))
+        maps, scored = self.scored_maps(distances, normalisation if frame_score.normalised else None)
         pooled = topk_mean(scored, fraction=frame_score.topk_fraction).cpu().numpy()
         peak = maps.flatten(1).amax(1).cpu().numpy()
         maps_np = maps.cpu().numpy()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -48,9 +47,3 @@ def export_onnx(model: Model, path: str | Path, frame_score: FrameScoreConfig) -
     onnx.save(proto, str(target))
     return described
 
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """An exported file's metadata (as :func:`metadata` wrote it)."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

@@ -14,6 +14,7 @@ their motion cues do not (they need the frame before). :mod:`streamad.onnx_expor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 import streamad
 from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError
+from streamad.io.outputs import Staged
 from streamad.maps import topk_mean
 from streamad.model import Model
 
@@ -45,12 +47,7 @@ class ScoringGraph(nn.Module):
         model = self.model
         images = model.extractor.preprocessor.normalise(frames.permute(0, 3, 1, 2))
         distances = model.distances(model.prepare(model.extractor.whole(images)))
-        if self.frame_score.normalised:
-            assert model.normalisation is not None
-            maps = model.maps(model.combine(distances, per_position=False, normalisation=model.normalisation))
-            scored = maps if model.spec.position_free else model.maps(model.combine(distances, per_position=True, normalisation=model.normalisation))
-        else:
-            maps = scored = model.maps(distances.mean(1))
+        maps, scored = model.scored_maps(distances, model.normalisation if self.frame_score.normalised else None)
         return maps, topk_mean(scored, fraction=self.frame_score.topk_fraction)
 
 
@@ -95,6 +92,28 @@ def metadata(model: Model, frame_score: FrameScoreConfig) -> dict[str, str]:
 def _quantile(model: Model, q: float) -> float:
     assert model.normalisation is not None
     return float(np.quantile(model.normalisation.normal_scores, q))
+
+
+def write_graph(fmt: str, model: Model, path: Path, frame_score: FrameScoreConfig) -> dict[str, str]:
+    """Export ``model`` in ``fmt`` (``onnx``, ``openvino``) to ``path``: written beside it and
+    moved into place (an IR's ``.bin`` with it), so no reader sees half a graph; returns the
+    metadata. The format's package missing is a one-line error naming the extra."""
+    try:
+        if fmt == "openvino":
+            from streamad.openvino_export import export_openvino as write
+        else:
+            from streamad.onnx_export import export_onnx as write
+    except ImportError as exc:  # each format is an extra
+        raise ConfigError(f"expected the {fmt} package to export ({exc}); hint: pip install 'streamad[{fmt}]'") from None
+    targets = [Staged(path)] + ([Staged(path.with_suffix(".bin"))] if fmt == "openvino" else [])
+    try:
+        described = write(model, targets[0].writing, frame_score)
+        for target in targets:
+            target.commit()
+    finally:
+        for target in targets:
+            target.discard()
+    return described
 
 
 def example_frames(model: Model, n: int = 2) -> Tensor:

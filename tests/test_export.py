@@ -201,3 +201,17 @@ def test_eval_with_onnxruntime_gives_the_same_metrics(toy: Path, tmp_path: Path)
         assert result.exit_code == 0, result.output
         tables[runtime] = [line for line in result.output.splitlines() if "**overall**" in line]
     assert tables["torch"] and tables["torch"] == tables["onnxruntime"]
+
+
+def test_a_raw_export_equals_score_raw(toy: Path, tmp_path: Path) -> None:
+    store = tmp_path / "m.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    assert CliRunner().invoke(main, ["export", "-m", str(store), "-o", str(tmp_path / "raw.onnx"), "--raw"]).exit_code == 0
+    frames = toy_frames(toy)
+    model = load_model(store, device="cpu", weights=None)
+    refs = [FrameRef("t", i, 0.0) for i in range(len(frames))]
+    raw = model.settled(FrameScoreConfig(normalised=False))
+    expected = model.results(refs, model.distances(model.prepare(model.extractor.extract(list(frames)))), frame_score=raw)
+    maps, scores = ort.InferenceSession(str(tmp_path / "raw.onnx")).run(["maps", "scores"], {"frames": frames})
+    assert relative(maps, np.stack([r.anomaly_map for r in expected])) < 1e-4
+    assert relative(scores, np.array([r.score for r in expected])) < 1e-4

@@ -93,7 +93,7 @@ class Scoring:
         results = self.model.results(batch.refs, distances, frame_score=self.frame_score, originals=batch.originals, layers=self.layers)
         if self.tracker is not None and REGIONS in batch.features and batch.originals:
             results = self._with_regions(results, batch.features[REGIONS], self.tracker)
-        return [self._smoothed(r) for r in results] if self.mean is not None or self.smoother is not None else results
+        return self._filtered(results)
 
     @staticmethod
     def _with_regions(results: list[ScoreMap], regions: torch.Tensor, tracker: MotionTracker) -> list[ScoreMap]:
@@ -106,6 +106,10 @@ class Scoring:
             scale = (result.original.shape[1] if result.original is not None else flow_w) / flow_w / lag_s
             out.append(dataclasses.replace(result, regions=np.column_stack([found[:, 1:5], found[:, 0] * scale]).astype(np.float32)))
         return out
+
+    def _filtered(self, results: list[ScoreMap]) -> list[ScoreMap]:
+        """The results with their frame scores through the moving average and the filter."""
+        return [self._smoothed(r) for r in results] if self.mean is not None or self.smoother is not None else results
 
     def _smoothed(self, result: ScoreMap) -> ScoreMap:
         """The frame score through the moving average (``--window``), then the filter."""
@@ -122,8 +126,7 @@ class ExportedScoring(Scoring):
     def __call__(self, batch: FeatureBatch) -> list[ScoreMap]:
         maps, scores = batch.features["maps"].numpy(), batch.features["scores"].numpy()
         originals = batch.originals or (None,) * len(batch.refs)
-        results = [ScoreMap(ref, float(scores[i]), float(maps[i].max()), maps[i], originals[i]) for i, ref in enumerate(batch.refs)]
-        return [self._smoothed(r) for r in results] if self.mean is not None or self.smoother is not None else results
+        return self._filtered([ScoreMap(ref, float(scores[i]), float(maps[i].max()), maps[i], originals[i]) for i, ref in enumerate(batch.refs)])
 
 
 class Engine:

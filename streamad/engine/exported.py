@@ -25,8 +25,8 @@ import streamad
 from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.frames import FeatureBatch, TensorBatch
-from streamad.io.outputs import Staged
 from streamad.model import Model
+from streamad.scoring_graph import write_graph
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 MAPS, SCORES = "maps", "scores"
@@ -71,29 +71,11 @@ def open_exported(runtime: str, store: str | Path, model: Model, frame_score: Fr
     except ValueError:  # a damaged sidecar: made again
         recorded = None
     if not isinstance(recorded, dict) or recorded.get("made_from") != made_from or not path.is_file():
-        _export(runtime, model, path, frame_score)
+        write_graph("onnx" if runtime == "onnxruntime" else "openvino", model, path, frame_score)
         sidecar.write_text(json.dumps({"made_from": made_from, "sha256": _sha256(path)}))
     elif recorded.get("sha256") != _sha256(path):
         raise StoreError(f"expected {path} to be the graph streamad exported for {store}, got a file edited since; hint: delete it to export it again")
     return Exported(runtime, path, _compile(runtime, path, threads))
-
-
-def _export(runtime: str, model: Model, path: Path, frame_score: FrameScoreConfig) -> None:
-    try:
-        if runtime == "onnxruntime":
-            from streamad.onnx_export import export_onnx as write
-        else:
-            from streamad.openvino_export import export_openvino as write
-    except ImportError as exc:
-        raise ConfigError(f"expected {runtime} to be installed for --runtime {runtime} ({exc}); hint: pip install 'streamad[{_extra(runtime)}]'") from None
-    targets = [Staged(path)] + ([Staged(path.with_suffix(".bin"))] if path.suffix == ".xml" else [])
-    try:  # written beside, then moved into place: another process never reads half a graph
-        write(model, targets[0].writing, frame_score)
-        for target in targets:
-            target.commit()
-    finally:
-        for target in targets:
-            target.discard()
 
 
 def _extra(runtime: str) -> str:

@@ -8,7 +8,7 @@ use it, so several cameras cost one backbone pass per gathered batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -112,17 +112,18 @@ class FeatureExtractor(nn.Module):
         floats, to float32 maps (B, C_l, h_l, w_l) by layer name."""
         if images.dtype == torch.uint8:
             images = self.preprocessor.normalise(images)
-        features = self._run(self.backbone, images)
-        if self.backbone_b is not None:
-            features |= {SECOND + name: f for name, f in self._run(self.backbone_b, images).items()}
-        return features
+        return self._both(images, self._run)
 
     def whole(self, images: Tensor) -> Features:
         """The backbone(s) on normalised float images in one pass each, without the CPU's
         micro-batches or CUDA's half precision: the graph an export traces."""
-        features = dict(self.backbone(images))
+        return self._both(images, lambda net, x: dict(net(x)))
+
+    def _both(self, images: Tensor, run: Callable[[nn.Module, Tensor], Features]) -> Features:
+        """The backbone's maps by layer name, and a second backbone's under ``b:<layer>``."""
+        features = run(self.backbone, images)
         if self.backbone_b is not None:
-            features |= {SECOND + name: f for name, f in self.backbone_b(images).items()}
+            features |= {SECOND + name: f for name, f in run(self.backbone_b, images).items()}
         return features
 
     def _run(self, net: nn.Module, images: Tensor) -> Features:

@@ -257,7 +257,7 @@ def _check_end(packets: _Packets, info: VideoInfo, path: str | Path) -> None:
         packets.drop(info.frames, f"truncated file (ends after frame {packets.index - 1} of {info.frames})")
 
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers that take H.264
+H264_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers that take H.264
 
 
 def check_video_path(path: str | Path, label: str) -> None:
@@ -270,15 +270,15 @@ def check_video_path(path: str | Path, label: str) -> None:
         streamad.errors.ConfigError: expected --overlay out/overlay.gif to end in .mp4, .mkv, .mov or .avi (H.264 video), got '.gif'; hint: use out/overlay.mp4
     """
     suffix = Path(path).suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
+    if suffix not in H264_SUFFIXES:
         raise ConfigError(
-            f"expected {label} {path} to end in {', '.join(VIDEO_SUFFIXES[:-1])} or {VIDEO_SUFFIXES[-1]} (H.264 video), got {suffix!r}; "
+            f"expected {label} {path} to end in {', '.join(H264_SUFFIXES[:-1])} or {H264_SUFFIXES[-1]} (H.264 video), got {suffix!r}; "
             f"hint: use {Path(path).with_suffix('.mp4')}"
         )
 
 
 class VideoWriter:
-    """Encode RGB frames to an H.264 file (PyAV's bundled libx264; see :data:`VIDEO_SUFFIXES`).
+    """Encode RGB frames to an H.264 file (PyAV's bundled libx264; see :data:`H264_SUFFIXES`).
 
     Example:
         >>> import numpy as np, tempfile, os

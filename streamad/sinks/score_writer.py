@@ -109,13 +109,15 @@ class ScoreStoreSink:
         """Where the store's files are written now (beside its path until published)."""
         return str(self._store.folder) if isinstance(self._store, ZarrStore) else ""
 
-    def commit(self) -> None:
-        """Write the buffered tail and publish the store."""
+    def _flush_all(self) -> None:
         for source_id in list(self._pending):
             self._flush(source_id)
+
+    def commit(self) -> None:
+        """Write the buffered tail and publish the store."""
+        self._flush_all()
         self._store.publish()
 
     def close(self) -> None:
-        for source_id in list(self._pending):
-            self._flush(source_id)
+        self._flush_all()
         self._store.close()

@@ -14,6 +14,7 @@ from streamad.io.sources import Source, identity
 from streamad.stores.array_store import ArrayStore
 
 EDITED = "the store's zarr.json was edited; refit, or restore it"
+checked = functools.partial(typed.checked, error=StoreError, hint=EDITED)  # a store attribute's type checked
 
 
 @dataclass(slots=True)
@@ -59,10 +60,9 @@ def read_progress(store: ArrayStore) -> FitProgress:
     if not isinstance(sources, dict) or not all(isinstance(v, dict) for v in sources.values()):
         raise StoreError(f"expected sources in {where} to be an object {{source: {{next_index}}}}, got {sources!r}; hint: {EDITED}")
     count = functools.partial(typed.integer, minimum=0)
-    check = functools.partial(typed.checked, error=StoreError, hint=EDITED)
     return FitProgress(
-        next_index={sid: check(count, v.get("next_index"), f"sources.{sid}.next_index in {where}") for sid, v in sources.items()},
-        frames_seen=check(count, attrs.get("frames_seen", 0), f"frames_seen in {where}"),
-        start={sid: check(count, v["start"], f"sources.{sid}.start in {where}") for sid, v in sources.items() if "start" in v},
-        identity={sid: check(typed.text, v["source"], f"sources.{sid}.source in {where}") for sid, v in sources.items() if "source" in v},
+        next_index={sid: checked(count, v.get("next_index"), f"sources.{sid}.next_index in {where}") for sid, v in sources.items()},
+        frames_seen=checked(count, attrs.get("frames_seen", 0), f"frames_seen in {where}"),
+        start={sid: checked(count, v["start"], f"sources.{sid}.start in {where}") for sid, v in sources.items() if "start" in v},
+        identity={sid: checked(typed.text, v["source"], f"sources.{sid}.source in {where}") for sid, v in sources.items() if "source" in v},
     )

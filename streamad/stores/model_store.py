@@ -38,7 +38,7 @@ from streamad.features.extractor import FeatureExtractor
 from streamad.model import Model
 from streamad.scorers.base import ScorerState
 from streamad.stores.array_store import ArrayStore, ZarrStore
-from streamad.stores.fit_progress import EDITED, FitProgress
+from streamad.stores.fit_progress import FitProgress, checked
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def _load(
             model.load_state(state)
         except StoreError as exc:
             raise StoreError(f"model store {where}: {exc}; hint: its attributes and arrays disagree (edited or damaged): refit it") from None
-    model.unfinished = typed.checked(typed.flag, attrs.get("unfinished", False), f"unfinished in {where}", error=StoreError, hint=EDITED)
+    model.unfinished = checked(typed.flag, attrs.get("unfinished", False), f"unfinished in {where}")
     if not fitted:
         return model
     if model.frames_seen == 0:
@@ -330,14 +330,14 @@ def _load(
         model.normalisation = Normalisation(
             position_mean=store.read(f"{cal['path']}/position_mean"),
             normal_scores=store.read(f"{cal['path']}/normal_scores"),
-            frames=typed.checked(typed.integer, cal["frames"], f"normalisation.frames in {where}", error=StoreError, hint=EDITED),
+            frames=checked(typed.integer, cal["frames"], f"normalisation.frames in {where}"),
             frame_score=cal.get("frame_score", FrameScoreConfig().attrs()),  # stores before it was recorded: the defaults
         )
     stored = attrs.get("threshold")
     if stored and stored.get("of") != revision:
         logger.warning("ignoring the stored threshold: it was set before the model was refitted; run `streamad calibrate` again")
     elif stored:
-        value = typed.checked(typed.number, stored["value"], f"threshold.value in {where}", error=StoreError, hint=EDITED)
+        value = checked(typed.number, stored["value"], f"threshold.value in {where}")
         model.threshold = Threshold(value, stored["method"], stored.get("detail", {}), stored.get("frame_score", {}))
     return model
 
