@@ -29,6 +29,7 @@ from streamad.cli_support import (
     with_common,
     with_frame_score,
     with_ray,
+    with_runtime,
 )
 
 
@@ -113,7 +114,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a score timeline PNG.")
 @with_frame_score
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
-@click.option("--runtime", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch", show_default=True, help="What runs it (export).")
+@with_runtime
 @click.option("--threshold", type=Finite(), default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
@@ -207,6 +208,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--queue-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames buffered per camera before the oldest is dropped.")
 @click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
 @with_frame_score
+@with_runtime
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--verbose", "-v", is_flag=True)
@@ -241,6 +243,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
         frame_score=frame_score_config(kw),
         live=live,
         device=kw["device"],
+        runtime=kw["runtime"],
         duration_s=parse_duration(kw["duration"]) if kw["duration"] else None,
     )
     summary = run_watch(cameras_from(urls, models), out_dir, options=options, stats_json=kw["stats_json"], print_stats=lambda line: click.echo(line, err=True))
@@ -270,7 +273,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="With --folds: projected dimension (default 100).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="With --folds: training epochs of trained scorers.")
 @with_frame_score
-@click.option("--runtime", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch", show_default=True, help="What runs it (export).")
+@with_runtime
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
 @click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
 @with_common

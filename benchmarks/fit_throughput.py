@@ -2,7 +2,7 @@
 backbone's frames/s at the same input size and batch, under the pipeline's own scheduling, and
 their ratio.
 
-    python benchmarks/fit_throughput.py [--source PATH ...] [--batch-size 8] [--runs 1]
+    python benchmarks/fit_throughput.py [--source PATH ...] [--batch-size 8] [--runs 1] [--method padim] [--fit-arg=--float64-stats]
 
 Fit frames/s is what ``streamad fit`` itself reports: the frames of the sources it read (fitted
 and held out) over the seconds of the whole job (model built, fitting pass, factors,
@@ -30,11 +30,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def fit_fps(source: str, model: Path, batch_size: int) -> tuple[float, int, float]:
+def fit_fps(source: str, model: Path, batch_size: int, extra: list[str]) -> tuple[float, int, float]:
     """(frames/s as fit reports it, frames read, whole-command seconds)."""
     exe = str(Path(sys.executable).with_name("streamad"))
     start = time.perf_counter()
-    done = subprocess.run([exe, "fit", source, "-m", str(model), "--overwrite", "-q", "--batch-size", str(batch_size)], capture_output=True, text=True)
+    command = [exe, "fit", source, "-m", str(model), "--overwrite", "-q", "--batch-size", str(batch_size), *extra]
+    done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"fit failed on {source}: {done.stderr.strip().splitlines()[-1:]}")
@@ -48,6 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", action="append", default=None, help="video or frame folder (default: vtest.avi and the Ped2 training frames)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--method", default="padim", help="the fit's method (default padim: the Gaussian statistics' update)")
+    parser.add_argument("--fit-arg", action="append", default=[], help="more arguments for streamad fit (e.g. --fit-arg=--float64-stats)")
     parser.add_argument("--runs", type=int, default=1, help="fits per source (the median is reported)")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the raw backbone runs")
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-fit-throughput"))
@@ -64,7 +67,7 @@ def main() -> None:
     print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU")
     for i, source in enumerate(sources):
         model_path = args.work / f"m{i}.zarr"
-        runs = [fit_fps(source, model_path, args.batch_size) for _ in range(args.runs)]
+        runs = [fit_fps(source, model_path, args.batch_size, ["--method", args.method, *args.fit_arg]) for _ in range(args.runs)]
         fps = statistics.median(r[0] for r in runs)
         frames, wall = runs[0][1], statistics.median(r[2] for r in runs)
         tune_allocator()  # as scoring runs the backbone
@@ -72,7 +75,7 @@ def main() -> None:
         plan = thread_plan(model.device)
         raw = backbone_fps(model, args.batch_size, seconds=args.seconds, workers=plan.workers, threads=plan.threads)
         h, w = model.input_hw
-        print(f"{Path(source).name}: {frames} frames at {h}x{w}, batch {args.batch_size}")
+        print(f"{Path(source).name}: {frames} frames at {h}x{w}, batch {args.batch_size}, {args.method} {' '.join(args.fit_arg)}")
         print(f"  fit: {fps:.1f} frames/s (median of {args.runs}; whole command {wall:.1f} s incl. start-up)")
         print(f"  raw backbone, {plan.workers} pass(es) at once on {plan.threads} thread(s): {raw:.1f} frames/s")
         print(f"  ratio {fps / raw:.3f} (target >= 0.8)", flush=True)

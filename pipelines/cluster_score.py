@@ -140,6 +140,9 @@ def score_on_cluster(
     ``hook``: called in the actor after each frame is written (tests kill actors with it)."""
     if not isinstance(model, str | Path):
         raise ConfigError("expected a model store path with --ray (each worker loads it), got a model object")
+    if options.runtime not in ("auto", "torch"):
+        raise ConfigError(f"expected --runtime torch with --ray (its workers run PyTorch), got {options.runtime}")
+    options = replace(options, runtime="torch")
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
     check_layers(job.model, overlay_layers)
     summary = job.summary

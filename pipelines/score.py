@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamad.calibration import decision_threshold, normal_threshold
-from streamad.engine.exported import Exported, open_exported
+from streamad.engine.exported import Exported, open_exported, pick_runtime
 from streamad.engine.progress import Progress, no_progress
 from streamad.engine.runtime import thread_plan
 from streamad.engine.scoring import ScoreOptions, ScoreSummary, load_model, score_frames
@@ -100,8 +100,10 @@ def begin(
     plot: str | Path | None = None,
     weights: str | None = None,
     weights_b: str | None = None,
+    layers: Sequence[str] = ("combined",),
 ) -> ScoreJob:
-    """Check the outputs, resolve the sources, load the model and settle its thresholds."""
+    """Check the outputs, resolve the sources, load the model, settle its thresholds and its
+    runtime (``layers``: the overlay's, which only PyTorch gives)."""
     out = Path(out_dir) if out_dir is not None else None
     written = {"the score store": out / "scores.zarr" if out else None, "the CSV": out / "scores.csv" if out else None, "--overlay": overlay, "--plot": plot}
     check_outputs(written, input_paths([*specs, model]))
@@ -120,18 +122,23 @@ def begin(
     summary.decisions = decision is not None
     summary.threshold = decision if decision is not None else (normal.value if normal else None)
     attrs = _store_attrs(loaded, model, options, threshold=summary.threshold, decision=decision)
-    return ScoreJob(sources, loaded, out, summary, decision, attrs, _graph(model, loaded, options))
+    layered = list(layers) if overlay is not None and set(layers) != {"combined"} else []
+    return ScoreJob(sources, loaded, out, summary, decision, attrs, _graph(model, loaded, options, layered=layered))
 
 
-def _graph(model: str | Path | Model, loaded: Model, options: ScoreOptions) -> Exported | None:
+def _graph(model: str | Path | Model, loaded: Model, options: ScoreOptions, *, layered: Sequence[str]) -> Exported | None:
     """``--runtime``'s exported graph (made or checked beside the store), or None for PyTorch."""
-    if options.runtime == "torch":
+    why_not = "--overlay-layers asks for maps only PyTorch gives" if layered else None
+    runtime = pick_runtime(options.runtime, loaded, options.frame_score, stored=isinstance(model, str | Path), why_not=why_not)
+    if runtime == "torch":
         return None
+    if layered:
+        raise ConfigError(f"expected --overlay-layers combined with --runtime {runtime} (its graph gives that map), got {list(layered)}; hint: --runtime torch")
     if not isinstance(model, str | Path):
-        raise ConfigError(f"expected a model store path with --runtime {options.runtime} (its graph is cached beside it), got a model object")
+        raise ConfigError(f"expected a model store path with --runtime {runtime} (its graph is cached beside it), got a model object")
     revision = str((open_store(model, mode="r").attrs().get("state") or {}).get("revision", ""))
     threads = thread_plan(loaded.device, workers=options.workers).threads
-    return open_exported(options.runtime, model, loaded, options.frame_score, revision=revision, threads=threads)
+    return open_exported(runtime, model, loaded, options.frame_score, revision=revision, threads=threads)
 
 
 def score(
@@ -154,11 +161,9 @@ def score(
     None), optionally an overlay video (``overlay_layers``: its panels, ``combined`` and the
     model's cues) and a timeline, and hands every result to ``sinks``.
     """
-    job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
+    job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b, layers=overlay_layers)
     summary = job.summary
     layers = overlay is not None and set(overlay_layers) != {"combined"}
-    if job.graph is not None and layers:
-        raise ConfigError(f"expected --overlay-layers combined with --runtime {options.runtime} (its graph gives that map), got {list(overlay_layers)}")
     outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, sinks)
     kept = {"originals": overlay is not None, "layers": layers}
     score_frames(job.model, job.sources, options, outputs, summary, decision=job.decision, **kept, progress=progress, graph=job.graph)

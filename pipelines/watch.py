@@ -23,7 +23,7 @@ from streamad.engine.assembly import Engine
 from streamad.engine.online import CameraModel
 from streamad.engine.progress import graceful_interrupt
 from streamad.engine.runner import Channel, Runner
-from streamad.engine.runtime import pick_device
+from streamad.engine.runtime import pick_device, thread_plan
 from streamad.errors import ConfigError
 from streamad.features.extractor import Extractors
 from streamad.frames import FeatureBatch, Frame, FrameRef, ScoreMap
@@ -57,6 +57,7 @@ class WatchOptions:
     frame_score: FrameScoreConfig = FrameScoreConfig()
     live: LiveOptions = LiveOptions()
     device: str = "cpu"
+    runtime: str = "auto"  # streamad.engine.exported.pick_runtime
     duration_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -200,10 +201,11 @@ def watch(
     live = any(is_live(c.url) or options.live.realtime for c in cameras)
     deadline = None if options.duration_s is None else clock() + options.duration_s
 
+    threads = thread_plan(extractors.device, workers=1 if live else None).threads  # an exported graph's, as the backbone's
     with graceful_interrupt(runner) as interrupted, contextlib.ExitStack() as closing:  # closes run on every path, last opened first
         models: dict[str, CameraModel] = {}
         for c in cameras:
-            models[c.name] = CameraModel(c, options, extractors, device=str(extractors.device), clock=clock)
+            models[c.name] = CameraModel(c, options, extractors, device=str(extractors.device), threads=threads, clock=clock)
             closing.push(models[c.name].closer)  # finishes learning, checkpoints, releases the store
         alerts = AlertSink(out, lambda sid: models[sid].threshold, min_frames=options.min_frames)
         sinks = _sinks(out, cameras, streams, alerts, options, show=print_stats, json_path=stats_json, clock=clock)
@@ -214,7 +216,9 @@ def watch(
         closing.callback(_sync_states, lives, streams)
         channels = runner.sources(readers, maxsize=options.queue_size, policy="drop-oldest" if live else "block", on_drop=_count_drop(streams), name="camera")
         batches = runner.stage(functools.partial(_gathered, runner, channels, options, summary), iter(()), maxsize=1, name="gather")
-        features = engine.gathered_features(batches, lambda frame: models[frame.source_id].extractor_for(frame), keep_originals=True)
+        features = engine.gathered_features(
+            batches, lambda frame: models[frame.source_id].extractor_for(frame), keep_originals=True, run_of=lambda frame: models[frame.source_id].graph
+        )
         runner.stop_when(lambda: (deadline is not None and clock() >= deadline) or (should_stop is not None and should_stop()))
         route = lambda sid: _route(models[sid], streams[sid], alerts, scorer_hook)  # noqa: E731
         for result in engine.consume(engine.scores(features, route, min_frames=1)):

@@ -15,6 +15,7 @@ Example (frames are RGB uint8 arrays, shape (H, W, 3); README.md runs the same w
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,17 @@ import numpy as np
 
 from streamad.calibration import decision_threshold
 from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.engine.exported import Exported, open_exported, pick_runtime
 from streamad.engine.fitting import FitOptions, FitSummary, open_fit, run_fit
 from streamad.engine.progress import no_progress
-from streamad.engine.runtime import pick_device
+from streamad.engine.runtime import pick_device, thread_plan
 from streamad.engine.scoring import ScoreOptions, ScoreSummary, score_frames
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
 from streamad.io.sources import FrameArrays, resolve_sources
 from streamad.model import Model
 from streamad.sinks import Sinks
-from streamad.stores.array_store import MemoryStore
+from streamad.stores.array_store import ArrayStore, MemoryStore
 from streamad.stores.fit_progress import read_progress
 from streamad.stores.model_store import commit, create, open_store
 from streamad.stores.model_store import load as load_store
@@ -79,13 +81,20 @@ class Detector:
             ``streamad fit`` picks them.
         device: ``cpu``, ``cuda`` or ``auto``.
         options: how the fit batches, holds out and normalises (as ``streamad fit``).
+        runtime: what scores: ``torch``, ``onnxruntime`` or ``openvino`` (the model's graph,
+            exported on first use: beside the store for a loaded detector, else in a temporary
+            folder the detector owns), or ``auto`` (``streamad score --runtime``'s choice; a
+            detector fitted in memory stays with torch).
     """
 
-    def __init__(self, config: ModelConfig | None = None, *, device: str = "cpu", options: FitOptions | None = None) -> None:
-        self.config, self.device = config, device
+    def __init__(self, config: ModelConfig | None = None, *, device: str = "cpu", options: FitOptions | None = None, runtime: str = "auto") -> None:
+        self.config, self.device, self.runtime = config, device, runtime
         self.options = options or FitOptions(device=device)
-        self._store = MemoryStore()
+        self._store: ArrayStore = MemoryStore()
         self.model: Model | None = None
+        self.path: Path | None = None  # the store it was loaded from
+        self._graphs: dict[FrameScoreConfig, Exported | None] = {}
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
 
     def fit(self, frames: Iterable[np.ndarray], *, fps: float = 25.0) -> FitSummary:
         """Fit on normal frames (held in memory: every 10th frame is kept out to normalise on)."""
@@ -97,6 +106,7 @@ class Detector:
         summary = FitSummary("memory")
         run_fit(sources, self._store, model, state, self.options, summary, no_progress)
         self.model = load_store(self._store, where="the detector", device=self.options.device)
+        self.path, self._graphs = None, {}
         return summary
 
     def score(self, frames: Iterable[np.ndarray], *, frame_score: FrameScoreConfig = FrameScoreConfig(), fps: float = 25.0) -> list[Result]:
@@ -105,10 +115,26 @@ class Detector:
             raise ConfigError("expected a fitted detector, got one without a model; hint: call fit() or streamad.load() first")
         images = frames if isinstance(frames, Sequence) else list(frames)
         collect = _Collect()
-        options = ScoreOptions(frame_score=frame_score, device=self.device)
-        score_frames(self.model, [FrameArrays("frames", images, fps)], options, Sinks([collect]), ScoreSummary("", "", ""), decision=None)
+        options = ScoreOptions(frame_score=self.model.settled(frame_score), device=self.device)
+        summary, graph = ScoreSummary("", "", ""), self._graph(options.frame_score)
+        score_frames(self.model, [FrameArrays("frames", images, fps)], options, Sinks([collect]), summary, decision=None, graph=graph)
         threshold = decision_threshold(self.model.threshold, None, self.model.settled(frame_score).attrs())  # the stored one, for these settings only
         return [Result(r.ref.index, r.score, None if threshold is None else r.score > threshold, r.anomaly_map, r.map_max) for r in collect.results]
+
+    def _graph(self, frame_score: FrameScoreConfig) -> Exported | None:
+        """The exported graph that scores with these settings (None: PyTorch scores)."""
+        assert self.model is not None
+        if frame_score not in self._graphs:
+            runtime = pick_runtime(self.runtime, self.model, frame_score, stored=self.path is not None)
+            graph = None
+            if runtime != "torch":
+                if self.path is None and self._folder is None:
+                    self._folder = tempfile.TemporaryDirectory(prefix="streamad-detector-")
+                store = self.path or Path(self._folder.name if self._folder else "") / f"fit-{id(self.model)}.zarr"
+                revision = str((self._store.attrs().get("state") or {}).get("revision", ""))
+                graph = open_exported(runtime, store, self.model, frame_score, revision=revision, threads=thread_plan(self.model.device).threads)
+            self._graphs[frame_score] = graph
+        return self._graphs[frame_score]
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the fitted model as a model store (as ``streamad fit`` does)."""
@@ -121,11 +147,12 @@ class Detector:
             commit(target, self.model, read_progress(self._store), normalisation=self.model.normalisation, threshold=self.model.threshold)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:
+    def load(cls, path: str | Path, *, device: str = "cpu", weights: str | None = None, runtime: str = "auto") -> Detector:
         """A detector from a fitted model store."""
-        model = load_store(open_store(path, mode="r"), where=str(path), device=device, weights=weights)
-        detector = cls(model.config, device=device)
-        detector.model = model
+        store = open_store(path, mode="r")
+        model = load_store(store, where=str(path), device=device, weights=weights)
+        detector = cls(model.config, device=device, runtime=runtime)
+        detector.model, detector.path, detector._store = model, Path(path), store
         return detector
 
 
@@ -136,6 +163,7 @@ def read_frames(source: str | Path, *, every: int = 1) -> Iterator[np.ndarray]:
             yield frame.image
 
 
-def load(path: str | Path, *, device: str = "cpu", weights: str | None = None) -> Detector:
-    """Load a fitted model store as a :class:`Detector`."""
-    return Detector.load(path, device=device, weights=weights)
+def load(path: str | Path, *, device: str = "cpu", weights: str | None = None, runtime: str = "auto") -> Detector:
+    """Load a fitted model store as a :class:`Detector` (``runtime``: what scores, as
+    :class:`Detector`'s)."""
+    return Detector.load(path, device=device, weights=weights, runtime=runtime)

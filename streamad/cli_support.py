@@ -161,6 +161,18 @@ with_ray = options(
 )
 
 
+with_runtime = options(
+    click.option(
+        "--runtime",
+        type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]),
+        default="auto",
+        show_default=True,
+        help="What runs the backbone and scorer: auto picks onnxruntime where it applies and is installed (fastest measured on a CPU), else torch; "
+        "$STREAMAD_RUNTIME names auto's pick.",
+    ),
+)
+
+
 def cluster_options(kw: dict[str, Any]) -> Any:
     """The --ray options, or None when the job runs here."""
     if kw["ray_address"] is None:

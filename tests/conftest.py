@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from streamad.io.decode import VideoWriter
 from streamad.model import Model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# --runtime auto picks onnxruntime for exportable models where it is installed, exporting each
+# model's graph first (seconds): the suite's many small models are scored by PyTorch, as the
+# jobs were written against it; tests/test_export.py tests auto's own choices with this unset.
+os.environ.setdefault("STREAMAD_RUNTIME", "torch")
 
 collect_ignore = ["rtsp_server.py"]  # a script for Debian's Python (GStreamer bindings), not a test module
 

@@ -22,6 +22,7 @@ from streamad.config import FrameScoreConfig, ModelConfig
 from streamad.engine.fitting import FitOptions
 from streamad.engine.scoring import load_model
 from streamad.frames import FrameRef
+from streamad.io.decode import VideoWriter
 from tests.test_evaluate import mvtec
 
 ort = pytest.importorskip("onnxruntime")
@@ -215,3 +216,52 @@ def test_a_raw_export_equals_score_raw(toy: Path, tmp_path: Path) -> None:
     maps, scores = ort.InferenceSession(str(tmp_path / "raw.onnx")).run(["maps", "scores"], {"frames": frames})
     assert relative(maps, np.stack([r.anomaly_map for r in expected])) < 1e-4
     assert relative(scores, np.array([r.score for r in expected])) < 1e-4
+
+
+def test_auto_picks_onnxruntime_where_it_applies_else_torch(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMAD_RUNTIME")
+    store, knn = tmp_path / "m.zarr", tmp_path / "knn.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    streamad.fit([str(toy)], knn, ModelConfig(method="knn", input_hw=HW), options=FitOptions(holdout_every=4))
+    runner, test = CliRunner(), str(toy / "test" / "red")
+
+    def score(model: Path, out: str, *extra: str) -> int:
+        return runner.invoke(main, ["score", test, "-m", str(model), "-o", str(tmp_path / out), "-q", *extra]).exit_code
+
+    assert score(store, "auto") == 0 and (tmp_path / ".m.zarr.onnx").is_file()  # exportable, on a CPU: onnxruntime
+    assert score(store, "torch", "--runtime", "torch") == 0
+    assert relative(scores_csv(tmp_path / "auto"), scores_csv(tmp_path / "torch")) < 1e-4
+    assert score(knn, "knn") == 0 and not (tmp_path / ".knn.zarr.onnx").exists()  # not exportable: torch
+    assert score(store, "layers", "--overlay", str(tmp_path / "o.mp4"), "--overlay-layers", "combined,appearance") == 0  # maps only torch gives
+    monkeypatch.setenv("STREAMAD_RUNTIME", "openvino")  # names auto's pick
+    assert score(store, "ov") == 0 and (tmp_path / ".m.zarr.xml").is_file()
+    monkeypatch.setenv("STREAMAD_RUNTIME", "tensorrt")
+    result = runner.invoke(main, ["score", test, "-m", str(store), "-o", str(tmp_path / "bad")])
+    assert result.exit_code == 1 and "STREAMAD_RUNTIME" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_watch_and_the_detector_score_with_onnxruntime_as_pytorch(toy: Path, tmp_path: Path) -> None:
+    from streamad.io.cameras import Camera
+    from streamad.pipelines.watch import WatchOptions, watch
+
+    store = tmp_path / "m.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    frames = list(toy_frames(toy))
+    torch_scores = np.array([r.score for r in streamad.load(store, runtime="torch").score(frames)])
+    loaded = streamad.load(store, runtime="onnxruntime")
+    assert relative(np.array([r.score for r in loaded.score(frames)]), torch_scores) < 1e-4 and (tmp_path / ".m.zarr.onnx").is_file()
+    fitted = streamad.Detector(ModelConfig(input_hw=HW, k=16), runtime="onnxruntime", options=FitOptions(holdout_every=4))  # in memory: a graph in its own folder
+    fitted.fit(frames)
+    in_memory = np.array([r.score for r in fitted.score(frames)])
+    fitted.save(tmp_path / "saved.zarr")
+    assert relative(in_memory, np.array([r.score for r in streamad.load(tmp_path / "saved.zarr", runtime="torch").score(frames)])) < 1e-4
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, fps=25) as writer:
+        for frame in frames:
+            writer.write(frame)
+    for runtime in ("torch", "onnxruntime"):
+        summary = watch([Camera("cam", str(clip), str(store))], tmp_path / runtime, options=WatchOptions(runtime=runtime), print_stats=lambda line: None)
+        assert summary.streams["cam"].scored == len(frames) and summary.streams["cam"].balanced()
+    assert relative(scores_csv(tmp_path / "onnxruntime"), scores_csv(tmp_path / "torch")) < 1e-4
+    with pytest.raises(streamad.ConfigError, match="--adapt"):
+        watch([Camera("cam", str(clip), str(store))], tmp_path / "a", options=WatchOptions(runtime="onnxruntime", adapt=True), print_stats=lambda line: None)

@@ -29,6 +29,8 @@ from streamad.io.sources import Source
 from streamad.maps import CausalSmoother, TemporalMean
 from streamad.model import Model
 
+Work = Callable[[TensorBatch], FeatureBatch]  # a batch's backbone (and scorer) pass: PyTorch's, or an exported graph's
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -169,7 +171,7 @@ class Engine:
         keep_originals: bool = False,
         whole_batches: bool = False,
         depth: int = 2,
-        run: Callable[[TensorBatch], FeatureBatch] | None = None,
+        run: Work | None = None,
     ) -> Iterator[FeatureBatch]:
         """Preprocess in a thread, then the backbone (and ``prepare``) in the worker threads, or
         ``run`` there instead (an exported graph: :mod:`streamad.engine.exported`).
@@ -191,24 +193,29 @@ class Engine:
         return self.runner.parallel(work, tensors, workers=self.plan.workers, maxsize=depth, name="backbone", setup=self.plan.worker_setup())
 
     def gathered_features(
-        self, batches: Iterator[list[Frame]], extractor_of: Callable[[Frame], FeatureExtractor], *, keep_originals: bool = False
+        self,
+        batches: Iterator[list[Frame]],
+        extractor_of: Callable[[Frame], FeatureExtractor],
+        *,
+        keep_originals: bool = False,
+        run_of: Callable[[Frame], Work | None] | None = None,
     ) -> Iterator[FeatureBatch]:
-        """Batches mixing sources (cameras): one backbone pass per extractor in each batch."""
-
-        def preprocess(items: Iterator[list[Frame]]) -> Iterator[tuple[FeatureExtractor, TensorBatch]]:
+        """Batches mixing sources (cameras): one backbone pass per extractor in each batch, or
+        per exported graph where ``run_of`` gives a frame's (``--runtime``)."""
+        def preprocess(items: Iterator[list[Frame]]) -> Iterator[tuple[Work, TensorBatch]]:
             for batch in items:
-                groups: dict[tuple[object, ...], tuple[FeatureExtractor, list[Frame]]] = {}
+                groups: dict[tuple[object, ...], tuple[Work, FeatureExtractor, list[Frame]]] = {}
                 for frame in batch:
-                    extractor = extractor_of(frame)
-                    groups.setdefault(extractor.key, (extractor, []))[1].append(frame)
-                for extractor, frames in groups.values():
-                    yield extractor, next(stages.preprocess([frames], extractor, keep_originals=keep_originals))
+                    extractor, run = extractor_of(frame), run_of(frame) if run_of is not None else None
+                    work = run or functools.partial(stages.extract, extractor=extractor)
+                    groups.setdefault((extractor.key, id(run)), (work, extractor, []))[2].append(frame)
+                for work, extractor, frames in groups.values():
+                    yield work, next(stages.preprocess([frames], extractor, keep_originals=keep_originals))
 
         if self.live:
-            return (stages.extract(tensors, extractor) for extractor, tensors in preprocess(batches))
+            return (work(tensors) for work, tensors in preprocess(batches))
         tensors = self.runner.stage(preprocess, batches, name="preprocess", setup=self.plan.side_setup())
-        work = lambda item: stages.extract(item[1], item[0])  # noqa: E731
-        return self.runner.parallel(work, tensors, workers=self.plan.workers, name="backbone", setup=self.plan.worker_setup())
+        return self.runner.parallel(lambda item: item[0](item[1]), tensors, workers=self.plan.workers, name="backbone", setup=self.plan.worker_setup())
 
     def scores(
         self, features: Iterator[FeatureBatch], route: Callable[[str], stages.Route], *, min_frames: int = 32, tracker: MotionTracker | None = None

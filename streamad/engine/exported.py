@@ -12,7 +12,10 @@ its sidecar (edited, or copied over) is refused.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +29,13 @@ from streamad.config import FrameScoreConfig
 from streamad.errors import ConfigError, StoreError
 from streamad.frames import FeatureBatch, TensorBatch
 from streamad.model import Model
-from streamad.scoring_graph import write_graph
+from streamad.scoring_graph import check_exportable, write_graph
+
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
+AUTO = "auto"  # what --runtime defaults to: :func:`pick_runtime`
+RUNTIME_ENV = "STREAMAD_RUNTIME"  # names the runtime ``auto`` means, for every job of a process
 MAPS, SCORES = "maps", "scores"
 Graph = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (N, H, W, 3) -> maps (N, H, W), scores (N,)
 
@@ -45,6 +52,40 @@ class Exported:
         frames = np.ascontiguousarray(batch.images.permute(0, 2, 3, 1).cpu().numpy())
         maps, scores = self.run(frames)
         return FeatureBatch(batch.refs, {MAPS: torch.from_numpy(maps), SCORES: torch.from_numpy(scores)}, batch.originals)
+
+
+def pick_runtime(requested: str, model: Model, frame_score: FrameScoreConfig, *, stored: bool, why_not: str | None = None) -> str:
+    """The runtime a job uses: ``requested``, unless it is ``auto``, which means
+    ``$STREAMAD_RUNTIME`` when set, else onnxruntime where it applies and is installed, else torch.
+
+    onnxruntime is auto's choice because it measured fastest: vtest.avi, padim, 2-core CPU,
+    ``benchmarks/throughput.py``: 74.8 frames/s against PyTorch's 36.8 and OpenVINO's 47.9
+    (docs/benchmarks.md). It applies to a model on the CPU, of an exportable method, read from a
+    store (``stored``: the graph is cached beside it), with nothing else in the way
+    (``why_not``: the caller's reason, such as overlay layers the graph does not give).
+    """
+    if requested not in (AUTO, *RUNTIMES):
+        raise ConfigError(f"expected --runtime among {[AUTO, *RUNTIMES]}, got {requested!r}")
+    if requested != AUTO:
+        return requested
+    named = os.environ.get(RUNTIME_ENV, "").strip()
+    if named:
+        if named not in RUNTIMES:
+            raise ConfigError(f"expected ${RUNTIME_ENV} among {list(RUNTIMES)}, got {named!r}; hint: unset it to let --runtime auto choose")
+        return named
+    try:
+        check_exportable(model, frame_score)
+    except ConfigError as exc:
+        why_not = why_not or str(exc)
+    reasons = {
+        "the model runs on CUDA": model.device.type != "cpu",
+        "the model is not read from a store": not stored,
+        "onnxruntime is not installed (pip install 'streamad[onnx]')": importlib.util.find_spec("onnxruntime") is None,
+        str(why_not): why_not is not None,
+    }
+    held = [reason for reason, holds in reasons.items() if holds]
+    logger.info("--runtime auto: %s", f"torch ({held[0]})" if held else "onnxruntime")
+    return "torch" if held else "onnxruntime"
 
 
 def _sha256(path: Path) -> str:

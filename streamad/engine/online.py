@@ -13,7 +13,8 @@ from typing import Protocol
 from streamad.calibration import decision_threshold, measure_normalisation, normal_threshold
 from streamad.config import VIDEO_SMOOTH_S, FrameScoreConfig, ModelConfig
 from streamad.engine import stages
-from streamad.engine.assembly import Scoring
+from streamad.engine.assembly import ExportedScoring, Scoring
+from streamad.engine.exported import Exported, open_exported, pick_runtime
 from streamad.engine.fitter import Fitter
 from streamad.engine.normalising import normal_scorer
 from streamad.errors import ConfigError
@@ -53,12 +54,16 @@ class LearningOptions(Protocol):
     def refresh_every(self) -> int: ...
     @property
     def checkpoint_every_s(self) -> float: ...
+    @property
+    def runtime(self) -> str: ...
 
 
 class CameraModel:
     """The route of one camera's frames: learn while learning, else score (and adapt)."""
 
-    def __init__(self, camera: Camera, options: LearningOptions, extractors: Extractors, *, device: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, camera: Camera, options: LearningOptions, extractors: Extractors, *, device: str, threads: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.camera, self.options, self.extractors, self.device, self.clock = camera, options, extractors, device, clock
         self.model: Model | None = None
         self.store: ArrayStore | None = None
@@ -72,6 +77,7 @@ class CameraModel:
         self.dirty = False  # adapted since the store was written
         self.last_checkpoint = clock()
         self.scoring: Scoring | None = None
+        self.graph: Exported | None = None  # --runtime: the exported graph that scores the camera
         self.threshold: float | None = None  # alerts; None while learning
         path = Path(camera.model)
         if (path / "zarr.json").is_file():
@@ -80,6 +86,7 @@ class CameraModel:
             extractor = extractors.for_config(stored)
             self.progress = read_progress(self.store)  # adapting adds to it
             self._ready(load(self.store, where=str(path), device=device, extractor=extractor))
+            self._use_runtime(threads)
         elif options.learn_for_s is None:
             raise ConfigError(f"expected a fitted model at {path} for camera {camera.name}, got none; hint: fit one, or pass --learn-for DURATION")
 
@@ -93,13 +100,35 @@ class CameraModel:
         self.model = model
         self.fitter = Fitter(model, self.progress, holdout=HoldOut())  # adapting: every frame judged normal
         frame_score = model.settled(self.options.frame_score)
-        self.scoring = Scoring(model, frame_score if model.normalisation is not None else replace(frame_score, normalised=False), prepared=False)
+        self.scoring = Scoring(model, self._scored(frame_score), prepared=False)
         self.threshold = decision_threshold(model.threshold, self.options.threshold, frame_score.attrs())
         if self.threshold is None:
             normal = normal_threshold(model.normalisation, frame_score.attrs(), on="normal frames")
             self.threshold = normal.value if normal else None
             if normal is None and model.normalisation is not None:
                 logger.warning("%s: no alerts: its normal frames were scored with other frame-score settings; hint: pass --threshold", self.camera.name)
+
+    def _scored(self, frame_score: FrameScoreConfig) -> FrameScoreConfig:
+        """The frame scores the camera gets: not normalised when its model has no normalisation."""
+        assert self.model is not None
+        return frame_score if self.model.normalisation is not None else replace(frame_score, normalised=False)
+
+    def _use_runtime(self, threads: int) -> None:
+        """A stored model scored by another runtime (``--runtime``): its graph, exported and
+        cached beside the store; a model that adapts stays with PyTorch, whose features it
+        learns from."""
+        assert self.model is not None and self.store is not None
+        frame_score = self._scored(self.model.settled(self.options.frame_score))
+        adapting = "--adapt updates the model from PyTorch's features" if self.options.adapt else None
+        runtime = pick_runtime(self.options.runtime, self.model, frame_score, stored=True, why_not=adapting)
+        if runtime == "torch":
+            return
+        if adapting:
+            raise ConfigError(f"expected --runtime auto or torch with --adapt ({adapting}), got {runtime}")
+        revision = str((self.store.attrs().get("state") or {}).get("revision", ""))
+        self.graph = open_exported(runtime, self.camera.model, self.model, frame_score, revision=revision, threads=threads)
+        self.scoring = ExportedScoring(self.model, frame_score, prepared=True)
+        logger.info("%s: scored by %s (%s)", self.camera.name, runtime, self.graph.path)
 
     def extractor_for(self, frame: Frame) -> FeatureExtractor:
         """The camera's extractor; a camera that learns gets its model sized by its first frame."""

@@ -37,7 +37,7 @@ class ScoreOptions:
     device: str = "cpu"
     workers: int | None = None
     threshold: float | None = None
-    runtime: str = "torch"  # or an exported graph's (streamad.engine.exported.RUNTIMES)
+    runtime: str = "auto"  # or torch, or an exported graph's (streamad.engine.exported.pick_runtime)
 
     def __post_init__(self) -> None:
         if self.every < 1:
