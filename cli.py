@@ -62,6 +62,7 @@ def main(context: click.Context, debug: bool) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=2000, show_default=True, help="Frames between checkpoints.")
 @click.option("--calibration-frames", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many held-out frames normalise.")
 @click.option("--holdout-every", type=click.IntRange(min=2), default=None, help="Every N-th frame is held out to normalise on (default 10; a resume: its own).")
+@click.option("--float64-stats", is_flag=True, help="Update the statistics in float64: reproducible bit for bit, slower (default: float32 GEMMs).")
 @click.option("--resume", is_flag=True, help="Continue the store; frames already counted are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @with_ray
@@ -85,6 +86,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
         defaults = ModelConfig(method=AUTO, motion=AUTO)  # settled by the sources when the fit starts
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
     names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers", "epochs", "cache_frames")
+    names += ("float64_stats",)
     progress = ClickProgress(not kw["quiet"])
     on = cluster_options(kw)
     fit_options = FitOptions(**{n: kw[n] for n in names})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +54,19 @@ class Clock:
         pass
 
 
-def backbone_fps(model, batch_size: int, seconds: float, *, workers: int, threads: int) -> float:
+def backbone_fps(model, batch_size: int, seconds: float, *, workers: int, threads: int, graph=None) -> float:  # noqa: ANN001
     """Frames/s of ``workers`` threads each looping the bare backbone forward on ``threads``
-    torch threads (nothing else runs)."""
+    torch threads (nothing else runs); ``graph``: an exported graph's whole pass instead (its
+    own threads), on uint8 frames."""
     import threading
 
+    import numpy as np
     import torch
 
     x = torch.randn(batch_size, 3, *model.input_hw, device=model.device)
+    if graph is not None:
+        frames = np.random.default_rng(0).integers(0, 256, (batch_size, *model.input_hw, 3), dtype=np.uint8)
+        model = types.SimpleNamespace(extractor=lambda _: graph.run(frames))
     counts = [0] * workers
     ready = threading.Barrier(workers + 1)
     stop = [float("inf")]
@@ -99,7 +105,8 @@ def main() -> None:
 
     import torch
 
-    from streamad.config import ModelConfig
+    from streamad.config import FrameScoreConfig, ModelConfig
+    from streamad.engine.exported import open_exported, pick_runtime
     from streamad.engine.fitting import FitOptions
     from streamad.engine.runtime import set_threads, thread_plan, tune_allocator
     from streamad.engine.scoring import ScoreOptions
@@ -140,13 +147,21 @@ def main() -> None:
     model = load(open_store(model_path), device=args.device)
     plan = thread_plan(model.device)
     raw = backbone_fps(model, args.batch_size, seconds=20, workers=1, threads=threads)
+    default = pick_runtime("auto", model, model.settled(FrameScoreConfig()), stored=True)
+    graphs = {}  # the exported graph alone, as the pipeline schedules it
+    revision = str(open_store(model_path).attrs()["state"]["revision"])
+    for runtime in runtimes:
+        graph = open_exported(runtime, model_path, model, model.settled(FrameScoreConfig()), revision=revision, threads=plan.threads)
+        graphs[runtime] = backbone_fps(model, args.batch_size, seconds=20, workers=plan.workers, threads=plan.threads, graph=graph)
     print(f"device {args.device}, torch threads {threads}, input {model.input_hw[0]}x{model.input_hw[1]}, batch {args.batch_size}")
     print(f"end-to-end score: {steady:.2f} frames/s steady state ({frames} frames; whole call {wall:.1f} s incl. model load)")
     for kind, fps in with_motion.items():
         print(f"  with --motion {kind}: {fps:.2f} frames/s, {fps / steady:.3f} of appearance only (target >= 0.75)")
     print(f"  video defaults (knn, --motion feat,speed, 0.1 s filter): {video_defaults:.2f} frames/s, {video_defaults / steady:.3f} of padim (target >= 0.6)")
     for runtime, fps in runtimes.items():
-        print(f"  padim with --runtime {runtime}: {fps:.2f} frames/s, {fps / steady:.2f}x the PyTorch path (issue 25's target: 1.5x for the default)")
+        chosen = " (the default: --runtime auto's pick here)" if runtime == default else ""
+        print(f"  padim with --runtime {runtime}{chosen}: {fps:.2f} frames/s, {fps / steady:.2f}x the PyTorch path (target: 1.5x for the default)")
+        print(f"    its exported graph alone (frames to maps and scores), {plan.workers} at once on {plan.threads} thread(s): {graphs[runtime]:.2f} frames/s")
     print(f"  (the pipeline ran {plan.workers} backbone pass(es) at once on {plan.threads} thread(s) each)")
     print(f"raw backbone forward, one pass at a time on {threads} threads: {raw:.2f} frames/s")
     print(f"ratio: {steady / raw:.3f} (target >= 0.85)")

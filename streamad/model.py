@@ -25,6 +25,7 @@ from streamad.frames import FrameRef, ScoreMap
 from streamad.maps import AnomalyMap, topk_mean
 from streamad.scorers.base import Mergeable, MultiCue, Releasable, Scorer, ScorerState, Temporal, Trainable, TrainRun, TrainStep
 from streamad.scorers.registry import ScorerSpec, scorer_spec
+from streamad.scorers.running import RunningGaussian
 from streamad.stores.array_store import ArrayStore
 
 
@@ -171,6 +172,13 @@ class Model:
             return False
         self.scorer.release_statistics()
         return True
+
+    def exact_statistics(self, exact: bool) -> None:
+        """Running statistics updated in float64 (bit-reproducible) or by float32 GEMMs summed
+        into float64 (the default: :mod:`streamad.scorers.running`)."""
+        for module in self.scorer.modules() if isinstance(self.scorer, torch.nn.Module) else ():
+            if isinstance(module, RunningGaussian):
+                module.exact = exact
 
     def state(self) -> ScorerState:
         """The scorer's state (named arrays and attributes), to store or to send elsewhere."""

@@ -77,3 +77,19 @@ def frame_folder(tmp_path: Path) -> Path:
 def embed(model: Model, frames: Sequence[np.ndarray]) -> Features:
     """RGB uint8 frames to a model's prepared features (extractor, then the scorer's prepare)."""
     return model.prepare(model.extractor.extract(frames))
+
+
+def assert_statistics_close(got: np.ndarray, expected: np.ndarray, *, exact: bool, err_msg: str = "") -> None:
+    """Running statistics of the same frames: float64 updates (``exact``) to 1e-9; float32 ones
+    (fits that folded at other frames: a resume, a merge, shards) within twice the bound
+    streamad.scorers.running states, ``gamma(FOLD_FRAMES + 3) * sqrt(m2_ii m2_jj)`` per entry
+    of a co-moment; counts and means, float64 in both, to 1e-9."""
+    from streamad.scorers.running import FOLD_FRAMES
+
+    if exact or got.ndim < 3:
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(expected).max())), err_msg=err_msg)
+        return
+    n, u = FOLD_FRAMES + 3, 2.0**-24
+    diagonal = np.diagonal(expected, axis1=-2, axis2=-1)
+    bound = 2 * n * u / (1 - n * u) * np.sqrt(diagonal[..., :, None] * diagonal[..., None, :]) + 1e-300
+    assert (np.abs(got - expected) <= bound).all(), f"{err_msg}: {float((np.abs(got - expected) / bound).max()):.3f} of the bound"

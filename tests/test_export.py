@@ -250,7 +250,7 @@ def test_watch_and_the_detector_score_with_onnxruntime_as_pytorch(toy: Path, tmp
     torch_scores = np.array([r.score for r in streamad.load(store, runtime="torch").score(frames)])
     loaded = streamad.load(store, runtime="onnxruntime")
     assert relative(np.array([r.score for r in loaded.score(frames)]), torch_scores) < 1e-4 and (tmp_path / ".m.zarr.onnx").is_file()
-    fitted = streamad.Detector(ModelConfig(input_hw=HW, k=16), runtime="onnxruntime", options=FitOptions(holdout_every=4))  # in memory: a graph in its own folder
+    fitted = streamad.Detector(ModelConfig(input_hw=HW, k=16), runtime="onnxruntime", options=FitOptions(holdout_every=4))  # in memory: own folder
     fitted.fit(frames)
     in_memory = np.array([r.score for r in fitted.score(frames)])
     fitted.save(tmp_path / "saved.zarr")

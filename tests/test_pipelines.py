@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,10 @@ from streamad.io.decode import VideoWriter
 from streamad.pipelines.fit import fit
 from streamad.pipelines.merge import merge
 from streamad.pipelines.score import score
+from streamad.scorers.running import chan_merge
 from streamad.stores.model_store import open_store, read_state
 from streamad.stores.score_store import open_scores, read_source
-from tests.conftest import scene
+from tests.conftest import assert_statistics_close, scene
 
 SMALL = ModelConfig(input_hw=(64, 96), k=16)
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +41,13 @@ def stats(path: Path) -> tuple[int, torch.Tensor, torch.Tensor]:
     return int(state.arrays["count"]), torch.from_numpy(state.arrays["mean"]), torch.from_numpy(state.arrays["m2"])
 
 
-def assert_same_stats(a: Path, b: Path) -> None:
+def assert_same_stats(a: Path, b: Path, *, exact: bool = False) -> None:
+    """The same statistics: float64 updates to 1e-9, float32 ones to their bound."""
     n_a, mean_a, m2_a = stats(a)
     n_b, mean_b, m2_b = stats(b)
     assert n_a == n_b
-    torch.testing.assert_close(mean_a, mean_b, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(m2_a, m2_b, rtol=1e-9, atol=1e-9)
+    assert_statistics_close(mean_b.numpy(), mean_a.numpy(), exact=exact)
+    assert_statistics_close(m2_b.numpy(), m2_a.numpy(), exact=exact)
 
 
 def test_default_input_size_comes_from_the_first_source_with_a_readable_frame(tmp_path: Path, frame_folder: Path) -> None:
@@ -114,13 +117,14 @@ class TestFitScore:
         assert peak[0] < 40 and peak[1] < 55
         assert Path(result.overlays[0]).stat().st_size > 0 and Path(result.plot).stat().st_size > 0
 
-    def test_resume_equals_one_shot(self, tmp_path: Path, tiny_video: Path, frame_folder: Path) -> None:
-        one = tmp_path / "one.zarr"
-        fit([str(tiny_video), str(frame_folder)], one, SMALL)
+    @pytest.mark.parametrize("exact", [False, True], ids=["float32", "float64"])
+    def test_resume_equals_one_shot(self, tmp_path: Path, tiny_video: Path, frame_folder: Path, exact: bool) -> None:
+        one, options = tmp_path / "one.zarr", FitOptions(float64_stats=exact)
+        fit([str(tiny_video), str(frame_folder)], one, SMALL, options=options)
         part = tmp_path / "part.zarr"
-        fit([str(tiny_video)], part, SMALL, options=FitOptions(stop=17))
-        fit([str(tiny_video), str(frame_folder)], part, None, resume=True)
-        assert_same_stats(one, part)
+        fit([str(tiny_video)], part, SMALL, options=replace(options, stop=17))
+        fit([str(tiny_video), str(frame_folder)], part, None, resume=True, options=options)
+        assert_same_stats(one, part, exact=exact)
         info = open_store(part).attrs()
         assert {sid: v["next_index"] for sid, v in info["sources"].items()} == {"tiny": 39, "clip": 29}
         assert info["sources"]["tiny"]["start"] == 0 and info["sources"]["tiny"]["source"] == str(tiny_video.resolve())
@@ -132,6 +136,11 @@ class TestFitScore:
         summary = merge([tmp_path / "b.zarr", tmp_path / "a.zarr"], tmp_path / "c.zarr", calibrate_on=[str(frame_folder)])
         assert summary.calibrated_on == 30
         assert_same_stats(tmp_path / "one.zarr", tmp_path / "c.zarr")
+        n, mean, m2 = chan_merge(*stats(tmp_path / "b.zarr"), *stats(tmp_path / "a.zarr"))  # exactly what each part accumulated
+        merged = stats(tmp_path / "c.zarr")
+        assert merged[0] == n
+        torch.testing.assert_close(merged[1], mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(merged[2], m2, rtol=1e-12, atol=1e-12)
 
     def test_resume_refuses_other_model(self, tmp_path: Path, tiny_video: Path) -> None:
         from streamad.errors import StoreError

@@ -57,6 +57,7 @@ class FitOptions:
     epochs: int | None = None
     cache_frames: int | None = None
     train_batch_size: int = 16
+    float64_stats: bool = False  # the statistics' float64 update (bit-reproducible) instead of float32 GEMMs
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -278,6 +279,7 @@ def fit_pass(
     extra = fit_extra(options)
     progress.start("fitting", Reading(options.every, (options.start, options.stop), start=primed, keep=options.holdout.fitted).expected(sources))
     every = options.checkpoint_every if target is not None else None
+    model.exact_statistics(options.float64_stats)
     fitter = Fitter(model, state, holdout=options.holdout, primed=primed, checkpoint_every=every, bar=progress)
     with graceful_interrupt(runner) as interrupted, torch_threads(engine.plan.side_threads):
         features = engine.features(
