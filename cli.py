@@ -85,8 +85,8 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
     if not kw["resume"] or any(v is not None for v in given.values()):
         defaults = ModelConfig(method=AUTO, motion=AUTO)  # settled by the sources when the fit starts
         config = ModelConfig(**{name: (value if value is not None else getattr(defaults, name)) for name, value in given.items()})
-    names = ("every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers", "epochs", "cache_frames")
-    names += ("float64_stats",)
+    names = ["every", "start", "stop", "batch_size", "checkpoint_every", "calibration_frames", "holdout_every", "device", "workers", "epochs"]
+    names += ["cache_frames", "float64_stats"]
     progress = ClickProgress(not kw["quiet"])
     on = cluster_options(kw)
     fit_options = FitOptions(**{n: kw[n] for n in names})
