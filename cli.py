@@ -30,6 +30,7 @@ from streamad.cli_support import (
     with_frame_score,
     with_ray,
     with_runtime,
+    with_weights,
 )
 
 
@@ -118,8 +119,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
 @with_runtime
 @click.option("--threshold", type=Finite(), default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
-@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
+@with_weights
 @with_ray
 @with_common
 @friendly_errors
@@ -276,8 +276,7 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="With --folds: training epochs of trained scorers.")
 @with_frame_score
 @with_runtime
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
-@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
+@with_weights
 @with_common
 @friendly_errors
 def evaluate(testset: str | None, ground_truth: str | None, **kw: Any) -> None:
@@ -367,8 +366,7 @@ def info(store: str, as_json: bool) -> None:
 @click.option("--out", "-o", "out", required=True, help="The file to write (model.onnx; openvino: model.xml and .bin).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True, help="What to write.")
 @click.option("--raw", is_flag=True, help="Frame scores from distances not normalised per position.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones.")
-@click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm).")
+@with_weights
 @friendly_errors
 def export(model_path: str, out: str, fmt: str, raw: bool, weights: str | None, weights_b: str | None) -> None:
     """Export a fitted model's scoring graph: uint8 frames in, anomaly maps and frame scores out.

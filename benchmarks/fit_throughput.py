@@ -45,6 +45,24 @@ def fit_fps(source: str, model: Path, batch_size: int, extra: list[str]) -> tupl
     return float(match.group(3)), int(match.group(1)), wall
 
 
+def statistics_error(path: Path, exact: Path) -> str:
+    """How far a store's co-moments are from another's of the same frames: the largest
+    ``|d m2_ij| / sqrt(m2_ii m2_jj)`` and the relative Frobenius norm, over all its cues."""
+    import numpy as np
+
+    from streamad.stores.model_store import open_store, read_state
+
+    got, want = read_state(open_store(path)), read_state(open_store(exact))
+    assert got is not None and want is not None
+    worst, frobenius = 0.0, 0.0
+    for name in [n for n in want.arrays if n.endswith("m2")]:
+        a, b = want.arrays[name], got.arrays[name]
+        diagonal = np.diagonal(a, axis1=-2, axis2=-1)
+        worst = max(worst, float((np.abs(b - a) / np.sqrt(diagonal[..., :, None] * diagonal[..., None, :])).max()))
+        frobenius = max(frobenius, float(np.linalg.norm(b - a) / np.linalg.norm(a)))
+    return f"max |d m2_ij| / sqrt(m2_ii m2_jj) {worst:.2e}, relative Frobenius {frobenius:.2e}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", action="append", default=None, help="video or frame folder (default: vtest.avi and the Ped2 training frames)")
@@ -54,6 +72,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="fits per source (the median is reported)")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the raw backbone runs")
     parser.add_argument("--work", type=Path, default=Path("/tmp/streamad-fit-throughput"))
+    parser.add_argument("--compare-float64", action="store_true", help="also fit with --float64-stats and print how far the statistics are from it")
     args = parser.parse_args()
     sources = args.source or [str(DATA / "videos" / "vtest.avi"), str(DATA / "ucsd_ped2" / "training" / "frames")]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -79,6 +98,10 @@ def main() -> None:
         print(f"  fit: {fps:.1f} frames/s (median of {args.runs}; whole command {wall:.1f} s incl. start-up)")
         print(f"  raw backbone, {plan.workers} pass(es) at once on {plan.threads} thread(s): {raw:.1f} frames/s")
         print(f"  ratio {fps / raw:.3f} (target >= 0.8)", flush=True)
+        if args.compare_float64:
+            exact = args.work / f"m{i}-float64.zarr"
+            fps64 = fit_fps(source, exact, args.batch_size, ["--method", args.method, "--float64-stats"])[0]
+            print(f"  with --float64-stats: {fps64:.1f} frames/s; the default's statistics against them: {statistics_error(model_path, exact)}", flush=True)
 
 
 if __name__ == "__main__":

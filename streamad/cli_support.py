@@ -173,6 +173,12 @@ with_runtime = options(
 )
 
 
+with_weights = options(
+    click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones."),
+    click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm)."),
+)
+
+
 def cluster_options(kw: dict[str, Any]) -> Any:
     """The --ray options, or None when the job runs here."""
     if kw["ray_address"] is None:

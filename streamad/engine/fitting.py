@@ -5,6 +5,7 @@ its Ray shards and the in-memory :class:`~streamad.api.Detector` all run these p
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -199,20 +200,29 @@ def finish(
 ) -> None:
     """After the fitting pass: the factors, committed with the statistics, then the normalisation
     measured on the held-out frames, committed with them (the fit's last commit). Ctrl-C while
-    normalising stops there (``summary.interrupted``): ``--resume`` measures it again."""
+    normalising stops there (``summary.interrupted``): ``--resume`` measures it again.
+
+    The statistics and factors are written while the held-out frames are scored (a Gaussian's
+    are hundreds of MB: memory copies and file writes, where the scoring needs only the
+    factors); the normalisation's commit waits for them."""
     release_memory()  # the fitting pass's buffers, before the factors are made
     try:
         model.finalise()
-    finally:  # the statistics, with their factors when there are some
+    except BaseException:  # the statistics, without factors
         commit(target, model, state, extra=extra)
-    if model.release_statistics():  # committed: the normalisation pass needs only the factors
+        raise
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit") as writer:
+        written = writer.submit(commit, target, model, state, extra=extra)
+        try:
+            normalisation = calibration.measure(model, sources, options, progress)
+        except Interrupted:
+            written.result()
+            summary.interrupted = True
+            logger.warning("fit interrupted while normalising; continue with --resume")
+            return
+        written.result()  # its error, if it failed (any other error waits for it as the pool closes)
+    if model.release_statistics():  # committed: what follows needs only the factors
         release_memory()
-    try:
-        normalisation = calibration.measure(model, sources, options, progress)
-    except Interrupted:
-        summary.interrupted = True
-        logger.warning("fit interrupted while normalising; continue with --resume")
-        return
     summary.calibrated_on = normalisation.frames if normalisation is not None else 0
     commit(target, model, state, normalisation=normalisation, extra={**extra, "unfinished": False})
 
