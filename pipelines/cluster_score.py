@@ -138,11 +138,7 @@ def score_on_cluster(
     """:func:`streamad.pipelines.score.score` with its sources spread over Ray actors: the same
     CSV, store, overlays and timeline. The output folder must be one every worker sees.
     ``hook``: called in the actor after each frame is written (tests kill actors with it)."""
-    if not isinstance(model, str | Path):
-        raise ConfigError("expected a model store path with --ray (each worker loads it), got a model object")
-    if options.runtime not in ("auto", "torch"):
-        raise ConfigError(f"expected --runtime torch with --ray (its workers run PyTorch), got {options.runtime}")
-    options = replace(options, runtime="torch")
+    options = _checked(model, options)
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
     check_layers(job.model, overlay_layers)
     summary = job.summary
@@ -173,6 +169,15 @@ def score_on_cluster(
     progress.finish()
     summary.plot = str(plot) if plot and summary.frames else None
     return summary
+
+
+def _checked(model: str | Path | Model, options: ScoreOptions) -> ScoreOptions:
+    """A model store (each worker loads it) scored by PyTorch (what the workers run)."""
+    if not isinstance(model, str | Path):
+        raise ConfigError("expected a model store path with --ray (each worker loads it), got a model object")
+    if options.runtime not in ("auto", "torch"):
+        raise ConfigError(f"expected --runtime torch with --ray (its workers run PyTorch), got {options.runtime}")
+    return replace(options, runtime="torch")
 
 
 def _driver_sinks(job: ScoreJob, options: ScoreOptions, plot: str | Path | None) -> tuple[ScoreStoreSink | None, Sinks]:

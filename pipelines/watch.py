@@ -200,7 +200,6 @@ def watch(
     engine = Engine(runner, extractors.device, batch_size=options.max_batch, live=True)
     live = any(is_live(c.url) or options.live.realtime for c in cameras)
     deadline = None if options.duration_s is None else clock() + options.duration_s
-
     threads = thread_plan(extractors.device, workers=1 if live else None).threads  # an exported graph's, as the backbone's
     with graceful_interrupt(runner) as interrupted, contextlib.ExitStack() as closing:  # closes run on every path, last opened first
         models: dict[str, CameraModel] = {}
