@@ -9,9 +9,9 @@ accumulator halves the bytes each batch moves and the float64 pass comes once a 
 Error bound (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., 3.1 and 3.5):
 with ``u = 2**-24`` and ``F`` frames folded at a time, each entry of the co-moment differs from
 the exact one by at most ``gamma(F + 3) * sqrt(m2_ii * m2_jj)`` (``gamma(n) = n u / (1 - n u)``,
-the Cauchy-Schwarz bound on ``sum |c_i c_j|``): about 7.9e-6 for F = 128, relative to the
+the Cauchy-Schwarz bound on ``sum |c_i c_j|``): about 7.8e-6 for F = 128, relative to the
 entry's scale. Rounding errors of opposite signs cancel, so what is measured is far smaller
-(tests/test_gaussian.py; docs/methods.md). ``exact=True`` keeps the float64 update, whose
+(tests/test_gaussian.py; docs/design.md). ``exact=True`` keeps the float64 update, whose
 statistics are reproducible bit for bit.
 """
 
