@@ -19,15 +19,18 @@ from streamad.cli_support import (
     Finite,
     OneLineErrors,
     cluster_options,
-    frame_score_config,
     friendly_errors,
     parse_hw,
     report_drops,
     say,
     score_options,
+    serve_metrics,
+    serve_view,
     setup,
+    watch_options,
     with_common,
     with_frame_score,
+    with_live_outputs,
     with_ray,
     with_runtime,
     with_weights,
@@ -211,6 +214,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
 @with_frame_score
 @with_runtime
+@with_live_outputs
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--verbose", "-v", is_flag=True)
@@ -223,32 +227,12 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
     streamad watch rtsp://a/s -m new.zarr --learn-for 10m --adapt
     """
     setup(kw["threads"], kw["verbose"])
-    from streamad.config import ModelConfig
-    from streamad.io.cameras import cameras_from, parse_duration
-    from streamad.io.live import LiveOptions
-    from streamad.pipelines.watch import WatchOptions
+    from streamad.io.cameras import cameras_from
     from streamad.pipelines.watch import watch as run_watch
 
-    live = LiveOptions(open_timeout_s=kw["open_timeout"], stall_timeout_s=kw["stall_timeout"], max_retries=kw["max_retries"], realtime=kw["realtime"])
-    options = WatchOptions(
-        max_batch=kw["max_batch"],
-        max_wait_s=kw["max_wait"],
-        queue_size=kw["queue_size"],
-        stats_every_s=kw["stats_every"],
-        threshold=kw["threshold"],
-        min_frames=kw["min_frames"],
-        learn_for_s=parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
-        learn_config=ModelConfig(motion=kw["learn_motion"]),
-        adapt=kw["adapt"],
-        refresh_every=kw["refresh_every"],
-        checkpoint_every_s=parse_duration(kw["checkpoint_every"]),
-        frame_score=frame_score_config(kw),
-        live=live,
-        device=kw["device"],
-        runtime=kw["runtime"],
-        duration_s=parse_duration(kw["duration"]) if kw["duration"] else None,
-    )
-    summary = run_watch(cameras_from(urls, models), out_dir, options=options, stats_json=kw["stats_json"], print_stats=lambda line: click.echo(line, err=True))
+    with serve_metrics(kw) as metrics, serve_view(kw) as view:
+        args, shown = (cameras_from(urls, models), out_dir), {"metrics": metrics, "view": view}
+        summary = run_watch(*args, options=watch_options(kw), stats_json=kw["stats_json"], print_stats=lambda line: click.echo(line, err=True), **shown)
     click.echo("summary" + (" (interrupted)" if summary.interrupted else "") + ":")
     for line in summary.lines():
         click.echo("  " + line)

@@ -4,11 +4,12 @@ click; like it, it imports no heavy library until a command runs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -177,6 +178,75 @@ with_weights = options(
     click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict file for torchvision backbones."),
     click.option("--weights-b", type=click.Path(dir_okay=False), default=None, help="State dict file of a torchvision second backbone (pfm/pefm)."),
 )
+
+
+with_live_outputs = options(
+    click.option("--events-webhook", multiple=True, help="POST each event's open, update and close as JSON to this http(s) URL (repeatable)."),
+    click.option("--events-mqtt", multiple=True, help="Publish events and state to mqtt://[user:pass@]host[:port]/topic-prefix (repeatable)."),
+    click.option("--events-inline-snapshot", is_flag=True, help="A closed event's message carries its snapshot PNG (base64)."),
+    click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="Serve Prometheus metrics on this port (/metrics)."),
+    click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics are served on (0.0.0.0: every interface)."),
+    click.option("--http-port", type=click.IntRange(min=0, max=65535), default=None, help="Serve the live web view on this port."),
+    click.option("--http-host", default="127.0.0.1", show_default=True, help="Address the web view is served on (0.0.0.0: every interface)."),
+    click.option("--http-token", default=None, help="Require this token for the web view (open it at /?token=...)."),
+)
+
+
+def watch_options(kw: dict[str, Any]) -> Any:
+    """watch's options as WatchOptions."""
+    from streamad.config import ModelConfig
+    from streamad.io.cameras import parse_duration
+    from streamad.io.live import LiveOptions
+    from streamad.pipelines.watch import WatchOptions
+
+    live = LiveOptions(open_timeout_s=kw["open_timeout"], stall_timeout_s=kw["stall_timeout"], max_retries=kw["max_retries"], realtime=kw["realtime"])
+    return WatchOptions(
+        max_batch=kw["max_batch"],
+        max_wait_s=kw["max_wait"],
+        queue_size=kw["queue_size"],
+        stats_every_s=kw["stats_every"],
+        threshold=kw["threshold"],
+        min_frames=kw["min_frames"],
+        learn_for_s=parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
+        learn_config=ModelConfig(motion=kw["learn_motion"]),
+        adapt=kw["adapt"],
+        refresh_every=kw["refresh_every"],
+        checkpoint_every_s=parse_duration(kw["checkpoint_every"]),
+        frame_score=frame_score_config(kw),
+        live=live,
+        device=kw["device"],
+        runtime=kw["runtime"],
+        duration_s=parse_duration(kw["duration"]) if kw["duration"] else None,
+        events_webhooks=tuple(kw["events_webhook"]),
+        events_mqtt=tuple(kw["events_mqtt"]),
+        inline_snapshot=kw["events_inline_snapshot"],
+    )
+
+
+@contextlib.contextmanager
+def serve_metrics(kw: dict[str, Any]) -> Iterator[Any]:
+    """``--metrics-port``'s server for the command's life (None without it)."""
+    if kw["metrics_port"] is None:
+        yield None
+        return
+    from streamad.publish.metrics import Metrics
+
+    with Metrics(kw["metrics_port"], host=kw["metrics_host"]) as metrics:
+        yield metrics
+
+
+@contextlib.contextmanager
+def serve_view(kw: dict[str, Any]) -> Iterator[Any]:
+    """``--http-port``'s web view for the command's life (None without it)."""
+    if kw["http_port"] is None:
+        yield None
+        return
+    from streamad.io.urls import redact
+    from streamad.publish.web import LiveView
+
+    with LiveView(kw["http_port"], host=kw["http_host"], token=kw["http_token"]) as view:
+        click.echo(f"live view: {redact(view.url + ('?token=' + kw['http_token'] if kw['http_token'] else ''))}", err=True)
+        yield view
 
 
 def cluster_options(kw: dict[str, Any]) -> Any:

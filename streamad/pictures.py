@@ -72,6 +72,14 @@ def boxes(image: np.ndarray, regions: np.ndarray, *, colour: tuple[int, int, int
     return out
 
 
+def jpeg(image: np.ndarray, *, quality: int = 80) -> bytes:
+    """An RGB uint8 image as JPEG bytes."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"expected an image OpenCV can encode, got shape {image.shape}")
+    return encoded.tobytes()
+
+
 def save_rgb(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB uint8 image (PNG or JPEG by the suffix)."""
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

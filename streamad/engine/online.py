@@ -130,6 +130,12 @@ class CameraModel:
         self.scoring = ExportedScoring(self.model, frame_score, prepared=True)
         logger.info("%s: scored by %s (%s)", self.camera.name, runtime, self.graph.path)
 
+    def describe(self) -> dict[str, str]:
+        """The model, for the metrics: method, backbone and what runs it."""
+        if self.model is None:
+            return {"method": "learning", "backbone": "", "runtime": ""}
+        return {"method": self.model.config.method, "backbone": self.model.config.backbone, "runtime": self.graph.runtime if self.graph else "torch"}
+
     def extractor_for(self, frame: Frame) -> FeatureExtractor:
         """The camera's extractor; a camera that learns gets its model sized by its first frame."""
         if self.model is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,10 +50,21 @@ class AlertSink:
         threshold: the current threshold of a source (None: no alerts for it yet).
         min_frames: hysteresis, in frames.
         clock: wall clock for the events' times (injectable).
+        listeners: told each change of an event (``open``, ``update``: its peak rose, ``close``).
     """
 
-    def __init__(self, out: str | Path, threshold: Callable[[str], float | None], *, min_frames: int = 3, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        threshold: Callable[[str], float | None],
+        *,
+        min_frames: int = 3,
+        clock: Callable[[], float] = time.time,
+        listeners: Sequence[Callable[[str, Event], None]] = (),
+    ) -> None:
         self.out, self.threshold, self.min_frames, self.clock = Path(out), threshold, min_frames, clock
+        self.listeners = list(listeners)
+        self.opened: Counter[str] = Counter()  # events opened per source
         self.out.mkdir(parents=True, exist_ok=True)
         self._file = open(self.out / "events.jsonl", "a")
         self._state: dict[str, _Open] = {}
@@ -72,10 +84,13 @@ class AlertSink:
         if state.event is None and state.above >= self.min_frames:
             state.event = Event(sid, ref.index, ref.pts_s, self.clock(), result.score, ref.index)
             state.peak = result
+            self.opened[sid] += 1
             logger.warning("%s: alert opened at frame %d (score %.3g > %.3g)", sid, ref.index, result.score, threshold)
+            self.on_event("open", state.event)
         elif state.event is not None:
             if result.score > state.event.peak_score:
                 state.event.peak_score, state.event.peak_index, state.peak = result.score, ref.index, result
+                self.on_event("update", state.event)
             if state.below >= self.min_frames:
                 self._close(sid, state, result)
 
@@ -98,6 +113,11 @@ class AlertSink:
         self.events.append(event)
         logger.warning("%s: alert closed (frames %d-%s, peak %.3g)", sid, event.start_index, event.end_index, event.peak_score)
         state.event, state.peak = None, None
+        self.on_event("close", event)
+
+    def on_event(self, change: str, event: Event) -> None:
+        for listener in self.listeners:
+            listener(change, event)
 
     def open_events(self) -> Mapping[str, Event]:
         return {sid: s.event for sid, s in self._state.items() if s.event is not None}
