@@ -27,6 +27,7 @@ from streamad.cli_support import (
     serve_metrics,
     serve_view,
     setup,
+    site_config,
     watch_options,
     with_common,
     with_frame_score,
@@ -190,8 +191,9 @@ def calibrate(model_path: str, **kw: Any) -> None:
 
 
 @main.command()
-@click.argument("urls", nargs=-1, required=True)
-@click.option("--model", "-m", "models", multiple=True, required=True, help="Model store, for every camera, or NAME=PATH per camera (repeatable).")
+@click.argument("urls", nargs=-1)
+@click.option("--model", "-m", "models", multiple=True, help="Model store, for every camera, or NAME=PATH per camera (repeatable).")
+@click.option("--config", "site", type=click.Path(dir_okay=False), default=None, help="A site's TOML file: cameras and outputs (flags win).")
 @click.option("--out", "-o", "out_dir", default="watch", show_default=True, help="Folder for scores.csv, events.jsonl and snapshots.")
 @click.option("--stats-every", type=Finite(min=0, min_open=True), default=10.0, show_default=True, help="Seconds between stats lines.")
 @click.option("--stats-json", default=None, help="Also append the stats as JSON lines to this file.")
@@ -230,8 +232,9 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
     from streamad.io.cameras import cameras_from
     from streamad.pipelines.watch import watch as run_watch
 
+    cameras = cameras_from(*site_config(kw, urls, models))
     with serve_metrics(kw) as metrics, serve_view(kw) as view:
-        args, shown = (cameras_from(urls, models), out_dir), {"metrics": metrics, "view": view}
+        args, shown = (cameras, out_dir), {"metrics": metrics, "view": view}
         summary = run_watch(*args, options=watch_options(kw), stats_json=kw["stats_json"], print_stats=lambda line: click.echo(line, err=True), **shown)
     click.echo("summary" + (" (interrupted)" if summary.interrupted else "") + ":")
     for line in summary.lines():

@@ -235,6 +235,50 @@ def serve_metrics(kw: dict[str, Any]) -> Iterator[Any]:
         yield metrics
 
 
+SITE_KEYS: dict[str, dict[str, str]] = {
+    "cameras": {},  # NAME = {url = "...", model = "..."}
+    "events": {"webhooks": "events_webhook", "mqtt": "events_mqtt", "inline_snapshot": "events_inline_snapshot"},
+    "metrics": {"port": "metrics_port", "host": "metrics_host"},
+    "http": {"port": "http_port", "host": "http_host", "token": "http_token"},
+}
+
+
+def site_config(kw: dict[str, Any], urls: tuple[str, ...], models: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``--config site.toml``: its cameras after the command line's, and its outputs where no
+    flag gave them (``kw`` is updated); a key it does not know is a one-line error."""
+    from pathlib import Path
+
+    from streamad.errors import ConfigError
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    urls_out, models_out = list(urls), list(models)
+    if kw["site"] is not None:
+        try:
+            site = tomllib.loads(Path(kw["site"]).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"expected --config to be a readable TOML file, got {kw['site']}: {exc}") from None
+        unknown = [key for key in site if key not in SITE_KEYS]
+        unknown += [f"{table}.{key}" for table, keys in SITE_KEYS.items() if table != "cameras" for key in site.get(table, {}) if key not in keys]
+        cameras = site.get("cameras", {})
+        if unknown or not all(isinstance(c, dict) and set(c) == {"url", "model"} for c in cameras.values()):
+            raise ConfigError(f"expected --config keys among {list(SITE_KEYS)} and cameras as NAME = {{url, model}}, got {unknown or cameras}")
+        urls_out += [f"{name}={c['url']}" for name, c in cameras.items()]
+        models_out += [f"{name}={c['model']}" for name, c in cameras.items()]
+        defaults = {"events_webhook": (), "events_mqtt": (), "events_inline_snapshot": False, "metrics_port": None, "http_port": None, "http_token": None}
+        for table, keys in SITE_KEYS.items():
+            for key, value in (site.get(table, {}).items() if table != "cameras" else ()):
+                option = keys[key]
+                if kw[option] == defaults.get(option, "127.0.0.1"):  # not given as a flag
+                    kw[option] = tuple(value) if isinstance(value, list) else value
+    if not urls_out or not models_out:
+        raise ConfigError("expected cameras and their models, as URL arguments with -m, or in --config's [cameras]")
+    return urls_out, models_out
+
+
 @contextlib.contextmanager
 def serve_view(kw: dict[str, Any]) -> Iterator[Any]:
     """``--http-port``'s web view for the command's life (None without it)."""

@@ -283,3 +283,62 @@ def test_unreachable_outputs_count_failures_and_the_watch_balances(model: Path, 
     summary = run_watch(model, anomalous, tmp_path / "w", events_webhooks=(f"http://127.0.0.1:{dead}/x",), events_mqtt=(f"mqtt://127.0.0.1:{dead}/site",))
     stats = summary.streams["cam"]
     assert stats.balanced() and stats.scored == stats.received > 0 and len(summary.events) == 1
+
+
+def test_a_site_file_names_the_cameras_and_outputs(model: Path, anomalous: Path, tmp_path: Path, webhook: tuple[int, list[dict], threading.Event]) -> None:
+    port, bodies, start = webhook
+    start.set()
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'[cameras]\ndoor = {{ url = "{anomalous}", model = "{model}" }}\n'
+        f'[events]\nwebhooks = ["http://127.0.0.1:{port}/hook"]\n[metrics]\nport = 0\n'
+    )
+    result = CliRunner().invoke(main_cli(), ["watch", "--config", str(site), "-o", str(tmp_path / "w"), "--stats-every", "60"])
+    assert result.exit_code == 0, result.output
+    assert "door: received 50 = scored 50" in result.output
+    assert [b["change"] for b in bodies][0] == "open" and bodies[-1]["change"] == "close" and bodies[0]["camera"] == "door"
+    site.write_text('[cameras]\n[events]\nwebhook = ["http://x/y"]\n')  # a misspelt key
+    result = CliRunner().invoke(main_cli(), ["watch", "--config", str(site), "-o", str(tmp_path / "w2")])
+    assert result.exit_code == 1 and "events.webhook" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def main_cli():  # noqa: ANN201 - click's group
+    from streamad.cli import main
+
+    return main
+
+
+def test_ctrl_c_with_every_output_on_exits_0_balanced(model: Path, tmp_path: Path) -> None:
+    """A file played in real time, every output pointed at something dead or alive: Ctrl-C
+    after a few seconds exits 0 with the summary balanced, and no traceback."""
+    import signal
+    import sys
+
+    video = clip(tmp_path / "long.mp4", 400, anomaly_from=40)
+    dead = free_port()
+    args = ["watch", str(video), "-m", str(model), "-o", str(tmp_path / "w"), "--realtime", "--stats-every", "60"]
+    args += ["--events-webhook", f"http://127.0.0.1:{dead}/x", "--events-mqtt", f"mqtt://127.0.0.1:{dead}/site", "--metrics-port", "0", "--http-port", "0"]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "streamad", *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "w" / "scores.csv").exists():
+        time.sleep(0.1)
+    time.sleep(3.0)  # scoring, with the first event's messages failing to go out
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "summary (interrupted):" in out and "(ok;" in out and "Traceback" not in err, out + err
+    assert "live view: http://127.0.0.1:" in err
+
+
+def test_a_web_view_port_in_use_and_an_empty_token_are_one_line(model: Path, anomalous: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["watch", str(anomalous), "-m", str(model), "-o", str(tmp_path / "w")]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = runner.invoke(main_cli(), [*base, "--http-port", str(taken.getsockname()[1])])
+    assert result.exit_code == 1 and "--http-port" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    result = runner.invoke(main_cli(), [*base, "--http-port", "0", "--http-token", " "])
+    assert result.exit_code == 1 and "--http-token" in result.output and len(result.output.strip().splitlines()) == 1, result.output
