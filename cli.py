@@ -28,7 +28,8 @@ from streamad.cli_support import (
     serve_view,
     setup,
     site_config,
-    watch_options,
+    site_outputs,
+    watch_settings,
     with_common,
     with_frame_score,
     with_live_outputs,
@@ -230,12 +231,14 @@ def watch(urls: tuple[str, ...], models: tuple[str, ...], out_dir: str, **kw: An
     """
     setup(kw["threads"], kw["verbose"])
     from streamad.io.cameras import cameras_from
+    from streamad.pipelines.watch import WatchOptions
     from streamad.pipelines.watch import watch as run_watch
 
-    cameras = cameras_from(*site_config(kw, urls, models))
+    cameras, options = cameras_from(*site_config(kw, urls, models)), WatchOptions(**watch_settings(kw))
     with serve_metrics(kw) as metrics, serve_view(kw) as view:
-        args, shown = (cameras, out_dir), {"metrics": metrics, "view": view}
-        summary = run_watch(*args, options=watch_options(kw), stats_json=kw["stats_json"], print_stats=lambda line: click.echo(line, err=True), **shown)
+        outputs = site_outputs(kw, metrics=metrics, view=view)
+        shown = {"stats_json": kw["stats_json"], "print_stats": lambda text: click.echo(text, err=True)}
+        summary = run_watch(cameras, out_dir, options=options, outputs=outputs, **shown)
     click.echo("summary" + (" (interrupted)" if summary.interrupted else "") + ":")
     for line in summary.lines():
         click.echo("  " + line)

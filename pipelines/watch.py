@@ -31,17 +31,9 @@ from streamad.io.cameras import Camera
 from streamad.io.live import LiveOptions, LiveStream, is_live
 from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.urls import redact
-from streamad.publish.events import EventOutputs, Publisher
-from streamad.publish.metrics import Metrics, Watched
-from streamad.publish.mqtt import MqttPublisher, parse_url
-from streamad.publish.web import LiveView, Viewed
-from streamad.publish.webhook import WebhookPublisher, check_url
-from streamad.sinks import Sink, Sinks
+from streamad.publish.site import Site, SiteOutputs, watch_sinks
 from streamad.sinks.alerts import AlertSink, Event
-from streamad.sinks.csv import CsvSink
-from streamad.sinks.score_writer import ScoreStoreSink
-from streamad.sinks.stats import StatsSink, StreamStats
-from streamad.stores.score_store import create_scores
+from streamad.sinks.stats import StreamStats
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +56,8 @@ class WatchOptions:
     device: str = "cpu"
     runtime: str = "auto"  # streamad.engine.exported.pick_runtime
     duration_s: float | None = None
-    events_webhooks: tuple[str, ...] = ()  # POST each event change here
-    events_mqtt: tuple[str, ...] = ()  # mqtt://[user:pass@]host[:port]/prefix
-    inline_snapshot: bool = False  # a closed event's message carries its snapshot PNG
 
     def __post_init__(self) -> None:
-        for url in self.events_webhooks:
-            check_url(url)
-        for url in self.events_mqtt:
-            parse_url(url)
         if self.max_batch < 1 or self.queue_size < 1 or self.min_frames < 1:
             raise ConfigError("expected --max-batch, --queue-size and --min-frames >= 1")
         if self.learn_for_s is not None and self.learn_for_s <= 0:
@@ -145,38 +130,10 @@ def _route(cam: CameraModel, stats: StreamStats, alerts: AlertSink, hook: Callab
     return run
 
 
-def _sinks(
-    out: Path,
-    cameras: Sequence[Camera],
-    streams: dict[str, StreamStats],
-    models: dict[str, CameraModel],
-    options: WatchOptions,
-    served: tuple[Metrics | None, LiveView | None],
-    **stats: Any,
-) -> tuple[AlertSink, Sinks]:
-    """The alerts, and every sink: CSV and score store (no maps), alerts, their messages to
-    webhooks and MQTT, live stats, the metrics and the web view (attached to this watch)."""
-    metrics, view = served
+def _site(cameras: Sequence[Camera], streams: dict[str, StreamStats], models: dict[str, CameraModel]) -> Site:
+    """What the sinks read of the watch: the cameras (their URLs redacted), stats and models."""
     cameras_attrs = [{"name": c.name, "url": redact(c.url), "model": c.model} for c in cameras]
-    threshold = lambda sid: models[sid].threshold  # noqa: E731
-    publishers: list[Publisher] = [*map(WebhookPublisher, options.events_webhooks), *map(MqttPublisher, options.events_mqtt)]
-    outputs = EventOutputs(publishers, threshold, inline_snapshot=options.inline_snapshot, clock=stats["clock"]) if publishers else None
-    listeners = [sink.event for sink in (outputs, view) if sink is not None]
-    alerts = AlertSink(out, threshold, min_frames=options.min_frames, listeners=listeners)
-    if view is not None:
-        view.attach(Viewed(streams, threshold, alerts.out / "snapshots"))
-    if metrics is not None:
-        metrics.attach(Watched(streams, threshold, lambda camera: alerts.opened[camera], lambda camera: models[camera].describe()))
-    sinks: list[Sink | None] = [
-        CsvSink(out / "scores.csv"),
-        ScoreStoreSink(create_scores(out / "scores.zarr"), attrs={"cameras": cameras_attrs}, write_maps=False),
-        alerts,
-        outputs,  # after the alerts, which close the open events as they close
-        StatsSink(streams, every_s=options.stats_every_s, **stats),
-        metrics,
-        view,
-    ]
-    return alerts, Sinks(sinks)
+    return Site(cameras_attrs, streams, lambda camera: models[camera].threshold, lambda camera: models[camera].describe())
 
 
 def _sync_states(lives: dict[str, LiveStream], streams: dict[str, StreamStats]) -> None:
@@ -219,22 +176,18 @@ def watch(
     scorer_hook: Callable[[Sequence[FrameRef]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
-    metrics: Metrics | None = None,
-    view: LiveView | None = None,
+    outputs: SiteOutputs = SiteOutputs(),
 ) -> WatchSummary:
     """Watch ``cameras`` until they all end, ``duration_s`` passes, SIGINT/SIGTERM or ``should_stop()``;
-    writes ``scores.csv``, ``scores.zarr``, ``events.jsonl`` and snapshots to ``out_dir``.
-    ``scorer_hook(refs)`` runs before every scored batch (tests slow the scorer down with it);
-    ``metrics``, ``view``: Prometheus metrics and the web view, served by the caller (they
-    outlive the watch), given this watch's numbers and results."""
+    writes ``scores.csv``, ``scores.zarr``, ``events.jsonl`` and snapshots to ``out_dir``, and
+    sends ``outputs``. ``scorer_hook(refs)`` runs before every scored batch (tests slow the scorer)."""
     _check_cameras(cameras, options)
     out, extractors = Path(out_dir), Extractors(pick_device(options.device))
     check_outputs({"the score store": out / "scores.zarr", "the CSV": out / "scores.csv"}, input_paths([c.url for c in cameras] + [c.model for c in cameras]))
     out.mkdir(parents=True, exist_ok=True)
     streams = {c.name: StreamStats() for c in cameras}
     summary = WatchSummary(str(out), streams)
-    runner = Runner()
-    engine = Engine(runner, extractors.device, batch_size=options.max_batch, live=True)
+    engine = Engine(runner := Runner(), extractors.device, batch_size=options.max_batch, live=True)
     live = any(is_live(c.url) or options.live.realtime for c in cameras)
     deadline = None if options.duration_s is None else clock() + options.duration_s
     threads = thread_plan(extractors.device, workers=1 if live else None).threads  # an exported graph's, as the backbone's
@@ -243,7 +196,8 @@ def watch(
         for c in cameras:
             models[c.name] = CameraModel(c, options, extractors, device=str(extractors.device), threads=threads, clock=clock)
             closing.push(models[c.name].closer)  # finishes learning, checkpoints, releases the store
-        alerts, sinks = _sinks(out, cameras, streams, models, options, (metrics, view), show=print_stats, json_path=stats_json, clock=clock)
+        stats: dict[str, Any] = {"show": print_stats, "json_path": stats_json, "clock": clock, "stats_every_s": options.stats_every_s}
+        alerts, sinks = watch_sinks(out, _site(cameras, streams, models), outputs, min_frames=options.min_frames, **stats)
         closing.callback(sinks.close)
         lives, readers = _readers(cameras, streams, options, runner.stopping.is_set)
         for name, live_stream in lives.items():

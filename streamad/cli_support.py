@@ -192,35 +192,38 @@ with_live_outputs = options(
 )
 
 
-def watch_options(kw: dict[str, Any]) -> Any:
-    """watch's options as WatchOptions."""
+def watch_settings(kw: dict[str, Any]) -> dict[str, Any]:
+    """watch's options, as the keyword arguments of its WatchOptions."""
     from streamad.config import ModelConfig
     from streamad.io.cameras import parse_duration
     from streamad.io.live import LiveOptions
-    from streamad.pipelines.watch import WatchOptions
 
     live = LiveOptions(open_timeout_s=kw["open_timeout"], stall_timeout_s=kw["stall_timeout"], max_retries=kw["max_retries"], realtime=kw["realtime"])
-    return WatchOptions(
-        max_batch=kw["max_batch"],
-        max_wait_s=kw["max_wait"],
-        queue_size=kw["queue_size"],
-        stats_every_s=kw["stats_every"],
-        threshold=kw["threshold"],
-        min_frames=kw["min_frames"],
-        learn_for_s=parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
-        learn_config=ModelConfig(motion=kw["learn_motion"]),
-        adapt=kw["adapt"],
-        refresh_every=kw["refresh_every"],
-        checkpoint_every_s=parse_duration(kw["checkpoint_every"]),
-        frame_score=frame_score_config(kw),
-        live=live,
-        device=kw["device"],
-        runtime=kw["runtime"],
-        duration_s=parse_duration(kw["duration"]) if kw["duration"] else None,
-        events_webhooks=tuple(kw["events_webhook"]),
-        events_mqtt=tuple(kw["events_mqtt"]),
-        inline_snapshot=kw["events_inline_snapshot"],
-    )
+    return {
+        "max_batch": kw["max_batch"],
+        "max_wait_s": kw["max_wait"],
+        "queue_size": kw["queue_size"],
+        "stats_every_s": kw["stats_every"],
+        "threshold": kw["threshold"],
+        "min_frames": kw["min_frames"],
+        "learn_for_s": parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
+        "learn_config": ModelConfig(motion=kw["learn_motion"]),
+        "adapt": kw["adapt"],
+        "refresh_every": kw["refresh_every"],
+        "checkpoint_every_s": parse_duration(kw["checkpoint_every"]),
+        "frame_score": frame_score_config(kw),
+        "live": live,
+        "device": kw["device"],
+        "runtime": kw["runtime"],
+        "duration_s": parse_duration(kw["duration"]) if kw["duration"] else None,
+    }
+
+
+def site_outputs(kw: dict[str, Any], *, metrics: Any, view: Any) -> Any:
+    """watch's outputs beyond its files: event messages, the metrics and the web view served."""
+    from streamad.publish.site import SiteOutputs
+
+    return SiteOutputs(tuple(kw["events_webhook"]), tuple(kw["events_mqtt"]), kw["events_inline_snapshot"], metrics, view)
 
 
 @contextlib.contextmanager
@@ -229,7 +232,7 @@ def serve_metrics(kw: dict[str, Any]) -> Iterator[Any]:
     if kw["metrics_port"] is None:
         yield None
         return
-    from streamad.publish.metrics import Metrics
+    from streamad.publish.prometheus import Metrics
 
     with Metrics(kw["metrics_port"], host=kw["metrics_host"]) as metrics:
         yield metrics

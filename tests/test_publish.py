@@ -3,6 +3,7 @@ server, Debian's Mosquitto broker, prometheus-client's parser), and bad input on
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ from streamad.engine.fitting import FitOptions
 from streamad.frames import FrameRef, ScoreMap
 from streamad.io.cameras import Camera
 from streamad.pipelines.fit import fit
-from streamad.pipelines.watch import WatchOptions, WatchSummary, watch
+from streamad.pipelines.watch import WatchSummary, watch
 from streamad.publish.events import EVENTS, STATE, EventOutputs, Message
+from streamad.publish.site import SiteOutputs
 from streamad.sinks.alerts import Event
 from tests.test_watch import clip, free_port
 
@@ -49,8 +51,8 @@ def anomalous(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return clip(tmp_path_factory.mktemp("clips") / "test.mp4", 50, anomaly_from=25)
 
 
-def run_watch(model: Path, video: Path, out: Path, **options: object) -> WatchSummary:
-    return watch([Camera("cam", str(video), str(model))], out, options=WatchOptions(**options), print_stats=lambda line: None)  # type: ignore[arg-type]
+def run_watch(model: Path, video: Path, out: Path, **outputs: object) -> WatchSummary:
+    return watch([Camera("cam", str(video), str(model))], out, outputs=SiteOutputs(**outputs), print_stats=lambda line: None)  # type: ignore[arg-type]
 
 
 class Collector(BaseHTTPRequestHandler):
@@ -151,7 +153,7 @@ def test_webhook_gets_every_event_change_after_being_down_and_scoring_is_not_hel
     events.EventOutputs._send = timed  # type: ignore[method-assign]
     try:
         began = time.perf_counter()
-        summary = run_watch(model, anomalous, tmp_path / "w", events_webhooks=(f"http://user:secret@127.0.0.1:{port}/hook",))
+        summary = run_watch(model, anomalous, tmp_path / "w", webhooks=(f"http://user:secret@127.0.0.1:{port}/hook",))
         wall = time.perf_counter() - began
     finally:
         events.EventOutputs._send = publish  # type: ignore[method-assign]
@@ -220,7 +222,7 @@ def subscribe(port: int, topic: str) -> tuple[object, list[tuple[str, bytes, boo
 @needs_mosquitto
 def test_mqtt_gets_the_event_the_retained_state_and_availability(model: Path, anomalous: Path, tmp_path: Path, broker: int) -> None:
     client, received = subscribe(broker, "site/#")
-    summary = run_watch(model, anomalous, tmp_path / "w", events_mqtt=(f"mqtt://127.0.0.1:{broker}/site",))
+    summary = run_watch(model, anomalous, tmp_path / "w", mqtt=(f"mqtt://127.0.0.1:{broker}/site",))
     time.sleep(0.5)
     client.loop_stop()  # type: ignore[attr-defined]
     events = [json.loads(p) for t, p, _ in received if t == "site/cam/events"]
@@ -238,10 +240,10 @@ def test_mqtt_gets_the_event_the_retained_state_and_availability(model: Path, an
 def test_metrics_scrape_parses_and_balances_with_the_summary(model: Path, anomalous: Path, tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from streamad.publish.metrics import Metrics
+    from streamad.publish.prometheus import Metrics
 
     with Metrics(0) as metrics:
-        summary = watch([Camera("cam", str(anomalous), str(model))], tmp_path / "w", print_stats=lambda line: None, metrics=metrics)
+        summary = watch([Camera("cam", str(anomalous), str(model))], tmp_path / "w", print_stats=lambda line: None, outputs=SiteOutputs(metrics=metrics))
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10).read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     value = lambda name, **labels: sum(s.value for s in families[name].samples if s.name.endswith(("_total", name)) and labels.items() <= s.labels.items())  # noqa: E731
@@ -280,7 +282,7 @@ def test_bad_outputs_are_one_line(model: Path, anomalous: Path, tmp_path: Path) 
 def test_unreachable_outputs_count_failures_and_the_watch_balances(model: Path, anomalous: Path, tmp_path: Path) -> None:
     """Nothing listens on either port: the watch scores every frame, exits, and says so."""
     dead = free_port()
-    summary = run_watch(model, anomalous, tmp_path / "w", events_webhooks=(f"http://127.0.0.1:{dead}/x",), events_mqtt=(f"mqtt://127.0.0.1:{dead}/site",))
+    summary = run_watch(model, anomalous, tmp_path / "w", webhooks=(f"http://127.0.0.1:{dead}/x",), mqtt=(f"mqtt://127.0.0.1:{dead}/site",))
     stats = summary.streams["cam"]
     assert stats.balanced() and stats.scored == stats.received > 0 and len(summary.events) == 1
 
@@ -342,3 +344,15 @@ def test_a_web_view_port_in_use_and_an_empty_token_are_one_line(model: Path, ano
     assert result.exit_code == 1 and "--http-port" in result.output and len(result.output.strip().splitlines()) == 1, result.output
     result = runner.invoke(main_cli(), [*base, "--http-port", "0", "--http-token", " "])
     assert result.exit_code == 1 and "--http-token" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_closed_event_links_and_optionally_carries_its_snapshot(tmp_path: Path) -> None:
+    from streamad.publish.events import event_body
+
+    png = tmp_path / "cam-00000042.png"
+    png.write_bytes(b"\x89PNG fake")
+    event = Event("cam", 40, 4.0, 0.0, 9.0, 42, 50, 5.0, 1.0, str(png))
+    body = event_body("close", event, 3.0, inline_snapshot=True, view_url="http://127.0.0.1:8080/")
+    assert body["snapshot_url"] == "http://127.0.0.1:8080/snapshots/cam-00000042.png"
+    assert base64.b64decode(body["snapshot_png_base64"]) == b"\x89PNG fake" and body["end_index"] == 50
+    assert "snapshot_url" not in event_body("close", event, 3.0) and "snapshot_png_base64" not in event_body("close", event, 3.0)

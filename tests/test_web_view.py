@@ -21,6 +21,7 @@ from streamad.io.decode import VideoWriter
 from streamad.io.live import LiveOptions
 from streamad.pipelines.fit import fit
 from streamad.pipelines.watch import WatchOptions, WatchSummary, watch
+from streamad.publish.site import SiteOutputs
 from streamad.publish.web import LiveView
 from tests.conftest import scene
 
@@ -73,7 +74,8 @@ def test_the_page_shows_two_cameras_live_their_timelines_and_an_event(model: Pat
     options = WatchOptions(live=LiveOptions(realtime=True), stats_every_s=60)
     done: list[WatchSummary] = []
     with LiveView(0) as view:
-        thread = threading.Thread(target=lambda: done.append(watch(cameras, tmp_path / "w", options=options, print_stats=lambda line: None, view=view)))
+        outputs = SiteOutputs(view=view)
+        thread = threading.Thread(target=lambda: done.append(watch(cameras, tmp_path / "w", options=options, print_stats=lambda line: None, outputs=outputs)))
         thread.start()
         driver = browser()
         try:
@@ -101,7 +103,7 @@ def test_the_page_shows_two_cameras_live_their_timelines_and_an_event(model: Pat
 def test_the_json_api_and_its_token(model: Path, tmp_path: Path) -> None:
     video = scenes(tmp_path / "c.mp4", 40, anomaly=range(20, 30))
     with LiveView(0, token="s3cret-token") as view:
-        summary = watch([Camera("cam", str(video), str(model))], tmp_path / "w", print_stats=lambda line: None, view=view)
+        summary = watch([Camera("cam", str(video), str(model))], tmp_path / "w", print_stats=lambda line: None, outputs=SiteOutputs(view=view))
 
         def get(path: str, **headers: str) -> tuple[int, bytes]:
             try:

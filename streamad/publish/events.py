@@ -43,9 +43,12 @@ def event_id(event: Event) -> str:
     return f"{event.camera}:{event.start_index}"
 
 
-def event_body(change: str, event: Event, threshold: float | None, *, inline_snapshot: bool = False) -> dict[str, Any]:
-    """The JSON body of an event message (``change``: open, update or close)."""
+def event_body(change: str, event: Event, threshold: float | None, *, inline_snapshot: bool = False, view_url: str | None = None) -> dict[str, Any]:
+    """The JSON body of an event message (``change``: open, update or close); ``view_url``: the
+    web view's, which serves the snapshot."""
     body = {"change": change, "id": event_id(event), "threshold": threshold, **asdict(event)}
+    if view_url and event.snapshot:
+        body["snapshot_url"] = f"{view_url.rstrip('/')}/snapshots/{Path(event.snapshot).name}"
     if inline_snapshot and event.snapshot and Path(event.snapshot).is_file():
         body["snapshot_png_base64"] = base64.b64encode(Path(event.snapshot).read_bytes()).decode()
     return body
@@ -61,6 +64,7 @@ class EventOutputs:
         state_every_s: at most one state message per camera this often.
         update_every_s: at most one update of an event this often (its peak rose).
         inline_snapshot: a closed event's body carries its snapshot PNG (base64).
+        view_url: the web view's address: a closed event's body links its snapshot there.
         clock: monotonic (injectable).
     """
 
@@ -72,9 +76,10 @@ class EventOutputs:
         state_every_s: float = 1.0,
         update_every_s: float = 1.0,
         inline_snapshot: bool = False,
+        view_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.publishers, self.threshold, self.clock = list(publishers), threshold, clock
+        self.publishers, self.threshold, self.clock, self.view_url = list(publishers), threshold, clock, view_url
         self.state_every_s, self.update_every_s, self.inline_snapshot = state_every_s, update_every_s, inline_snapshot
         self._last_state: dict[str, float] = {}
         self._last_update: dict[str, float] = {}
@@ -91,7 +96,8 @@ class EventOutputs:
             return
         self._last_update[event_id(event)] = now
         self._open[event.camera] = change != "close"
-        body = event_body(change, event, self.threshold(event.camera), inline_snapshot=self.inline_snapshot and change == "close")
+        inline = self.inline_snapshot and change == "close"
+        body = event_body(change, event, self.threshold(event.camera), inline_snapshot=inline, view_url=self.view_url)
         self._send(Message(EVENTS, event.camera, body))
 
     def write(self, result: ScoreMap) -> None:
