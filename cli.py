@@ -31,6 +31,7 @@ from streamad.cli_support import (
     site_outputs,
     watch_settings,
     with_common,
+    with_events,
     with_frame_score,
     with_live_outputs,
     with_ray,
@@ -124,6 +125,7 @@ def fit(sources: tuple[str, ...], model_path: str, **kw: Any) -> None:
 @click.option("--no-maps", is_flag=True, help="Do not store anomaly maps.")
 @with_runtime
 @click.option("--threshold", type=Finite(), default=None, help="Decide frames above it anomalous (default: the model's stored threshold, if any).")
+@with_events
 @with_weights
 @with_ray
 @with_common
@@ -139,7 +141,7 @@ def score(sources: tuple[str, ...], model_path: str, out_dir: str, **kw: Any) ->
     options = score_options(kw, write_maps=not kw["no_maps"], threshold=kw["threshold"])
     progress = ClickProgress(not kw["quiet"])
     layers = tuple(name.strip() for name in kw["overlay_layers"].split(",") if name.strip())
-    outputs = {"overlay": kw["overlay"], "overlay_layers": layers, "plot": kw["plot"]}
+    outputs = {"overlay": kw["overlay"], "overlay_layers": layers, "plot": kw["plot"], "events": site_outputs(kw)}
     on = cluster_options(kw)
     if on is not None:
         from streamad.pipelines.cluster_score import score_on_cluster
@@ -217,6 +219,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--duration", default=None, help="Stop after this long (default: until Ctrl-C or every stream ended).")
 @with_frame_score
 @with_runtime
+@with_events
 @with_live_outputs
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")

@@ -29,6 +29,7 @@ from streamad.io.sources import Source
 from streamad.model import Model
 from streamad.pipelines.distributed import add_drops
 from streamad.pipelines.score import ScoreJob, begin, check_layers
+from streamad.publish.site import SiteOutputs
 from streamad.sinks import Sinks
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
@@ -134,11 +135,12 @@ def score_on_cluster(
     weights_b: str | None = None,
     progress: Progress = no_progress,
     hook: Callable[[FrameRef], None] | None = None,
+    events: SiteOutputs = SiteOutputs(),
 ) -> ScoreSummary:
     """:func:`streamad.pipelines.score.score` with its sources spread over Ray actors: the same
     CSV, store, overlays and timeline. The output folder must be one every worker sees.
     ``hook``: called in the actor after each frame is written (tests kill actors with it)."""
-    options = _checked(model, options)
+    options = _checked(model, options, events)
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b)
     check_layers(job.model, overlay_layers)
     summary = job.summary
@@ -171,8 +173,10 @@ def score_on_cluster(
     return summary
 
 
-def _checked(model: str | Path | Model, options: ScoreOptions) -> ScoreOptions:
-    """A model store (each worker loads it) scored by PyTorch (what the workers run)."""
+def _checked(model: str | Path | Model, options: ScoreOptions, events: SiteOutputs) -> ScoreOptions:
+    """A model store (each worker loads it) scored by PyTorch (what the workers run), no events."""
+    if events.webhooks or events.mqtt:
+        raise ConfigError("expected no --events-webhook or --events-mqtt with --ray (events follow frames in order, on one machine); hint: score without --ray")
     if not isinstance(model, str | Path):
         raise ConfigError("expected a model store path with --ray (each worker loads it), got a model object")
     if options.runtime not in ("auto", "torch"):

@@ -18,6 +18,7 @@ from streamad.io.decode import check_video_path
 from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.sources import Source, resolve_sources
 from streamad.model import Model
+from streamad.publish.site import SiteOutputs, event_sinks
 from streamad.sinks import Sink, Sinks
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.overlay import OverlaySink
@@ -141,6 +142,18 @@ def _graph(model: str | Path | Model, loaded: Model, options: ScoreOptions, *, l
     return open_exported(runtime, model, loaded, options.frame_score, revision=revision, threads=threads)
 
 
+def _event_sinks(events: SiteOutputs, job: ScoreJob) -> list[Sink]:
+    """The alerts of a score (``events``' webhooks and MQTT), or none when it names neither."""
+    if not events.webhooks and not events.mqtt:
+        return []
+    if job.out is None or job.decision is None:
+        raise ConfigError("expected an output folder and a decision threshold to send events; hint: streamad calibrate -m MODEL, or pass --threshold")
+    decision = job.decision
+    alerts, messages = event_sinks(job.out, lambda _: decision, events)
+    assert messages is not None  # it names webhooks or brokers
+    return [alerts, messages]
+
+
 def score(
     specs: Sequence[str | Path | Source],
     model: str | Path | Model,
@@ -154,18 +167,22 @@ def score(
     weights_b: str | None = None,
     progress: Progress = no_progress,
     sinks: Sequence[Sink] = (),
+    events: SiteOutputs = SiteOutputs(),
 ) -> ScoreSummary:
     """Score every frame of ``specs`` against ``model`` (a fitted store or a loaded model).
 
     Writes ``out_dir/scores.csv`` and ``out_dir/scores.zarr`` (nothing when ``out_dir`` is
     None), optionally an overlay video (``overlay_layers``: its panels, ``combined`` and the
-    model's cues) and a timeline, and hands every result to ``sinks``.
+    model's cues) and a timeline, and hands every result to ``sinks``. ``events``: events
+    (frames above the decision threshold, as ``watch`` opens them) to ``out_dir/events.jsonl``
+    with snapshots, and their messages to webhooks and MQTT.
     """
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b, layers=overlay_layers)
     summary = job.summary
     layers = overlay is not None and set(overlay_layers) != {"combined"}
+    sinks = [*sinks, *_event_sinks(events, job)]
     outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, sinks)
-    kept = {"originals": overlay is not None, "layers": layers}
+    kept = {"originals": overlay is not None or len(sinks) > 0, "layers": layers}
     score_frames(job.model, job.sources, options, outputs, summary, decision=job.decision, **kept, progress=progress, graph=job.graph)
     summary.overlays = overlays.paths if overlays else []
     summary.plot = str(plot) if plot and summary.frames else None

@@ -180,10 +180,13 @@ with_weights = options(
 )
 
 
-with_live_outputs = options(
+with_events = options(
     click.option("--events-webhook", multiple=True, help="POST each event's open, update and close as JSON to this http(s) URL (repeatable)."),
     click.option("--events-mqtt", multiple=True, help="Publish events and state to mqtt://[user:pass@]host[:port]/topic-prefix (repeatable)."),
     click.option("--events-inline-snapshot", is_flag=True, help="A closed event's message carries its snapshot PNG (base64)."),
+)
+
+with_live_outputs = options(
     click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="Serve Prometheus metrics on this port (/metrics)."),
     click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics are served on (0.0.0.0: every interface)."),
     click.option("--http-port", type=click.IntRange(min=0, max=65535), default=None, help="Serve the live web view on this port."),
@@ -219,7 +222,7 @@ def watch_settings(kw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def site_outputs(kw: dict[str, Any], *, metrics: Any, view: Any) -> Any:
+def site_outputs(kw: dict[str, Any], *, metrics: Any = None, view: Any = None) -> Any:
     """watch's outputs beyond its files: event messages, the metrics and the web view served."""
     from streamad.publish.site import SiteOutputs
 

@@ -356,3 +356,19 @@ def test_a_closed_event_links_and_optionally_carries_its_snapshot(tmp_path: Path
     assert body["snapshot_url"] == "http://127.0.0.1:8080/snapshots/cam-00000042.png"
     assert base64.b64decode(body["snapshot_png_base64"]) == b"\x89PNG fake" and body["end_index"] == 50
     assert "snapshot_url" not in event_body("close", event, 3.0) and "snapshot_png_base64" not in event_body("close", event, 3.0)
+
+
+def test_score_sends_a_file_s_events(model: Path, anomalous: Path, tmp_path: Path, webhook: tuple[int, list[dict], threading.Event]) -> None:
+    """Events from a file, as watch opens them: events.jsonl, a snapshot, and the webhook's
+    open and close; without a decision threshold it is one line."""
+    port, bodies, start = webhook
+    start.set()
+    runner, url = CliRunner(), f"http://127.0.0.1:{port}/hook"
+    args = ["score", str(anomalous), "-m", str(model), "-o", str(tmp_path / "s"), "-q", "--events-webhook", url]
+    result = runner.invoke(main_cli(), [*args, "--threshold", "10"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in (tmp_path / "s" / "events.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and Path(events[0]["snapshot"]).is_file()
+    assert [b["change"] for b in bodies][0] == "open" and bodies[-1]["change"] == "close" and bodies[-1]["start_index"] == events[0]["start_index"]
+    raw = runner.invoke(main_cli(), [*args, "--raw"])  # the stored threshold is for normalised scores
+    assert raw.exit_code == 1 and "decision threshold" in raw.output and len(raw.output.strip().splitlines()) == 1, raw.output

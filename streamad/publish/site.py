@@ -4,6 +4,7 @@ the live web view."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,15 +59,25 @@ class Site:
     model_of: Callable[[str], dict[str, str]]
 
 
+def event_sinks(
+    out: Path, threshold: Callable[[str], float | None], outputs: SiteOutputs, *, min_frames: int = 3, clock: Callable[[], float] = time.monotonic
+) -> tuple[AlertSink, EventOutputs | None]:
+    """The alerts (``events.jsonl`` and snapshots in ``out``) and, when ``outputs`` names
+    webhooks or brokers, the sink that sends their messages (after the alerts in a job's sinks:
+    the alerts close the open events as they close)."""
+    publishers: list[Publisher] = [*map(WebhookPublisher, outputs.webhooks), *map(MqttPublisher, outputs.mqtt)]
+    url = outputs.view.url if outputs.view is not None else None
+    messages = EventOutputs(publishers, threshold, inline_snapshot=outputs.inline_snapshot, view_url=url, clock=clock) if publishers else None
+    alerts = AlertSink(out, threshold, min_frames=min_frames, listeners=[s.event for s in (messages, outputs.view) if s is not None])
+    return alerts, messages
+
+
 def watch_sinks(out: Path, site: Site, outputs: SiteOutputs, *, min_frames: int, stats_every_s: float, **stats: Any) -> tuple[AlertSink, Sinks]:
     """The alerts, and every sink in the order they run: CSV and score store (no maps), alerts,
     their messages, live stats (``stats``: :class:`StatsSink`'s show, json_path, clock), the
     metrics and the web view (attached to this watch)."""
-    publishers: list[Publisher] = [*map(WebhookPublisher, outputs.webhooks), *map(MqttPublisher, outputs.mqtt)]
     view, metrics = outputs.view, outputs.metrics
-    url = view.url if view is not None else None
-    messages = EventOutputs(publishers, site.threshold, inline_snapshot=outputs.inline_snapshot, view_url=url, clock=stats["clock"]) if publishers else None
-    alerts = AlertSink(out, site.threshold, min_frames=min_frames, listeners=[s.event for s in (messages, view) if s is not None])
+    alerts, messages = event_sinks(out, site.threshold, outputs, min_frames=min_frames, clock=stats["clock"])
     if view is not None:
         view.attach(Viewed(site.streams, site.threshold, alerts.out / "snapshots"))
     if metrics is not None:
