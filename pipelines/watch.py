@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WatchOptions:
+    """How ``streamad watch`` batches, alerts, learns and reads its cameras (its flags, by name)."""
+
     max_batch: int = 8
     max_wait_s: float = 0.05
     queue_size: int = 4
