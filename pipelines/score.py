@@ -180,9 +180,10 @@ def score(
     job = begin(specs, model, out_dir, options, overlay=overlay, plot=plot, weights=weights, weights_b=weights_b, layers=overlay_layers)
     summary = job.summary
     layers = overlay is not None and set(overlay_layers) != {"combined"}
-    sinks = [*sinks, *_event_sinks(events, job)]
-    outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, sinks)
-    kept = {"originals": overlay is not None or len(sinks) > 0, "layers": layers}
+    alerting = _event_sinks(events, job)  # their snapshots need the frames
+    extra = [*sinks, *alerting]
+    outputs, overlays = _outputs(job.model, job.sources, job.out, options, overlay, overlay_layers, plot, summary.threshold, job.decision, job.attrs, extra)
+    kept = {"originals": overlay is not None or bool(alerting), "layers": layers}
     score_frames(job.model, job.sources, options, outputs, summary, decision=job.decision, **kept, progress=progress, graph=job.graph)
     summary.overlays = overlays.paths if overlays else []
     summary.plot = str(plot) if plot and summary.frames else None
