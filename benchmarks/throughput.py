@@ -149,9 +149,8 @@ def main() -> None:
     raw = backbone_fps(model, args.batch_size, seconds=20, workers=1, threads=threads)
     default = pick_runtime("auto", model, model.settled(FrameScoreConfig()), stored=True)
     graphs = {}  # the exported graph alone, as the pipeline schedules it
-    revision = str(open_store(model_path).attrs()["state"]["revision"])
     for runtime in runtimes:
-        graph = open_exported(runtime, model_path, model, model.settled(FrameScoreConfig()), revision=revision, threads=plan.threads)
+        graph = open_exported(runtime, model_path, model, model.settled(FrameScoreConfig()), stored=open_store(model_path), threads=plan.threads)
         graphs[runtime] = backbone_fps(model, args.batch_size, seconds=20, workers=plan.workers, threads=plan.threads, graph=graph)
     print(f"device {args.device}, torch threads {threads}, input {model.input_hw[0]}x{model.input_hw[1]}, batch {args.batch_size}")
     print(f"end-to-end score: {steady:.2f} frames/s steady state ({frames} frames; whole call {wall:.1f} s incl. model load)")

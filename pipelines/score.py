@@ -137,9 +137,8 @@ def _graph(model: str | Path | Model, loaded: Model, options: ScoreOptions, *, l
         raise ConfigError(f"expected --overlay-layers combined with --runtime {runtime} (its graph gives that map), got {list(layered)}; hint: --runtime torch")
     if not isinstance(model, str | Path):
         raise ConfigError(f"expected a model store path with --runtime {runtime} (its graph is cached beside it), got a model object")
-    revision = str((open_store(model, mode="r").attrs().get("state") or {}).get("revision", ""))
     threads = thread_plan(loaded.device, workers=options.workers).threads
-    return open_exported(runtime, model, loaded, options.frame_score, revision=revision, threads=threads)
+    return open_exported(runtime, model, loaded, options.frame_score, stored=open_store(model, mode="r"), threads=threads)
 
 
 def _event_sinks(events: SiteOutputs, job: ScoreJob) -> list[Sink]:

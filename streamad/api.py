@@ -126,15 +126,19 @@ class Detector:
         assert self.model is not None
         if frame_score not in self._graphs:
             runtime = pick_runtime(self.runtime, self.model, frame_score, stored=self.path is not None)
-            graph = None
-            if runtime != "torch":
-                if self.path is None and self._folder is None:
-                    self._folder = tempfile.TemporaryDirectory(prefix="streamad-detector-")
-                store = self.path or Path(self._folder.name if self._folder else "") / f"fit-{id(self.model)}.zarr"
-                revision = str((self._store.attrs().get("state") or {}).get("revision", ""))
-                graph = open_exported(runtime, store, self.model, frame_score, revision=revision, threads=thread_plan(self.model.device).threads)
+            threads = thread_plan(self.model.device).threads
+            graph = open_exported(runtime, self._cache_beside(), self.model, frame_score, stored=self._store, threads=threads) if runtime != "torch" else None
             self._graphs[frame_score] = graph
         return self._graphs[frame_score]
+
+    def _cache_beside(self) -> Path:
+        """Where exported graphs are cached: beside the store it was loaded from, else in a
+        temporary folder the detector owns."""
+        if self.path is not None:
+            return self.path
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="streamad-detector-")
+        return Path(self._folder.name) / f"fit-{id(self.model)}.zarr"
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the fitted model as a model store (as ``streamad fit`` does)."""

@@ -274,11 +274,11 @@ def site_config(kw: dict[str, Any], urls: tuple[str, ...], models: tuple[str, ..
             raise ConfigError(f"expected --config keys among {list(SITE_KEYS)} and cameras as NAME = {{url, model}}, got {unknown or cameras}")
         urls_out += [f"{name}={c['url']}" for name, c in cameras.items()]
         models_out += [f"{name}={c['model']}" for name, c in cameras.items()]
-        defaults = {"events_webhook": (), "events_mqtt": (), "events_inline_snapshot": False, "metrics_port": None, "http_port": None, "http_token": None}
+        given = click.get_current_context().get_parameter_source
         for table, keys in SITE_KEYS.items():
             for key, value in (site.get(table, {}).items() if table != "cameras" else ()):
                 option = keys[key]
-                if kw[option] == defaults.get(option, "127.0.0.1"):  # not given as a flag
+                if given(option) in (None, click.core.ParameterSource.DEFAULT):  # not given as a flag
                     kw[option] = tuple(value) if isinstance(value, list) else value
     if not urls_out or not models_out:
         raise ConfigError("expected cameras and their models, as URL arguments with -m, or in --config's [cameras]")

@@ -30,6 +30,8 @@ from streamad.errors import ConfigError, StoreError
 from streamad.frames import FeatureBatch, TensorBatch
 from streamad.model import Model
 from streamad.scoring_graph import check_exportable, write_graph
+from streamad.stores.array_store import ArrayStore
+from streamad.stores.model_store import state_revision
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +99,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_exported(runtime: str, store: str | Path, model: Model, frame_score: FrameScoreConfig, *, revision: str, threads: int) -> Exported:
-    """The model's graph in ``runtime``, exported and cached beside ``store`` when missing or
-    made from something else."""
+def open_exported(runtime: str, store: str | Path, model: Model, frame_score: FrameScoreConfig, *, stored: ArrayStore, threads: int) -> Exported:
+    """The model's graph in ``runtime``, exported and cached beside ``store`` (the model's path;
+    ``stored``: what it was read from) when missing or made from something else."""
     if runtime not in RUNTIMES[1:]:
         raise ConfigError(f"expected --runtime among {list(RUNTIMES)}, got {runtime!r}")
     suffix = ".onnx" if runtime == "onnxruntime" else ".xml"
     path = Path(store).with_name(f".{Path(store).name}{suffix}")
+    revision = state_revision(stored)
     sidecar = path.with_suffix(path.suffix + ".json")
     graph_settings = {k: v for k, v in frame_score.attrs().items() if k in ("normalised", "topk_fraction")}  # what the graph holds
     made_from = {"revision": revision, "streamad_version": streamad.__version__, "frame_score": graph_settings, "runtime": runtime}
@@ -112,14 +115,15 @@ def open_exported(runtime: str, store: str | Path, model: Model, frame_score: Fr
     except ValueError:  # a damaged sidecar: made again
         recorded = None
     if not isinstance(recorded, dict) or recorded.get("made_from") != made_from or not path.is_file():
-        write_graph("onnx" if runtime == "onnxruntime" else "openvino", model, path, frame_score)
+        write_graph(_format(runtime), model, path, frame_score)
         sidecar.write_text(json.dumps({"made_from": made_from, "sha256": _sha256(path)}))
     elif recorded.get("sha256") != _sha256(path):
         raise StoreError(f"expected {path} to be the graph streamad exported for {store}, got a file edited since; hint: delete it to export it again")
     return Exported(runtime, path, _compile(runtime, path, threads))
 
 
-def _extra(runtime: str) -> str:
+def _format(runtime: str) -> str:
+    """The export format a runtime runs, which is also the name of its extra."""
     return "onnx" if runtime == "onnxruntime" else "openvino"
 
 
@@ -144,4 +148,4 @@ def _compile(runtime: str, path: Path, threads: int) -> Graph:
 
         return run
     except ImportError as exc:
-        raise ConfigError(f"expected {runtime} to be installed for --runtime {runtime} ({exc}); hint: pip install 'streamad[{_extra(runtime)}]'") from None
+        raise ConfigError(f"expected {runtime} to be installed for --runtime {runtime} ({exc}); hint: pip install 'streamad[{_format(runtime)}]'") from None

@@ -100,7 +100,7 @@ class CameraModel:
         self.model = model
         self.fitter = Fitter(model, self.progress, holdout=HoldOut())  # adapting: every frame judged normal
         frame_score = model.settled(self.options.frame_score)
-        self.scoring = Scoring(model, self._scored(frame_score), prepared=False)
+        self.scoring = Scoring(model, frame_score if model.normalisation is not None else replace(frame_score, normalised=False), prepared=False)
         self.threshold = decision_threshold(model.threshold, self.options.threshold, frame_score.attrs())
         if self.threshold is None:
             normal = normal_threshold(model.normalisation, frame_score.attrs(), on="normal frames")
@@ -108,25 +108,19 @@ class CameraModel:
             if normal is None and model.normalisation is not None:
                 logger.warning("%s: no alerts: its normal frames were scored with other frame-score settings; hint: pass --threshold", self.camera.name)
 
-    def _scored(self, frame_score: FrameScoreConfig) -> FrameScoreConfig:
-        """The frame scores the camera gets: not normalised when its model has no normalisation."""
-        assert self.model is not None
-        return frame_score if self.model.normalisation is not None else replace(frame_score, normalised=False)
-
     def _use_runtime(self, threads: int) -> None:
         """A stored model scored by another runtime (``--runtime``): its graph, exported and
         cached beside the store; a model that adapts stays with PyTorch, whose features it
         learns from."""
-        assert self.model is not None and self.store is not None
-        frame_score = self._scored(self.model.settled(self.options.frame_score))
+        assert self.model is not None and self.store is not None and self.scoring is not None
+        frame_score = self.scoring.frame_score  # as PyTorch's route scores the camera
         adapting = "--adapt updates the model from PyTorch's features" if self.options.adapt else None
         runtime = pick_runtime(self.options.runtime, self.model, frame_score, stored=True, why_not=adapting)
         if runtime == "torch":
             return
         if adapting:
             raise ConfigError(f"expected --runtime auto or torch with --adapt ({adapting}), got {runtime}")
-        revision = str((self.store.attrs().get("state") or {}).get("revision", ""))
-        self.graph = open_exported(runtime, self.camera.model, self.model, frame_score, revision=revision, threads=threads)
+        self.graph = open_exported(runtime, self.camera.model, self.model, frame_score, stored=self.store, threads=threads)
         self.scoring = ExportedScoring(self.model, frame_score, prepared=True)
         logger.info("%s: scored by %s (%s)", self.camera.name, runtime, self.graph.path)
 

@@ -256,6 +256,12 @@ class _StoredArrays(Mapping[str, np.ndarray]):
         return len(self._paths)
 
 
+def state_revision(store: ArrayStore) -> str:
+    """The committed scorer state's revision ("" before the first commit): what a copy made of
+    the model (an exported graph) was made from."""
+    return str((store.attrs().get("state") or {}).get("revision", ""))
+
+
 def read_state(store: ArrayStore, *, scoring: bool = False) -> ScorerState | None:
     """The committed scorer state, or None before the first commit. ``scoring``: for a model
     that will only score; its arrays are read as the scorer asks for them (it may skip its
