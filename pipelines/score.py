@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamad.calibration import decision_threshold, normal_threshold
-from streamad.engine.exported import Exported, open_exported, pick_runtime
+from streamad.engine.exported import AUTO, Exported, open_exported, pick_runtime
 from streamad.engine.progress import Progress, no_progress
 from streamad.engine.runtime import thread_plan
 from streamad.engine.scoring import ScoreOptions, ScoreSummary, load_model, score_frames
@@ -138,7 +138,7 @@ def _graph(model: str | Path | Model, loaded: Model, options: ScoreOptions, *, l
     if not isinstance(model, str | Path):
         raise ConfigError(f"expected a model store path with --runtime {runtime} (its graph is cached beside it), got a model object")
     threads = thread_plan(loaded.device, workers=options.workers).threads
-    return open_exported(runtime, model, loaded, options.frame_score, stored=open_store(model, mode="r"), threads=threads)
+    return open_exported(runtime, model, loaded, options.frame_score, stored=open_store(model, mode="r"), threads=threads, named=options.runtime != AUTO)
 
 
 def _event_sinks(events: SiteOutputs, job: ScoreJob) -> list[Sink]:

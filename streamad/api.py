@@ -24,7 +24,7 @@ import numpy as np
 
 from streamad.calibration import decision_threshold
 from streamad.config import FrameScoreConfig, ModelConfig
-from streamad.engine.exported import Exported, open_exported, pick_runtime
+from streamad.engine.exported import AUTO, Exported, open_exported, pick_runtime
 from streamad.engine.fitting import FitOptions, FitSummary, open_fit, run_fit
 from streamad.engine.progress import no_progress
 from streamad.engine.runtime import pick_device, thread_plan
@@ -127,7 +127,9 @@ class Detector:
         if frame_score not in self._graphs:
             runtime = pick_runtime(self.runtime, self.model, frame_score, stored=self.path is not None)
             threads = thread_plan(self.model.device).threads
-            graph = open_exported(runtime, self._cache_beside(), self.model, frame_score, stored=self._store, threads=threads) if runtime != "torch" else None
+            graph = None
+            if runtime != "torch":
+                graph = open_exported(runtime, self._cache_beside(), self.model, frame_score, stored=self._store, threads=threads, named=self.runtime != AUTO)
             self._graphs[frame_score] = graph
         return self._graphs[frame_score]
 

@@ -4,6 +4,7 @@ frame scores to 1e-4 relative), runs without torch or streamad, and bad input is
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -159,7 +160,7 @@ def scores_csv(folder: Path) -> np.ndarray:
         return np.array([float(row["score"]) for row in csv.DictReader(f)])
 
 
-def test_score_with_each_runtime_equals_pytorch_and_an_edited_graph_is_refused(toy: Path, tmp_path: Path) -> None:
+def test_score_with_each_runtime_equals_pytorch_and_an_edited_graph_is_refused(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path / "m.zarr"
     streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
     runner = CliRunner()
@@ -183,9 +184,15 @@ def test_score_with_each_runtime_equals_pytorch_and_an_edited_graph_is_refused(t
     assert code == 1 and "edited since" in output and len(output.strip().splitlines()) == 1, output
     sidecar = tmp_path / ".m.zarr.onnx.json"
     recorded = json.loads(sidecar.read_text())
-    recorded["made_from"]["streamad_version"] = "0.0.1"  # made by another version: made again
+    recorded["made_from"]["streamad_version"] = "0.0.1"  # made by another version: refused when the runtime is named ...
+    recorded["sha256"] = hashlib.sha256(onnx_file.read_bytes()).hexdigest()  # (and not edited since)
     sidecar.write_text(json.dumps(recorded))
-    assert score("onnxruntime", "remade")[0] == 0 and relative(scores_csv(tmp_path / "remade"), scores_csv(tmp_path / "torch")) < 1e-4
+    code, output = score("onnxruntime", "older")
+    assert code == 1 and "streamad 0.0.1 exported" in output and "--runtime auto" in output and len(output.strip().splitlines()) == 1, output
+    assert not (tmp_path / "older" / "scores.csv").exists()
+    monkeypatch.delenv("STREAMAD_RUNTIME", raising=False)  # ... and made again by auto's pick
+    assert score("auto", "remade")[0] == 0 and relative(scores_csv(tmp_path / "remade"), scores_csv(tmp_path / "torch")) < 1e-4
+    assert json.loads(sidecar.read_text())["made_from"]["streamad_version"] == streamad.__version__
     knn = tmp_path / "knn.zarr"
     streamad.fit([str(toy)], knn, ModelConfig(method="knn", input_hw=HW), options=FitOptions(holdout_every=4))
     result = runner.invoke(main, ["score", test, "-m", str(knn), "-o", str(tmp_path / "k"), "--runtime", "onnxruntime"])

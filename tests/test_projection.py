@@ -77,3 +77,20 @@ class TestProjectLayers:
         got = project_layers(features, layers, projection)
         assert got.shape == (2, 96, 10) and got.is_contiguous()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("shapes", [((5, 8, 12), (7, 4, 6), (9, 2, 3)), ((6, 9, 13), (4, 4, 5), (3, 3, 2)), ((6, 37, 50), (4, 19, 25), (5, 10, 13))])
+    def test_a_channel_subset_is_the_values_upsampling_then_selecting_gives(self, shapes: tuple[tuple[int, int, int], ...]) -> None:
+        """PaDiM's subset is one gather (streamad.scorers.projection.subset_index): bit for bit
+        what PyTorch's nearest upsampling, concatenation and index_select give, also where a
+        map's size does not divide the finest one's."""
+        from streamad.scorers.projection import project_layers
+
+        generator = torch.Generator().manual_seed(3)
+        features = {str(i): torch.randn(3, *shape, generator=generator) for i, shape in enumerate(shapes)}
+        size = shapes[0][1:]
+        concatenated = torch.cat([torch.nn.functional.interpolate(f, size=size, mode="nearest") for f in features.values()], dim=1)
+        channels = concatenated.shape[1]
+        for seed in range(3):
+            projection = make_projection("padim", channels, channels // 2, seed=seed)
+            expected = concatenated.index_select(1, projection).flatten(2).transpose(1, 2)
+            assert torch.equal(project_layers(features, tuple(features), projection), expected)

@@ -5,8 +5,9 @@ maps; decoding, resizing, the causal filter and the sinks stay as they are.
 The graph is exported on first use and cached beside the store (``.NAME.zarr.onnx``,
 ``.NAME.zarr.xml``/``.bin``) with a sidecar (``.json``) recording what it was made from (the
 store's state revision, streamad's version, the frame-score settings) and the file's sha256: a
-cache made from another revision or version is made again; a file whose bytes no longer match
-its sidecar (edited, or copied over) is refused.
+cache made from another revision is made again, and one another version made is too under
+``--runtime auto`` but refused under a runtime named; a file whose bytes no longer match its
+sidecar (edited, or copied over) is refused.
 """
 
 from __future__ import annotations
@@ -99,9 +100,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_exported(runtime: str, store: str | Path, model: Model, frame_score: FrameScoreConfig, *, stored: ArrayStore, threads: int) -> Exported:
+def open_exported(
+    runtime: str, store: str | Path, model: Model, frame_score: FrameScoreConfig, *, stored: ArrayStore, threads: int, named: bool = False
+) -> Exported:
     """The model's graph in ``runtime``, exported and cached beside ``store`` (the model's path;
-    ``stored``: what it was read from) when missing or made from something else."""
+    ``stored``: what it was read from) when missing or made from something else.
+
+    ``named``: the runtime was asked for by name (not ``auto``'s pick), and a graph another
+    version of streamad exported is then refused, as the file was not made by what runs it;
+    ``auto`` exports it again instead (an upgrade must not stop a site's scoring)."""
     if runtime not in RUNTIMES[1:]:
         raise ConfigError(f"expected --runtime among {list(RUNTIMES)}, got {runtime!r}")
     suffix = ".onnx" if runtime == "onnxruntime" else ".xml"
@@ -114,6 +121,12 @@ def open_exported(runtime: str, store: str | Path, model: Model, frame_score: Fr
         recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     except ValueError:  # a damaged sidecar: made again
         recorded = None
+    made_by = recorded.get("made_from", {}).get("streamad_version") if isinstance(recorded, dict) and isinstance(recorded.get("made_from"), dict) else None
+    if named and path.is_file() and made_by not in (None, streamad.__version__):
+        raise StoreError(
+            f"expected {path} to be exported by this streamad ({streamad.__version__}), got one streamad {made_by} exported; "
+            f"hint: delete it to export it again, or pass --runtime auto, which exports it again itself"
+        )
     if not isinstance(recorded, dict) or recorded.get("made_from") != made_from or not path.is_file():
         write_graph(_format(runtime), model, path, frame_score)
         sidecar.write_text(json.dumps({"made_from": made_from, "sha256": _sha256(path)}))

@@ -14,7 +14,7 @@ from streamad.calibration import decision_threshold, measure_normalisation, norm
 from streamad.config import VIDEO_SMOOTH_S, FrameScoreConfig, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import ExportedScoring, Scoring
-from streamad.engine.exported import Exported, open_exported, pick_runtime
+from streamad.engine.exported import AUTO, Exported, open_exported, pick_runtime
 from streamad.engine.fitter import Fitter
 from streamad.engine.normalising import normal_scorer
 from streamad.errors import ConfigError
@@ -120,7 +120,7 @@ class CameraModel:
             return
         if adapting:
             raise ConfigError(f"expected --runtime auto or torch with --adapt ({adapting}), got {runtime}")
-        self.graph = open_exported(runtime, self.camera.model, self.model, frame_score, stored=self.store, threads=threads)
+        self.graph = open_exported(runtime, self.camera.model, self.model, frame_score, stored=self.store, threads=threads, named=self.options.runtime != AUTO)
         self.scoring = ExportedScoring(self.model, frame_score, prepared=True)
         logger.info("%s: scored by %s (%s)", self.camera.name, runtime, self.graph.path)
 

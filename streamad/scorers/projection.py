@@ -3,6 +3,9 @@ random semi-orthogonal matrix."""
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,6 +82,8 @@ def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], project
     Equal to ``project(concat(upsample_nearest(f_l)), projection)`` because nearest upsampling
     commutes with any per-position linear map: each layer is projected at its own (coarser)
     resolution and only the k-dim result is upsampled, which saves most of the memory traffic.
+    A channel subset is a pure copy: one gather from the layers' maps straight into the
+    (B, P, k) result (:func:`subset_index`), bit for bit what upsampling then selecting gives.
 
     Args:
         features: maps (B, C_l, h_l, w_l) by layer name; the first layer is the finest.
@@ -90,26 +95,55 @@ def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], project
     """
     first = features[layers[0]]
     size = first.shape[-2:]
-    parts: list[Tensor] = []
+    maps = [features[name] for name in layers]
+    channels = sum(fmap.shape[1] for fmap in maps)
+    subset = projection.dtype == torch.int64
+    check_shape("projection", projection.shape, f"indices below {channels} or ({channels}, k)", subset or projection.shape[0] == channels)
+    if subset:
+        index = subset_index(tuple(tuple(int(d) for d in fmap.shape[1:]) for fmap in maps), tuple(projection.tolist())).to(first.device)
+        flat = torch.cat([fmap.flatten(1) for fmap in maps], dim=1)  # (B, sum C_l h_l w_l)
+        return flat.index_select(1, index.flatten()).view(first.shape[0], index.shape[0], index.shape[1])
     total: Tensor | None = None
     offset = 0
-    for name in layers:
-        fmap = features[name]
-        channels = fmap.shape[1]
-        if projection.dtype == torch.int64:
-            picked = projection[(projection >= offset) & (projection < offset + channels)] - offset
-            if len(picked):
-                part = fmap.index_select(1, picked)
-                parts.append(part if part.shape[-2:] == size else F.interpolate(part, size=size, mode="nearest"))
-        else:
-            block = projection[offset : offset + channels].to(fmap.dtype)  # (C_l, k)
-            part = torch.einsum("bchw,ck->bkhw", fmap, block)
-            part = part if part.shape[-2:] == size else F.interpolate(part, size=size, mode="nearest")
-            total = part if total is None else total.add_(part)
-        offset += channels
-    check_shape("projection", projection.shape, f"indices below {offset} or ({offset}, k)", projection.dtype == torch.int64 or projection.shape[0] == offset)
-    out = torch.cat(parts, dim=1) if total is None else total
-    return out.flatten(2).transpose(1, 2).contiguous()
+    for fmap in maps:
+        block = projection[offset : offset + fmap.shape[1]].to(fmap.dtype)  # (C_l, k)
+        part = torch.einsum("bchw,ck->bkhw", fmap, block)
+        part = part if part.shape[-2:] == size else F.interpolate(part, size=size, mode="nearest")
+        total = part if total is None else total.add_(part)
+        offset += fmap.shape[1]
+    assert total is not None
+    return total.flatten(2).transpose(1, 2).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def subset_index(shapes: tuple[tuple[int, int, int], ...], picked: tuple[int, ...]) -> Tensor:
+    """Where each value of a channel subset's (P, k) embedding is in the layers' maps flattened
+    and concatenated (each ``(C_l, h_l, w_l)`` of ``shapes``, the first the finest): output
+    column ``j`` is channel ``picked[j]`` of the concatenation (grouped by layer, as the
+    concatenation orders them), at the source position PyTorch's nearest upsampling reads
+    (``floor(dst * (in / out))`` in float32, the last row or column at most).
+
+    Example:
+        >>> subset_index(((2, 2, 2), (1, 1, 1)), (1, 2)).tolist()
+        [[4, 8], [5, 8], [6, 8], [7, 8]]
+    """
+    _, height, width = shapes[0]
+    index = np.empty((height * width, len(picked)), dtype=np.int64)
+    base = offset = column = 0
+    for count, h, w in shapes:
+        mine = [c - offset for c in picked if offset <= c < offset + count]
+        rows = _nearest(h, height)[:, None] * w + _nearest(w, width)[None, :]  # (height, width) source positions
+        index[:, column : column + len(mine)] = base + np.asarray(mine, dtype=np.int64)[None, :] * (h * w) + rows.reshape(-1, 1)
+        base, offset, column = base + count * h * w, offset + count, column + len(mine)
+    return torch.from_numpy(index[:, :column])
+
+
+def _nearest(size: int, out: int) -> np.ndarray:
+    """The source indices PyTorch's ``nearest`` mode reads for ``out`` outputs of ``size`` inputs."""
+    if size == out:
+        return np.arange(out)
+    scale = np.float32(size) / np.float32(out)
+    return np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), size - 1)
 
 
 class Projection(nn.Module):

@@ -41,6 +41,14 @@ def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
     return x.shape[0], mean, m2
 
 
+def _sum64(batch: Tensor) -> Tensor:
+    """``batch.sum(0)`` accumulated in float64: on a CPU numpy's mixed-type add (a third of
+    torch's time for float32 input, the same sum in the same order)."""
+    if batch.device.type == "cpu" and batch.dtype == torch.float32:
+        return torch.from_numpy(np.add.reduce(batch.numpy(), axis=0, dtype=np.float64))
+    return batch.sum(0, dtype=torch.float64)
+
+
 FOLD_FRAMES = 128
 """Frames the float32 accumulator sums before it is added into the float64 co-moment."""
 
@@ -194,7 +202,7 @@ class RunningGaussian(nn.Module):
         x = x.to(self.mean.device)
         for block in position_blocks(self.positions, self.k * (n_b + 2)):
             batch = x[:, block]
-            mean_b = batch.sum(0, dtype=torch.float64) / n_b
+            mean_b = _sum64(batch) / n_b
             delta = mean_b - self.mean[block]  # (p, k)
             rows = torch.empty((n_b + (n_a > 0), *batch.shape[1:]), dtype=dtype, device=batch.device)
             # Centred in the input's precision when that is the GEMM's (float32 embeddings: the

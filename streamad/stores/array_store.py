@@ -298,7 +298,13 @@ class ZarrStore:
         array = np.asarray(array)
         with self._writing(name):
             target = self._group.create_array(
-                name, shape=array.shape, dtype=array.dtype, chunks=chunks or "auto", overwrite=True, compressors="auto" if compressed else None
+                name,
+                shape=array.shape,
+                dtype=array.dtype,
+                chunks=chunks or "auto",
+                overwrite=True,
+                compressors="auto" if compressed else None,
+                config={"write_empty_chunks": True},  # not compared with the fill value first: a pass over every chunk
             )
             rows = target.chunks[0] if array.ndim else 0
             if array.ndim and array.shape[0] > rows:  # a chunk at a time: zarr's concurrent writes would hold ten encoded chunks at once
