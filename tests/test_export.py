@@ -24,6 +24,7 @@ from streamad.engine.fitting import FitOptions
 from streamad.engine.scoring import load_model
 from streamad.frames import FrameRef
 from streamad.io.decode import VideoWriter
+from streamad.stores.model_store import open_store
 from tests.test_evaluate import mvtec
 
 ort = pytest.importorskip("onnxruntime")
@@ -197,6 +198,46 @@ def test_score_with_each_runtime_equals_pytorch_and_an_edited_graph_is_refused(t
     streamad.fit([str(toy)], knn, ModelConfig(method="knn", input_hw=HW), options=FitOptions(holdout_every=4))
     result = runner.invoke(main, ["score", test, "-m", str(knn), "-o", str(tmp_path / "k"), "--runtime", "onnxruntime"])
     assert result.exit_code == 1 and "exportable method" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_two_jobs_opening_a_graph_first_export_it_once(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs scoring a model with onnxruntime for the first time at once (two threads here,
+    each with its own lock file handle, as two processes would have): one exports, the other
+    waits and loads that export, instead of reading a graph replaced under it."""
+    import threading
+
+    import streamad.engine.exported as exported
+
+    store = tmp_path / "m.zarr"
+    streamad.fit([str(toy)], store, ModelConfig(input_hw=HW, k=16), options=FitOptions(holdout_every=4))
+    model = load_model(store, device="cpu", weights=None)
+    settings = model.settled(FrameScoreConfig())
+    writes: list[Path] = []
+    write_graph = exported.write_graph
+
+    def counted(fmt: str, model: object, path: Path, frame_score: FrameScoreConfig) -> dict[str, str]:
+        writes.append(path)
+        return write_graph(fmt, model, path, frame_score)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exported, "write_graph", counted)
+    opened: list[exported.Exported] = []
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            opened.append(exported.open_exported("onnxruntime", store, model, settings, stored=open_store(store, mode="r"), threads=1))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(opened) == 2 and writes == [tmp_path / ".m.zarr.onnx"]
+    frames = toy_frames(toy)[:2]
+    first, second = (graph.run(frames) for graph in opened)
+    assert np.array_equal(first[1], second[1])
 
 
 def test_eval_with_onnxruntime_gives_the_same_metrics(toy: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from streamad.frames import FeatureBatch, TensorBatch
 from streamad.model import Model
 from streamad.scoring_graph import check_exportable, write_graph
 from streamad.stores.array_store import ArrayStore
+from streamad.stores.locking import readers
 from streamad.stores.model_store import state_revision
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,14 @@ def open_exported(
         raise ConfigError(f"expected --runtime among {list(RUNTIMES)}, got {runtime!r}")
     suffix = ".onnx" if runtime == "onnxruntime" else ".xml"
     path = Path(store).with_name(f".{Path(store).name}{suffix}")
+    with readers(path, exclusive=True):  # one process at a time checks, exports and loads it
+        return _checked(runtime, path, model, frame_score, stored=stored, threads=threads, named=named, store=store)
+
+
+def _checked(
+    runtime: str, path: Path, model: Model, frame_score: FrameScoreConfig, *, stored: ArrayStore, threads: int, named: bool, store: str | Path
+) -> Exported:
+    """:func:`open_exported` with the cache's lock held."""
     revision = state_revision(stored)
     sidecar = path.with_suffix(path.suffix + ".json")
     graph_settings = {k: v for k, v in frame_score.attrs().items() if k in ("normalised", "topk_fraction")}  # what the graph holds

@@ -100,7 +100,7 @@ def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], project
     subset = projection.dtype == torch.int64
     check_shape("projection", projection.shape, f"indices below {channels} or ({channels}, k)", subset or projection.shape[0] == channels)
     if subset:
-        index = subset_index(tuple(tuple(int(d) for d in fmap.shape[1:]) for fmap in maps), tuple(projection.tolist())).to(first.device)
+        index = subset_index(tuple(tuple(int(d) for d in fmap.shape[1:]) for fmap in maps), tuple(projection.tolist()), str(first.device))
         flat = torch.cat([fmap.flatten(1) for fmap in maps], dim=1)  # (B, sum C_l h_l w_l)
         return flat.index_select(1, index.flatten()).view(first.shape[0], index.shape[0], index.shape[1])
     total: Tensor | None = None
@@ -116,12 +116,13 @@ def project_layers(features: dict[str, Tensor], layers: tuple[str, ...], project
 
 
 @functools.lru_cache(maxsize=8)
-def subset_index(shapes: tuple[tuple[int, int, int], ...], picked: tuple[int, ...]) -> Tensor:
+def subset_index(shapes: tuple[tuple[int, int, int], ...], picked: tuple[int, ...], device: str = "cpu") -> Tensor:
     """Where each value of a channel subset's (P, k) embedding is in the layers' maps flattened
     and concatenated (each ``(C_l, h_l, w_l)`` of ``shapes``, the first the finest): output
     column ``j`` is channel ``picked[j]`` of the concatenation (grouped by layer, as the
     concatenation orders them), at the source position PyTorch's nearest upsampling reads
-    (``floor(dst * (in / out))`` in float32, the last row or column at most).
+    (``floor(dst * (in / out))`` in float32, the last row or column at most); on ``device``,
+    kept for the next batch.
 
     Example:
         >>> subset_index(((2, 2, 2), (1, 1, 1)), (1, 2)).tolist()
@@ -135,7 +136,7 @@ def subset_index(shapes: tuple[tuple[int, int, int], ...], picked: tuple[int, ..
         rows = _nearest(h, height)[:, None] * w + _nearest(w, width)[None, :]  # (height, width) source positions
         index[:, column : column + len(mine)] = base + np.asarray(mine, dtype=np.int64)[None, :] * (h * w) + rows.reshape(-1, 1)
         base, offset, column = base + count * h * w, offset + count, column + len(mine)
-    return torch.from_numpy(index[:, :column])
+    return torch.from_numpy(index[:, :column]).to(device)
 
 
 def _nearest(size: int, out: int) -> np.ndarray:
