@@ -124,3 +124,22 @@ def test_the_json_api_and_its_token(model: Path, tmp_path: Path) -> None:
         status, jpeg = get("/api/cameras/cam/frame.jpg?token=s3cret-token")
         assert status == 200 and jpeg.startswith(b"\xff\xd8")
         assert get("/snapshots/..%2Fscores.csv?token=s3cret-token")[0] == 404
+
+
+def test_a_view_on_every_interface_links_by_the_machines_name() -> None:
+    """Event messages link snapshots at the view's URL: listening on every interface, that is
+    the machine's name (0.0.0.0 is no address to send anyone), and the name serves the page
+    where it resolves here."""
+    import socket
+
+    with LiveView(0, host="0.0.0.0") as view:
+        assert view.url == f"http://{socket.gethostname()}:{view.port}/"
+        try:
+            socket.getaddrinfo(socket.gethostname(), view.port)
+        except socket.gaierror:
+            return  # the name does not resolve on this machine: nothing more to fetch
+        with urllib.request.urlopen(view.url, timeout=10) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+    from streamad.publish.web import _reachable
+
+    assert _reachable("::1") == "[::1]" and _reachable("192.0.2.7") == "192.0.2.7" and _reachable("::") == socket.gethostname()

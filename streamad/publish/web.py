@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import importlib.resources
+import socket
 import threading
 import time
 from collections import deque
@@ -50,6 +51,14 @@ class Viewed:
     snapshots: Path
 
 
+def _reachable(host: str) -> str:
+    """The host part of the view's URL for others: the machine's name where the view listens on
+    every interface (``0.0.0.0`` is no address to send a link to), an IPv6 literal in brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
 class LiveView:
     """Serves the page on ``host:port`` (0: any free port, :attr:`port` says which) until
     :meth:`stop`; a sink of the results (:meth:`write`) and of the events (:meth:`event`)."""
@@ -74,7 +83,7 @@ class LiveView:
             self._loop.close()
             raise ConfigError(f"expected --http-port {port} free on {host}, got {exc.strerror or exc}; hint: pick another port") from None
         self.port = int(self._runner.addresses[0][1])
-        self.url = f"http://{host}:{self.port}/"
+        self.url = f"http://{_reachable(host)}:{self.port}/"  # what event messages link snapshots to
         self._thread = threading.Thread(target=self._loop.run_forever, name="web-view", daemon=True)
         self._thread.start()
 
