@@ -116,6 +116,15 @@ class TestRunningGaussian:
         g.update(torch.ones(4, 1, 2, dtype=torch.float32))
         assert g.mean.dtype == torch.float64 and g.m2.dtype == torch.float64
 
+    @pytest.mark.parametrize("rows", [1, 2, 7, 32, 128, 300])
+    def test_the_batch_sum_equals_torchs_float64_sum_bit_for_bit(self, rows: int) -> None:
+        """The update's batch means: numpy's float64 sum of float32 rows on a CPU (faster),
+        the same bits as torch's ``sum(0, dtype=float64)``, on a strided block as the update takes it."""
+        from streamad.scorers.running import _sum64
+
+        x = (torch.randn(rows, 64, 30, generator=torch.Generator().manual_seed(rows)) * 100 + 3)[:, 10:50]
+        assert torch.equal(_sum64(x), x.sum(0, dtype=torch.float64))
+
     def test_wrong_shape(self) -> None:
         with pytest.raises(ShapeError, match=r"expected embeddings of shape \(B, 3, 5\)"):
             RunningGaussian(3, 5).update(torch.zeros(2, 3, 4))

@@ -42,8 +42,9 @@ def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
 
 
 def _sum64(batch: Tensor) -> Tensor:
-    """``batch.sum(0)`` accumulated in float64: on a CPU numpy's mixed-type add (a third of
-    torch's time for float32 input, the same sum in the same order)."""
+    """``batch.sum(0)`` accumulated in float64: on a CPU numpy's mixed-type add, row after row
+    (a third of torch's time for float32 input; equal to torch's sum to the last bit wherever
+    we compared them: 1 to 300 rows, tests/test_gaussian.py)."""
     if batch.device.type == "cpu" and batch.dtype == torch.float32:
         return torch.from_numpy(np.add.reduce(batch.numpy(), axis=0, dtype=np.float64))
     return batch.sum(0, dtype=torch.float64)
