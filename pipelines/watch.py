@@ -31,7 +31,8 @@ from streamad.io.cameras import Camera
 from streamad.io.live import LiveOptions, LiveStream, is_live
 from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.urls import redact
-from streamad.publish.site import Site, SiteOutputs, watch_sinks
+from streamad.publish.site import SiteOutputs, watch_sinks
+from streamad.publish.watched import Site
 from streamad.sinks.alerts import AlertSink, Event
 from streamad.sinks.stats import StreamStats
 

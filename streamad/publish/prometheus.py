@@ -16,7 +16,7 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
-from streamad.sinks.stats import StreamStats
+from streamad.publish.watched import Site
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # latency, seconds
 RATE_WINDOW_S = 10.0
@@ -41,16 +41,6 @@ class _Camera:
     samples: deque[tuple[float, int, int]] = field(default_factory=deque)  # (t, received, scored)
 
 
-@dataclass(slots=True)
-class Watched:
-    """What a watch shows the metrics: its cameras' stats, thresholds, events and models."""
-
-    streams: Mapping[str, StreamStats]
-    threshold: Callable[[str], float | None]
-    events_opened: Callable[[str], int]
-    model_of: Callable[[str], dict[str, str]]  # a camera's {method, backbone, runtime}
-
-
 class Metrics:
     """Serves ``/metrics`` on ``host:port`` until :meth:`stop` (or the end of its ``with``);
     :meth:`attach` a watch, and give it the results (:meth:`write`: it is a sink). ``port`` 0:
@@ -58,7 +48,8 @@ class Metrics:
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.watched: Watched | None = None
+        self.site: Site | None = None  # the watch attached
+        self.events_opened: Callable[[str], int] = lambda camera: 0
         self._cameras: dict[str, _Camera] = {}
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
@@ -69,8 +60,9 @@ class Metrics:
             raise ConfigError(f"expected --metrics-port {port} free on {host}, got {exc.strerror or exc}; hint: pick another port") from None
         self.port = int(self._server.server_address[1])
 
-    def attach(self, watched: Watched) -> None:
-        self.watched = watched
+    def attach(self, site: Site, *, events_opened: Callable[[str], int]) -> None:
+        """Read ``site``'s counters, and the events each camera opened, at every scrape."""
+        self.site, self.events_opened = site, events_opened
 
     def write(self, result: ScoreMap) -> None:
         """A scored frame: its latency and score, and a sample for the rates."""
@@ -84,9 +76,9 @@ class Metrics:
             self._sample(result.ref.source_id, camera, now)
 
     def _sample(self, name: str, camera: _Camera, now: float) -> None:
-        if self.watched is None or name not in self.watched.streams:
+        if self.site is None or name not in self.site.streams:
             return
-        stats = self.watched.streams[name]
+        stats = self.site.streams[name]
         if not camera.samples or now - camera.samples[-1][0] >= 0.5:
             camera.samples.append((now, stats.received, stats.scored))
         while len(camera.samples) > 2 and now - camera.samples[1][0] >= RATE_WINDOW_S:
@@ -107,25 +99,25 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         """The metrics, read now (prometheus-client calls this on every scrape)."""
-        watched = self.watched
-        if watched is None:
+        site = self.site
+        if site is None:
             return
         with self._lock:
-            yield from _counters(watched)
-            yield from self._gauges(watched)
+            yield from _counters(site, self.events_opened)
+            yield from self._gauges(site)
             yield self._latency()
 
-    def _gauges(self, watched: Watched) -> Iterator[Metric]:
+    def _gauges(self, site: Site) -> Iterator[Metric]:
         score = GaugeMetricFamily("streamad_frame_score", "The last frame score.", labels=["camera"])
         threshold = GaugeMetricFamily("streamad_threshold", "The alert threshold (absent while learning).", labels=["camera"])
         per_s = f"per second over the last {RATE_WINDOW_S:.0f} s"
         rates = {k: GaugeMetricFamily(f"streamad_{k}_fps", f"Frames {k} {per_s}.", labels=["camera"]) for k in ("input", "scored")}
         quantiles = {q: GaugeMetricFamily(f"streamad_latency_p{q}_seconds", f"p{q} latency over the last 2000 frames.", labels=["camera"]) for q in (50, 95)}
         info = GaugeMetricFamily("streamad_model_info", "The model each camera scores with.", labels=["camera", "method", "backbone", "runtime"])
-        for name, stats in watched.streams.items():
+        for name, stats in site.streams.items():
             camera = self._cameras.get(name, _Camera())
             score.add_metric([name], camera.score)
-            if (value := watched.threshold(name)) is not None:
+            if (value := site.threshold(name)) is not None:
                 threshold.add_metric([name], value)
             if len(camera.samples) >= 2:
                 (t0, r0, s0), (t1, r1, s1) = camera.samples[0], camera.samples[-1]
@@ -134,7 +126,7 @@ class Metrics:
             for q, family in quantiles.items():
                 if (p := stats.percentile(q)) is not None:
                     family.add_metric([name], p)
-            model = watched.model_of(name)
+            model = site.model_of(name)
             info.add_metric([name, model.get("method", ""), model.get("backbone", ""), model.get("runtime", "")], 1.0)
         yield from (score, threshold, *rates.values(), *quantiles.values(), info)
 
@@ -149,14 +141,14 @@ class Metrics:
         return family
 
 
-def _counters(watched: Watched) -> Iterator[Metric]:
+def _counters(site: Site, events_opened: Callable[[str], int]) -> Iterator[Metric]:
     received = CounterMetricFamily("streamad_frames_received", "Frames read from the camera.", labels=["camera"])
     frames = CounterMetricFamily("streamad_frames", "Frames by outcome: scored, learned, dropped (they sum to received).", labels=["camera", "outcome"])
     dropped = CounterMetricFamily("streamad_frames_dropped", "Frames dropped, by reason.", labels=["camera", "reason"])
     reconnects = CounterMetricFamily("streamad_reconnects", "Reconnections of the stream.", labels=["camera"])
     events = CounterMetricFamily("streamad_events_opened", "Events opened.", labels=["camera"])
     state = GaugeMetricFamily("streamad_stream_state", "1 for the stream's current state.", labels=["camera", "state"])
-    for name, stats in watched.streams.items():
+    for name, stats in site.streams.items():
         with stats.lock:
             counted: dict[str, Any] = {"received": stats.received, "scored": stats.scored, "learned": stats.learned, "dropped": dict(stats.dropped)}
         received.add_metric([name], counted["received"])
@@ -166,6 +158,6 @@ def _counters(watched: Watched) -> Iterator[Metric]:
         for reason, count in counted["dropped"].items():
             dropped.add_metric([name, reason], count)
         reconnects.add_metric([name], stats.reconnects)
-        events.add_metric([name], watched.events_opened(name))
+        events.add_metric([name], events_opened(name))
         state.add_metric([name, stats.state or "starting"], 1.0)
     yield from (received, frames, dropped, reconnects, events, state)

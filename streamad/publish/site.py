@@ -5,21 +5,22 @@ the live web view."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streamad.publish.events import EventOutputs, Publisher
 from streamad.publish.mqtt import MqttPublisher, parse_url
-from streamad.publish.prometheus import Metrics, Watched
-from streamad.publish.web import LiveView, Viewed
+from streamad.publish.prometheus import Metrics
+from streamad.publish.watched import Site
+from streamad.publish.web import LiveView
 from streamad.publish.webhook import WebhookPublisher, check_url
 from streamad.sinks import Sink, Sinks
 from streamad.sinks.alerts import AlertSink
 from streamad.sinks.csv import CsvSink
 from streamad.sinks.score_writer import ScoreStoreSink
-from streamad.sinks.stats import StatsSink, StreamStats
+from streamad.sinks.stats import StatsSink
 from streamad.stores.score_store import create_scores
 
 
@@ -48,17 +49,6 @@ class SiteOutputs:
             parse_url(url)
 
 
-@dataclass(frozen=True, slots=True)
-class Site:
-    """What the sinks read of the watch: its cameras (as stored), their stats, thresholds and
-    models (a camera's {method, backbone, runtime})."""
-
-    cameras: Sequence[Mapping[str, str]]
-    streams: dict[str, StreamStats]
-    threshold: Callable[[str], float | None]
-    model_of: Callable[[str], dict[str, str]]
-
-
 def event_sinks(
     out: Path, threshold: Callable[[str], float | None], outputs: SiteOutputs, *, min_frames: int = 3, clock: Callable[[], float] = time.monotonic
 ) -> tuple[AlertSink, EventOutputs | None]:
@@ -79,9 +69,9 @@ def watch_sinks(out: Path, site: Site, outputs: SiteOutputs, *, min_frames: int,
     view, metrics = outputs.view, outputs.metrics
     alerts, messages = event_sinks(out, site.threshold, outputs, min_frames=min_frames, clock=stats["clock"])
     if view is not None:
-        view.attach(Viewed(site.streams, site.threshold, alerts.out / "snapshots"))
+        view.attach(site, snapshots=alerts.out / "snapshots")
     if metrics is not None:
-        metrics.attach(Watched(site.streams, site.threshold, lambda camera: alerts.opened[camera], site.model_of))
+        metrics.attach(site, events_opened=lambda camera: alerts.opened[camera])
     sinks: list[Sink | None] = [
         CsvSink(out / "scores.csv"),
         ScoreStoreSink(create_scores(out / "scores.zarr"), attrs={"cameras": list(site.cameras)}, write_maps=False),

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,9 @@ from streamad import pictures
 from streamad.errors import ConfigError
 from streamad.frames import ScoreMap
 from streamad.publish.events import event_id
+from streamad.publish.watched import Site
 from streamad.sinks.alerts import Event
 from streamad.sinks.overlay import display_range
-from streamad.sinks.stats import StreamStats
 
 COOKIE = "streamad_token"
 
@@ -40,15 +40,6 @@ class _Camera:
     latest: ScoreMap | None = None
     jpeg: tuple[int, bytes] | None = None  # (frame index, its blended JPEG): encoded once, when asked
     timeline: deque[tuple[float, float]] = field(default_factory=deque)  # (wall time, score)
-
-
-@dataclass(slots=True)
-class Viewed:
-    """What a watch shows the page: its cameras' stats, thresholds and snapshot folder."""
-
-    streams: Mapping[str, StreamStats]
-    threshold: Callable[[str], float | None]
-    snapshots: Path
 
 
 def _reachable(host: str) -> str:
@@ -67,7 +58,8 @@ class LiveView:
         if token is not None and not token.strip():
             raise ConfigError("expected a non-empty --http-token, got an empty one; hint: leave it out for no token")
         self.token, self.history_s, self.wall = token, history_s, wall
-        self.viewed: Viewed | None = None
+        self.site: Site | None = None  # the watch attached
+        self.snapshots: Path | None = None  # its snapshot folder
         self.refused = 0  # requests without the token
         self._cameras: dict[str, _Camera] = {}
         self._events: dict[str, dict[str, Any]] = {}
@@ -87,8 +79,9 @@ class LiveView:
         self._thread = threading.Thread(target=self._loop.run_forever, name="web-view", daemon=True)
         self._thread.start()
 
-    def attach(self, viewed: Viewed) -> None:
-        self.viewed = viewed
+    def attach(self, site: Site, *, snapshots: Path) -> None:
+        """Show ``site``'s cameras, and serve the snapshots in ``snapshots``."""
+        self.site, self.snapshots = site, snapshots
 
     def write(self, result: ScoreMap) -> None:
         now = self.wall()
@@ -157,12 +150,12 @@ class LiveView:
 
     def cameras(self) -> list[dict[str, Any]]:
         """Each camera's state, counters, threshold, last score and timeline (seconds ago, score)."""
-        viewed, now = self.viewed, self.wall()
+        site, now = self.site, self.wall()
         out: list[dict[str, Any]] = []
-        if viewed is None:
+        if site is None:
             return out
         with self._lock:
-            for name, stats in viewed.streams.items():
+            for name, stats in site.streams.items():
                 camera = self._cameras.get(name, _Camera())
                 latest = camera.latest
                 out.append(
@@ -174,7 +167,7 @@ class LiveView:
                         "learned": stats.learned,
                         "dropped": stats.dropped_total,
                         "reconnects": stats.reconnects,
-                        "threshold": viewed.threshold(name),
+                        "threshold": site.threshold(name),
                         "score": None if latest is None else latest.score,
                         "index": None if latest is None else latest.ref.index,
                         "frame": f"/api/cameras/{name}/frame.jpg" if latest is not None and latest.original is not None else None,
@@ -198,7 +191,7 @@ class LiveView:
         if camera is None or latest is None or latest.original is None:
             raise web.HTTPNotFound(text=f"no frame of camera {name!r} yet")
         if cached is None or cached[0] != latest.ref.index:
-            threshold = self.viewed.threshold(name) if self.viewed is not None else None
+            threshold = self.site.threshold(name) if self.site is not None else None
             vmin, vmax = display_range(threshold)
             alert = threshold is not None and latest.score > threshold
             image = pictures.overlay(latest.original, latest.anomaly_map, vmin=vmin, vmax=vmax, score=latest.score, alert=alert)
@@ -210,7 +203,7 @@ class LiveView:
     async def _snapshot(self, request: web.Request) -> web.FileResponse:
         """A snapshot PNG of this watch's folder, by its file name only."""
         name = request.match_info["name"]
-        folder = self.viewed.snapshots if self.viewed is not None else None
+        folder = self.snapshots
         if folder is None or "/" in name or "\\" in name or name.startswith(".") or not (folder / name).is_file():
             raise web.HTTPNotFound(text="no such snapshot")
         return web.FileResponse(folder / name, headers={"Cache-Control": "no-store"})
