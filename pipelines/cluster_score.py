@@ -19,6 +19,7 @@ import numpy as np
 from streamad.config import ClusterOptions
 from streamad.engine import cluster
 from streamad.engine.assembly import Reading
+from streamad.engine.exported import AUTO
 from streamad.engine.progress import Progress, graceful_interrupt, no_progress
 from streamad.engine.runner import Runner
 from streamad.engine.runtime import tune_allocator
@@ -179,7 +180,7 @@ def _checked(model: str | Path | Model, options: ScoreOptions, events: SiteOutpu
         raise ConfigError("expected no --events-webhook or --events-mqtt with --ray (events follow frames in order, on one machine); hint: score without --ray")
     if not isinstance(model, str | Path):
         raise ConfigError("expected a model store path with --ray (each worker loads it), got a model object")
-    if options.runtime not in ("auto", "torch"):
+    if options.runtime not in (AUTO, "torch"):
         raise ConfigError(f"expected --runtime torch with --ray (its workers run PyTorch), got {options.runtime}")
     return replace(options, runtime="torch")
 

@@ -126,9 +126,9 @@ class Detector:
         assert self.model is not None
         if frame_score not in self._graphs:
             runtime = pick_runtime(self.runtime, self.model, frame_score, stored=self.path is not None)
-            threads = thread_plan(self.model.device).threads
             graph = None
             if runtime != "torch":
+                threads = thread_plan(self.model.device).threads
                 graph = open_exported(runtime, self._cache_beside(), self.model, frame_score, stored=self._store, threads=threads, named=self.runtime != AUTO)
             self._graphs[frame_score] = graph
         return self._graphs[frame_score]

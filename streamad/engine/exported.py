@@ -127,16 +127,18 @@ def _checked(
     graph_settings = {k: v for k, v in frame_score.attrs().items() if k in ("normalised", "topk_fraction")}  # what the graph holds
     made_from = {"revision": revision, "streamad_version": streamad.__version__, "frame_score": graph_settings, "runtime": runtime}
     try:
-        recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     except ValueError:  # a damaged sidecar: made again
-        recorded = None
-    made_by = recorded.get("made_from", {}).get("streamad_version") if isinstance(recorded, dict) and isinstance(recorded.get("made_from"), dict) else None
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    made = recorded.get("made_from")
+    made_by = made.get("streamad_version") if isinstance(made, dict) else None
     if named and path.is_file() and made_by not in (None, streamad.__version__):
         raise StoreError(
             f"expected {path} to be exported by this streamad ({streamad.__version__}), got one streamad {made_by} exported; "
             f"hint: delete it to export it again, or pass --runtime auto, which exports it again itself"
         )
-    if not isinstance(recorded, dict) or recorded.get("made_from") != made_from or not path.is_file():
+    if made != made_from or not path.is_file():
         write_graph(_format(runtime), model, path, frame_score)
         sidecar.write_text(json.dumps({"made_from": made_from, "sha256": _sha256(path)}))
     elif recorded.get("sha256") != _sha256(path):

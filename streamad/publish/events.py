@@ -94,7 +94,10 @@ class EventOutputs:
         now = self.clock()
         if change == "update" and now - self._last_update.get(event_id(event), -1e18) < self.update_every_s:
             return
-        self._last_update[event_id(event)] = now
+        if change == "close":  # no update follows: an entry per event would grow with the watch
+            self._last_update.pop(event_id(event), None)
+        else:
+            self._last_update[event_id(event)] = now
         self._open[event.camera] = change != "close"
         inline = self.inline_snapshot and change == "close"
         body = event_body(change, event, self.threshold(event.camera), inline_snapshot=inline, view_url=self.view_url)
