@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamad.config import FrameScoreConfig, ModelConfig
+from streamad.config import AUTO, FrameScoreConfig, ModelConfig
 from streamad.engine import stages
 from streamad.engine.assembly import Engine
 from streamad.engine.online import CameraModel
@@ -33,6 +33,7 @@ from streamad.io.outputs import check_outputs, input_paths
 from streamad.io.urls import redact
 from streamad.publish.site import SiteOutputs, watch_sinks
 from streamad.publish.watched import Site
+from streamad.scorers.registry import resolve
 from streamad.sinks.alerts import AlertSink, Event
 from streamad.sinks.stats import StreamStats
 
@@ -50,7 +51,7 @@ class WatchOptions:
     threshold: float | None = None
     min_frames: int = 3
     learn_for_s: float | None = None
-    learn_config: ModelConfig = ModelConfig()
+    learn_config: ModelConfig = ModelConfig(method=AUTO, motion=AUTO)  # settled for video when learning starts
     adapt: bool = False
     refresh_every: int = 500
     checkpoint_every_s: float = 300.0
@@ -65,6 +66,8 @@ class WatchOptions:
             raise ConfigError("expected --max-batch, --queue-size and --min-frames >= 1")
         if self.learn_for_s is not None and self.learn_for_s <= 0:
             raise ConfigError(f"expected a positive --learn-for, got {self.learn_for_s} s")
+        if self.learn_for_s is not None:
+            resolve(self.learn_config.for_sources(True))  # --learn-method/--learn-motion refused now, not at a camera's first frame
 
 
 @dataclass(slots=True)

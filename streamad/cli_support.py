@@ -210,7 +210,7 @@ def watch_settings(kw: dict[str, Any]) -> dict[str, Any]:
         "threshold": kw["threshold"],
         "min_frames": kw["min_frames"],
         "learn_for_s": parse_duration(kw["learn_for"]) if kw["learn_for"] else None,
-        "learn_config": ModelConfig(motion=kw["learn_motion"]),
+        "learn_config": ModelConfig(method=kw["learn_method"], motion=kw["learn_motion"]),
         "adapt": kw["adapt"],
         "refresh_every": kw["refresh_every"],
         "checkpoint_every_s": parse_duration(kw["checkpoint_every"]),

@@ -24,7 +24,7 @@ from streamad.pipelines.fit import fit
 from streamad.pipelines.merge import merge
 from streamad.pipelines.score import score
 from streamad.pipelines.watch import WatchOptions, watch
-from streamad.stores.model_store import open_store, read_state
+from streamad.stores.model_store import config_from_attrs, open_store, read_state
 from tests.conftest import assert_statistics_close, embed, scene
 
 MOTION_CONFIG = ModelConfig(input_hw=(64, 96), k=16, motion="feat")
@@ -157,6 +157,24 @@ def test_learning_a_camera_learns_motion_with_its_frame_step(tmp_path: Path) -> 
     scores = np.loadtxt(tmp_path / "w" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
     learned = summary.streams["cam"].learned
     assert scores[100 - learned :].min() > scores[: 100 - learned].max()  # the anomaly stands out
+
+
+def test_a_camera_learns_fits_video_default_unless_told_otherwise(tmp_path: Path) -> None:
+    """``--learn-for`` alone learns what ``fit`` learns from video: knn with the feat and speed
+    cues at the camera's frame step (the speed cue's tracker runs while learning)."""
+    video = clip(tmp_path / "cam.mp4", 130, fps=10, anomaly_from=100)
+    config = replace(WatchOptions().learn_config, input_hw=(64, 96), bank_size=300)
+    options = WatchOptions(learn_for_s=9.0, learn_config=config, stats_every_s=1e9)
+    summary = watch([Camera("cam", str(video), str(tmp_path / "m.zarr"))], tmp_path / "w", options=options, print_stats=lambda line: None)
+    stored = config_from_attrs(open_store(tmp_path / "m.zarr").attrs(), where="m.zarr")
+    assert (stored.method, stored.motion, stored.bank_size) == ("knn", "feat,speed", 300) and stored.motion_lag_s == pytest.approx(0.1)
+    state = read_state(open_store(tmp_path / "m.zarr"))
+    assert state is not None and any(name.startswith("speed") for name in state.arrays), sorted(state.arrays)
+    scores = np.loadtxt(tmp_path / "w" / "scores.csv", delimiter=",", skiprows=1, usecols=3)
+    learned = summary.streams["cam"].learned
+    assert scores[100 - learned :].min() > scores[: 100 - learned].max()  # the anomaly stands out
+    with pytest.raises(ConfigError, match="for --method knn"):
+        WatchOptions(learn_for_s=9.0, learn_config=replace(config, motion="both"))  # refused before any camera opens
 
 
 def test_overlay_shows_the_motion_map_beside_the_appearance_map(tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ class CameraModel:
         advance with the camera (frames dropped under load still let time pass) and run ahead
         of the wall clock for a file. The store is built beside its path and appears at the
         first commit, so a crash while learning leaves no half-learned store."""
-        config = resolve(self.options.learn_config)
+        config = resolve(self.options.learn_config.for_sources(True))  # a camera is video: auto is fit's video default
         if config.motion != "off" and config.motion_lag_s is None:  # one frame step of the camera
             fps = self.frame_rate() if self.frame_rate is not None else None
             config = replace(config, motion_lag_s=1.0 / fps) if fps else replace(config, motion="off")
@@ -154,7 +154,8 @@ class CameraModel:
         self.store = open_store(self.camera.model, mode="w")
         create(self.store, self.model)
         self.learning_left_s = float(self.options.learn_for_s or 0)
-        logger.warning("%s: learning a model for %.0f s into %s", self.camera.name, self.options.learn_for_s, self.camera.model)
+        cues = f" with {config.motion}" if config.motion != "off" else ""
+        logger.warning("%s: learning a %s model%s for %.0f s into %s", self.camera.name, config.method, cues, self.options.learn_for_s, self.camera.model)
 
     def __call__(self, batch: FeatureBatch, *, hook: Callable[[Sequence[FrameRef]], None] | None = None, event_open: bool = False) -> list[ScoreMap]:
         assert self.model is not None
