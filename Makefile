@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check streamad pipelines tests benchmarks cli.py
 	$(BIN)/mypy streamad pipelines
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
-	$(BIN)/python -m pytest -q streamad pipelines tests
+	$(BIN)/python -m pytest -q --durations=15 streamad pipelines tests
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -62,9 +62,9 @@ def pick_runtime(requested: str, model: Model, frame_score: FrameScoreConfig, *,
     """The runtime a job uses: ``requested``, unless it is ``auto``, which means
     ``$STREAMAD_RUNTIME`` when set, else onnxruntime where it applies and is installed, else torch.
 
-    onnxruntime is auto's choice because it measured fastest: vtest.avi, padim, 2-core CPU,
-    ``benchmarks/throughput.py``: 74.8 frames/s against PyTorch's 36.8 and OpenVINO's 47.9
-    (docs/benchmarks.md). It applies to a model on the CPU, of an exportable method, read from a
+    onnxruntime is auto's choice because it measured fastest in every run of
+    ``benchmarks/throughput.py`` (vtest.avi, padim, 2-core CPU; the latest: 81.2 frames/s against
+    PyTorch's 41.7 and OpenVINO's 50.8; each run in docs/benchmarks.md). It applies to a model on the CPU, of an exportable method, read from a
     store (``stored``: the graph is cached beside it), with nothing else in the way
     (``why_not``: the caller's reason, such as overlay layers the graph does not give).
     """
