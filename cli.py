@@ -205,7 +205,7 @@ def calibrate(model_path: str, **kw: Any) -> None:
 @click.option("--learn-for", default=None, help="Learn a camera without a model for this long first (90s, 5m, 2h).")
 @click.option("--learn-method", default="auto", show_default=True, help="Method to learn (as fit's --method; auto: knn, fit's video default).")
 @click.option("--learn-motion", default="auto", show_default=True, help="Motion cues to learn (as fit's --motion; auto: knn's feat,speed).")
-@click.option("--adapt", is_flag=True, help="Keep updating the statistics with frames below the threshold.")
+@click.option("--adapt", is_flag=True, help="Keep updating the model with frames below the threshold.")
 @click.option("--refresh-every", type=click.IntRange(min=1), default=500, show_default=True, help="With --adapt: refinalise the model every N frames.")
 @click.option("--checkpoint-every", default="5m", show_default=True, help="With --adapt: save the store this often.")
 @click.option(

@@ -64,9 +64,10 @@ def pick_runtime(requested: str, model: Model, frame_score: FrameScoreConfig, *,
 
     onnxruntime is auto's choice because it measured fastest in every run of
     ``benchmarks/throughput.py`` (vtest.avi, padim, 2-core CPU; the latest: 81.2 frames/s against
-    PyTorch's 41.7 and OpenVINO's 50.8; each run in docs/benchmarks.md). It applies to a model on the CPU, of an exportable method, read from a
-    store (``stored``: the graph is cached beside it), with nothing else in the way
-    (``why_not``: the caller's reason, such as overlay layers the graph does not give).
+    PyTorch's 41.7 and OpenVINO's 50.8; each run in docs/benchmarks.md). It applies to a model on
+    the CPU, of an exportable method, read from a store (``stored``: the graph is cached beside
+    it), with nothing else in the way (``why_not``: the caller's reason, such as overlay layers
+    the graph does not give).
     """
     if requested not in (AUTO, *RUNTIMES):
         raise ConfigError(f"expected --runtime among {[AUTO, *RUNTIMES]}, got {requested!r}")
