@@ -95,8 +95,8 @@ def main() -> None:
             model = load(open_store(model_path))
             plan = thread_plan(model.device)
             pairs.append((fps, backbone_fps(model, args.batch_size, seconds=args.seconds, workers=plan.workers, threads=plan.threads), wall))
+            h, w = model.input_hw
             del model
-        h, w = load(open_store(model_path)).input_hw
         print(f"{Path(source).name}: {frames} frames at {h}x{w}, batch {args.batch_size}, {args.method} {' '.join(args.fit_arg)}")
         for fps, raw, wall in pairs:
             print(f"  fit {fps:.1f} frames/s (whole command {wall:.1f} s incl. start-up), raw backbone right after it {raw:.1f}: ratio {fps / raw:.3f}")

@@ -132,6 +132,9 @@ def test_a_view_on_every_interface_links_by_the_machines_name() -> None:
     where it resolves here."""
     import socket
 
+    from streamad.publish.web import _reachable
+
+    assert _reachable("::1") == "[::1]" and _reachable("192.0.2.7") == "192.0.2.7" and _reachable("::") == socket.gethostname()
     with LiveView(0, host="0.0.0.0") as view:
         assert view.url == f"http://{socket.gethostname()}:{view.port}/"
         try:
@@ -140,6 +143,3 @@ def test_a_view_on_every_interface_links_by_the_machines_name() -> None:
             return  # the name does not resolve on this machine: nothing more to fetch
         with urllib.request.urlopen(view.url, timeout=10) as response:
             assert response.status == 200 and b"<html" in response.read().lower()
-    from streamad.publish.web import _reachable
-
-    assert _reachable("::1") == "[::1]" and _reachable("192.0.2.7") == "192.0.2.7" and _reachable("::") == socket.gethostname()
